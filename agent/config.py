@@ -1,0 +1,338 @@
+"""The agent's factory configuration: one YAML file, validated on load.
+
+`load_config` never lets a pydantic traceback reach a user: it raises `ConfigError`
+carrying one `ConfigProblem` per mistake (file, key path, what to write instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.states import PRESETS, State
+from connectors.config import (
+    Connection,
+    ModbusAddress,
+    ModbusConnection,
+    ModbusTable,
+    OpcUaAddress,
+    OpcUaConnection,
+)
+
+SCHEMA_ID = "tieragent/config/v1"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Role(StrEnum):
+    STATE = "state"
+    GOOD_COUNT = "good_count"
+    REJECT_COUNT = "reject_count"
+    TOTAL_COUNT = "total_count"
+    IDEAL_CYCLE_TIME_S = "ideal_cycle_time_s"
+    ENERGY_KWH = "energy_kwh"
+    AUTO_MODE = "auto_mode"
+    ALARM = "alarm"
+    PROCESS = "process"
+
+
+COUNTER_ROLES = frozenset({Role.GOOD_COUNT, Role.REJECT_COUNT, Role.TOTAL_COUNT, Role.ENERGY_KWH})
+
+
+class DeviceKind(StrEnum):
+    CNC = "cnc"
+    ROBOT = "robot"
+    PLC_AUTOMATED = "plc_automated"
+    MANUAL = "manual"
+    OTHER = "other"
+
+
+class Identity(Strict):
+    enterprise_id: str = Field(..., min_length=1, description="Unified social credit code.")
+    factory_id: str = Field(..., description="Id issued by the bureau.")
+    name: str = ""
+    time_zone: str = "Asia/Shanghai"
+    industry_code: str = Field(..., description="GB/T 4754 industry code, e.g. C3484.")
+    industry_type: Literal["discrete", "process"] = "discrete"
+    province: str = ""
+
+    @field_validator("factory_id")
+    @classmethod
+    def _factory_id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("use letters, digits, '-', '_' or '.' (at most 64), e.g. demo-tj-001")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; write e.g. Asia/Shanghai") from exc
+        return value
+
+
+class Collection(Strict):
+    default_interval_s: float = Field(1.0, gt=0)
+    realtime_bound_s: float = Field(5.0, gt=0)
+    counter_bits: Literal[16, 32, 64] = Field(
+        32, description="Default counter width for rollover when a signal does not say."
+    )
+    min_failure_s: float = Field(0.0, ge=0, description="Shorter unplanned stops are not failures.")
+    raw_retention_days: int = Field(400, ge=1)
+    queue_size: int = Field(10_000, ge=100)
+
+
+class Signal(Strict):
+    id: str
+    role: Role
+    interval_s: float | None = Field(None, gt=0, description="Expected sample interval.")
+    required: bool = True
+    unit: str = ""
+    state_map: str | None = Field(None, description="Preset or state_maps key (role state).")
+    counter_bits: Literal[16, 32, 64] | None = None
+    opcua: OpcUaAddress | None = None
+    modbus: ModbusAddress | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("use letters, digits, '-', '_' or '.'")
+        return value
+
+
+class Device(Strict):
+    id: str
+    name: str = ""
+    line: str
+    process_step: str
+    key_process: bool = False
+    kind: DeviceKind
+    digital: bool
+    connection: str = Field("none", description="A key of `connections`, or none.")
+    unit_id: int | None = Field(None, ge=0, le=255, description="Modbus unit id.")
+    ideal_cycle_time_s: float | None = Field(None, gt=0)
+    signals: tuple[Signal, ...] = ()
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("use letters, digits, '-', '_' or '.' (at most 64)")
+        return value
+
+    def signal(self, role: Role) -> Signal | None:
+        return next((s for s in self.signals if s.role == role), None)
+
+
+class FactoryConfig(Strict):
+    schema_: Literal["tieragent/config/v1"] = Field(SCHEMA_ID, alias="schema")
+    factory: Identity
+    collection: Collection = Collection()
+    state_maps: dict[str, dict[int, State]] = Field(default_factory=dict)
+    connections: dict[str, Connection] = Field(default_factory=dict)
+    devices: tuple[Device, ...]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FactoryConfig:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, device in enumerate(self.devices):
+            where = f"devices[{index}] ({device.id})"
+            if device.id in seen:
+                problems.append(f"{where}: duplicate device id")
+            seen.add(device.id)
+            problems.extend(self._device_problems(where, device))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _device_problems(self, where: str, device: Device) -> list[str]:
+        problems: list[str] = []
+        if device.connection == "none":
+            if device.signals:
+                problems.append(f"{where}.signals: a device with connection none has no signals")
+            return problems
+        connection = self.connections.get(device.connection)
+        if connection is None:
+            known = ", ".join(sorted(self.connections)) or "(none defined)"
+            return [f"{where}.connection: unknown connection {device.connection!r}; known: {known}"]
+        if not device.digital:
+            problems.append(f"{where}.digital: a connected device is digital; write digital: true")
+        is_modbus = isinstance(connection, ModbusConnection)
+        if is_modbus and device.unit_id is None:
+            problems.append(f"{where}.unit_id: Modbus devices need a unit id (0-255)")
+        signal_ids: set[str] = set()
+        roles: dict[Role, str] = {}
+        for index, signal in enumerate(device.signals):
+            at = f"{where}.signals[{index}] ({signal.id})"
+            if signal.id in signal_ids:
+                problems.append(f"{at}: duplicate signal id")
+            signal_ids.add(signal.id)
+            if signal.role != Role.PROCESS and signal.role != Role.ALARM:
+                if signal.role in roles:
+                    problems.append(f"{at}.role: role {signal.role.value} already bound")
+                roles[signal.role] = signal.id
+            if is_modbus and signal.modbus is None:
+                problems.append(f"{at}: Modbus connection, so give `modbus:` (table, address)")
+            if isinstance(connection, OpcUaConnection) and signal.opcua is None:
+                problems.append(f"{at}: OPC UA connection, so give `opcua: {{node: ...}}`")
+            if signal.role == Role.STATE:
+                name = signal.state_map
+                if name is None:
+                    problems.append(f"{at}.state_map: write one of {self._map_names()}")
+                elif name not in PRESETS and name not in self.state_maps:
+                    problems.append(f"{at}.state_map: unknown {name!r}; use {self._map_names()}")
+        if is_modbus:
+            problems.extend(_overlaps(where, device.signals))
+        return problems
+
+    def _map_names(self) -> str:
+        return ", ".join(sorted({*PRESETS, *self.state_maps}))
+
+    def state_map(self, name: str) -> dict[int, State]:
+        return self.state_maps.get(name) or PRESETS[name]
+
+    def interval_of(self, signal: Signal) -> float:
+        return signal.interval_s or self.collection.default_interval_s
+
+    def device(self, device_id: str) -> Device:
+        return next(d for d in self.devices if d.id == device_id)
+
+
+def _overlaps(where: str, signals: Sequence[Signal]) -> list[str]:
+    problems: list[str] = []
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    for signal in signals:
+        if signal.modbus is None:
+            continue
+        # Coils and discrete inputs share nothing with registers; holding and input differ too.
+        table = signal.modbus.table
+        start = signal.modbus.address
+        spans.setdefault(table.value, []).append((start, start + signal.modbus.width, signal.id))
+    for table, ranges in spans.items():
+        ranges.sort()
+        for (_, end_a, id_a), (start_b, _, id_b) in zip(ranges, ranges[1:], strict=False):
+            if start_b < end_a:
+                problems.append(
+                    f"{where}.signals: {id_a} and {id_b} overlap in {table} at address "
+                    f"{start_b}; move one of them"
+                )
+    return problems
+
+
+_ = ModbusTable  # re-exported for callers building addresses
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def _key_path(location: Sequence[int | str]) -> str:
+    out = ""
+    for part in location:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # pydantic adds the union member name for discriminated unions; keep the key only
+            if part in ("opcua", "modbus") and out.endswith("]") is False and "connections" in out:
+                pass
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+_HINTS = {
+    "missing": "this key is required",
+    "extra_forbidden": "unknown key; check its spelling against config/schemas/config.schema.json",
+    "enum": "allowed values",
+    "literal_error": "allowed values",
+}
+
+
+def _problems_from(error: ValidationError, file: str, raw: Any) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for item in error.errors():
+        key = _key_path(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "missing; " + _HINTS["missing"]
+        elif item["type"] == "extra_forbidden":
+            message = _HINTS["extra_forbidden"]
+        if key.endswith(")") or "; " not in message:
+            problems.append(ConfigProblem(file, key, message))
+            continue
+        # A cross-check joins several problems with "; "; split them back, each names its key.
+        for part in message.split("; "):
+            if ": " in part and part.startswith("devices["):
+                sub_key, sub_msg = part.split(": ", 1)
+                problems.append(ConfigProblem(file, sub_key, sub_msg))
+            else:
+                problems.append(ConfigProblem(file, key, part))
+    return problems
+
+
+def parse_config(raw: Any, file: str = "<config>") -> FactoryConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(file, "(top level)", "expected a YAML mapping")])
+    try:
+        return FactoryConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc, file, raw)) from None
+
+
+def load_config(path: Path) -> FactoryConfig:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(file, "(file)", exc.strerror or str(exc))]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {exc}")]) from None
+    return parse_config(raw, file)
+
+
+def config_digest(path: Path) -> str:
+    """SHA-256 of the config file bytes, carried in reports."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def json_schema() -> dict[str, Any]:
+    schema = FactoryConfig.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://tieragent.dev/schemas/config.schema.json"
+    return schema
