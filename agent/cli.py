@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_INVALID = 2
 
@@ -27,8 +27,9 @@ EXIT_INVALID = 2
 def report_config_error(error: ConfigError) -> None:
     err_console.print(f"[bold red]Invalid configuration[/] ({len(error.problems)} problem(s)):")
     for problem in error.problems:
-        err_console.print(f"  {problem.file}: [bold]{problem.key}[/]: {problem.message}", markup=True,
-                          highlight=False)
+        err_console.print(
+            f"  {problem.file}: [bold]{problem.key}[/]: {problem.message}", highlight=False
+        )
 
 
 @app.command("check-config")
@@ -60,9 +61,7 @@ def config_schema(
 
 
 def _register_subcommands() -> None:
-    from simulator.cli import app as sim_app
-
-    app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
+    """Sub-apps are imported here, not at module top, so `check-config` stays fast."""
 
 
 def main() -> None:

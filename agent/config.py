@@ -7,6 +7,7 @@ carrying one `ConfigProblem` per mistake (file, key path, what to write instead)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from connectors.config import (
     Connection,
     ModbusAddress,
     ModbusConnection,
-    ModbusTable,
     OpcUaAddress,
     OpcUaConnection,
 )
@@ -140,7 +140,7 @@ class Device(Strict):
 
 
 class FactoryConfig(Strict):
-    schema_: Literal["tieragent/config/v1"] = Field(SCHEMA_ID, alias="schema")
+    schema_: Literal["tieragent/config/v1"] = Field("tieragent/config/v1", alias="schema")
     factory: Identity
     collection: Collection = Collection()
     state_maps: dict[str, dict[int, State]] = Field(default_factory=dict)
@@ -223,21 +223,17 @@ def _overlaps(where: str, signals: Sequence[Signal]) -> list[str]:
         if signal.modbus is None:
             continue
         # Coils and discrete inputs share nothing with registers; holding and input differ too.
-        table = signal.modbus.table
-        start = signal.modbus.address
-        spans.setdefault(table.value, []).append((start, start + signal.modbus.width, signal.id))
+        start, end = signal.modbus.address, signal.modbus.address + signal.modbus.width
+        spans.setdefault(signal.modbus.table.value, []).append((start, end, signal.id))
     for table, ranges in spans.items():
         ranges.sort()
-        for (_, end_a, id_a), (start_b, _, id_b) in zip(ranges, ranges[1:], strict=False):
+        for (_, end_a, id_a), (start_b, _, id_b) in itertools.pairwise(ranges):
             if start_b < end_a:
                 problems.append(
                     f"{where}.signals: {id_a} and {id_b} overlap in {table} at address "
                     f"{start_b}; move one of them"
                 )
     return problems
-
-
-_ = ModbusTable  # re-exported for callers building addresses
 
 
 # --- loading --------------------------------------------------------------------------
@@ -260,45 +256,36 @@ class ConfigError(Exception):
 
 
 def _key_path(location: Sequence[int | str]) -> str:
+    parts = list(location)
+    # A discriminated union (connections) adds its tag to the location: drop it.
+    if len(parts) >= 3 and parts[0] == "connections" and parts[2] in ("opcua", "modbus"):
+        del parts[2]
     out = ""
-    for part in location:
+    for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            # pydantic adds the union member name for discriminated unions; keep the key only
-            if part in ("opcua", "modbus") and out.endswith("]") is False and "connections" in out:
-                pass
             out += f".{part}" if out else part
     return out or "(top level)"
 
 
-_HINTS = {
-    "missing": "this key is required",
-    "extra_forbidden": "unknown key; check its spelling against config/schemas/config.schema.json",
-    "enum": "allowed values",
-    "literal_error": "allowed values",
-}
-
-
-def _problems_from(error: ValidationError, file: str, raw: Any) -> list[ConfigProblem]:
+def _problems_from(error: ValidationError, file: str) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for item in error.errors():
         key = _key_path(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
-            message = "missing; " + _HINTS["missing"]
+            message = "missing; this key is required"
         elif item["type"] == "extra_forbidden":
-            message = _HINTS["extra_forbidden"]
-        if key.endswith(")") or "; " not in message:
+            message = "unknown key; check its spelling against config/schemas/config.schema.json"
+        if not message.startswith("devices["):
             problems.append(ConfigProblem(file, key, message))
             continue
-        # A cross-check joins several problems with "; "; split them back, each names its key.
-        for part in message.split("; "):
-            if ": " in part and part.startswith("devices["):
-                sub_key, sub_msg = part.split(": ", 1)
-                problems.append(ConfigProblem(file, sub_key, sub_msg))
-            else:
-                problems.append(ConfigProblem(file, key, part))
+        # The cross-checks join several problems with "; ", each starting with its own key.
+        for part in message.split("; devices["):
+            part = part if part.startswith("devices[") else "devices[" + part
+            sub_key, _, sub_message = part.partition(": ")
+            problems.append(ConfigProblem(file, sub_key, sub_message))
     return problems
 
 
@@ -308,7 +295,7 @@ def parse_config(raw: Any, file: str = "<config>") -> FactoryConfig:
     try:
         return FactoryConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems_from(exc, file, raw)) from None
+        raise ConfigError(_problems_from(exc, file)) from None
 
 
 def load_config(path: Path) -> FactoryConfig:
