@@ -62,6 +62,15 @@ def config_schema(
 
 def _register_subcommands() -> None:
     """Sub-apps are imported here, not at module top, so `check-config` stays fast."""
+    from agent import evaluate_cli, report_cli, run_cli
+    from bureau.cli import bureau_app
+    from simulator.cli import app as sim_app
+
+    run_cli.register(app)
+    evaluate_cli.register(app)
+    report_cli.register(app)
+    app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
+    app.add_typer(bureau_app, name="bureau", help="The bureau side: receiver, keys, evaluation.")
 
 
 def main() -> None:

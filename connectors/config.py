@@ -96,6 +96,13 @@ class OpcUaSubscription(Strict):
     sampling_interval_ms: float = Field(250, ge=0)
     queue_size: int = Field(10, ge=1)
     deadband_abs: float = Field(0.0, ge=0)
+    keepalive_count: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Publishing intervals without data before the server sends a keepalive; "
+        "no data nor keepalive for twice that long means the link is dead.",
+    )
 
 
 class OpcUaConnection(Strict):

@@ -192,7 +192,9 @@ class Benchmarks(_Strict):
         if industry is None:
             return None
         if scope == "province":
-            return industry.provinces.get(province, {}).get(indicator)
+            # Province keys are matched case-insensitively ("Tianjin" in a config, "tianjin" here).
+            by_name = {name.casefold(): values for name, values in industry.provinces.items()}
+            return by_name.get(province.casefold(), {}).get(indicator)
         table = industry.national if scope == "national" else industry.international
         return table.get(indicator)
 

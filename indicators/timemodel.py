@@ -233,9 +233,16 @@ def _counts(dl: pd.DataFrame, codes: Mapping[str, int]) -> _Part:
     scrap = np.rint(total("reject_count")).astype(np.int64)
     rework = np.rint(total("rework_count")).astype(np.int64)
     counted = np.rint(total("total_count")).astype(np.int64)
-    with_total = np.zeros(len(codes), dtype=bool)
-    with_total[np.unique(device[role == "total_count"])] = True
-    produced = np.where(with_total[keys // _HOURS_SPAN], counted, good + scrap)
+    def has(role_name: str) -> npt.NDArray[np.bool_]:
+        devices_with_role = np.zeros(len(codes), dtype=bool)
+        devices_with_role[np.unique(device[role == role_name])] = True
+        return devices_with_role[keys // _HOURS_SPAN]
+
+    with_total, with_good, with_reject = has("total_count"), has("good_count"), has("reject_count")
+    produced = np.where(with_total, counted, good + scrap)
+    # A machine counting total and rejects (or total and good) implies the third count.
+    good = np.where(with_total & ~with_good & with_reject, produced - scrap, good)
+    scrap = np.where(with_total & with_good & ~with_reject, produced - good, scrap)
     columns: dict[str, Column] = {
         "produced": produced,
         "good": good,

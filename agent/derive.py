@@ -1,0 +1,664 @@
+"""Stateful derivation: raw samples -> state intervals, counter/energy deltas, slot counts.
+
+One code path serves live ingest (small batches every ~200 ms) and history backfill
+(months of samples per call): `Deriver.feed` takes one device's samples as columns and
+works on numpy arrays. Everything the derivation remembers between calls lives in a
+`DeviceCarry`, which the store persists in the same transaction as the samples, so a
+restart continues exactly where the last commit stopped.
+
+Rules (documented here because reports depend on them):
+
+* Event time of a sample = its source timestamp when it has one within
+  `MAX_SOURCE_SKEW_S` of the receive time, else the receive time (skewed device
+  clocks). Event times never go backwards per device: an earlier one is clamped to the
+  device's cursor, so intervals are never negative.
+* State intervals are [start, end), split at every UTC hour boundary, labelled with a
+  canonical state or `unknown`. The state is `unknown` until a state sample arrives,
+  after a link loss, after a bad-quality state sample and across agent downtime;
+  `offline` when the device itself is reported unreachable (a bad state sample whose
+  status is in `UNREACHABLE_STATUS`) or the state code maps to offline. Never running.
+* Counters (good/reject/total) and the energy meter give deltas over (previous, now].
+  A drop is a wrap when the previous value was in the top quarter of the counter range
+  and the new one is in the bottom quarter (modulus 2**bits x Modbus scale); any other
+  drop is a reset and its delta is the new value. The first value ever seen is a
+  baseline, and the last value persists across restarts, so nothing is counted twice.
+* Sample counts (required signals only), on a grid of slots k x interval (epoch based):
+  expected = slot starts inside the measured time (the union of the intervals),
+  received = slots holding at least one sample whose slot start is in the measured
+  time; the first sample of a slot decides on_time (has a protocol timestamp and
+  received_ts - source_ts <= realtime bound), with_source_ts and bad. A subscription
+  signal (OPC UA subscribe mode) whose value did not change still counts a slot as
+  received (with the flags of its last sample, not bad) while its connection was up and
+  its last sample was not bad: the server only notifies changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from agent.config import COUNTER_ROLES, FactoryConfig, Role
+from agent.states import State
+from connectors.config import ModbusConnection, OpcUaConnection
+
+HOUR_S = 3600
+MAX_SOURCE_SKEW_S = 600.0
+_EPS = 1e-9
+
+# State labels as small integers inside arrays; `unknown` is ours, not a device state.
+STATE_LABELS: tuple[str, ...] = (*(s.value for s in State), "unknown")
+UNKNOWN = STATE_LABELS.index("unknown")
+OFFLINE = STATE_LABELS.index(State.OFFLINE.value)
+
+# Quality and timestamp-origin codes used in columns (history files use the same).
+Q_GOOD, Q_UNCERTAIN, Q_BAD = 0, 1, 2
+O_SOURCE, O_SERVER, O_RECEIVED = 0, 1, 2
+
+# Status codes meaning "the device is unreachable" rather than "no data": OPC UA
+# BadNotConnected, BadDeviceFailure, BadCommunicationError, BadServerNotConnected,
+# BadNoCommunication, BadOutOfService; Modbus gateway exceptions 0x0A and 0x0B.
+UNREACHABLE_STATUS = frozenset(
+    {0x808A0000, 0x808B0000, 0x80050000, 0x800D0000, 0x80310000, 0x808D0000, 0x0A, 0x0B}
+)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleColumns:
+    """One device's samples as parallel arrays (quality and origin as codes above)."""
+
+    signal_id: npt.NDArray[Any]
+    source_ts: FloatArray
+    received_ts: FloatArray
+    value: npt.NDArray[Any]
+    quality: npt.NDArray[np.uint8]
+    status: IntArray
+    origin: npt.NDArray[np.uint8]
+
+    def __len__(self) -> int:
+        return len(self.source_ts)
+
+    def take(self, index: npt.NDArray[Any]) -> SampleColumns:
+        return SampleColumns(
+            self.signal_id[index], self.source_ts[index], self.received_ts[index],
+            self.value[index], self.quality[index], self.status[index], self.origin[index],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignalPlan:
+    signal_id: str
+    role: Role
+    required: bool
+    interval_s: float
+    modulus: float  # counter wrap modulus in engineering units
+    subscription: bool
+    state_map: Mapping[int, int] | None  # state code -> label index
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    device_id: str
+    connection: str
+    signals: Mapping[str, SignalPlan]
+    state_signal: str | None
+    auto_signal: str | None
+
+
+def plan_devices(
+    config: FactoryConfig, *, interval_s: float | None = None, polled: bool = False
+) -> dict[str, DevicePlan]:
+    """Static per-device derivation settings from the config.
+
+    `interval_s` overrides every signal's interval (backfill uses the history's declared
+    sampling interval); `polled` treats every signal as polled (no held slots).
+    """
+    plans: dict[str, DevicePlan] = {}
+    for device in config.devices:
+        if device.connection == "none":
+            continue
+        connection = config.connections[device.connection]
+        subscription = not polled and (
+            isinstance(connection, OpcUaConnection) and connection.mode == "subscribe"
+        )
+        signals: dict[str, SignalPlan] = {}
+        for signal in device.signals:
+            bits = signal.counter_bits or config.collection.counter_bits
+            scale = 1.0
+            if isinstance(connection, ModbusConnection) and signal.modbus is not None:
+                scale = signal.modbus.scale
+            state_map = None
+            if signal.role == Role.STATE and signal.state_map is not None:
+                state_map = {
+                    code: STATE_LABELS.index(state.value)
+                    for code, state in config.state_map(signal.state_map).items()
+                }
+            signals[signal.id] = SignalPlan(
+                signal_id=signal.id,
+                role=signal.role,
+                required=signal.required,
+                interval_s=interval_s or config.interval_of(signal),
+                modulus=float(2**bits) * abs(scale),
+                subscription=subscription,
+                state_map=state_map,
+            )
+        state = device.signal(Role.STATE)
+        auto = device.signal(Role.AUTO_MODE)
+        plans[device.id] = DevicePlan(
+            device_id=device.id,
+            connection=device.connection,
+            signals=signals,
+            state_signal=state.id if state else None,
+            auto_signal=auto.id if auto else None,
+        )
+    return plans
+
+
+@dataclass(slots=True)
+class SignalCarry:
+    last_value: float | None = None
+    last_ts: float | None = None
+    last_slot: int | None = None
+    known: bool = False  # subscription value held (link up, last sample not bad)
+    known_source: bool = False  # the held value's sample had a protocol timestamp
+
+
+@dataclass(slots=True)
+class DeviceCarry:
+    """Everything derivation remembers about a device between calls (persisted as JSON)."""
+
+    start: float  # measured since
+    cursor: float  # derived up to here
+    open_start: float  # start of the open interval
+    state: int = UNKNOWN
+    auto: int = 0
+    signals: dict[str, SignalCarry] = field(default_factory=dict)
+    dirty_hours: set[int] = field(default_factory=set)  # touched, not yet materialised
+    state_seen: float | None = None  # last polled state sample, until it expires
+    auto_seen: float | None = None
+
+    def signal(self, signal_id: str) -> SignalCarry:
+        carry = self.signals.get(signal_id)
+        if carry is None:
+            carry = self.signals[signal_id] = SignalCarry()
+        return carry
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start, "cursor": self.cursor, "open_start": self.open_start,
+            "state": self.state, "auto": self.auto, "dirty_hours": sorted(self.dirty_hours),
+            "state_seen": self.state_seen, "auto_seen": self.auto_seen,
+            "signals": {
+                k: [s.last_value, s.last_ts, s.last_slot, s.known, s.known_source]
+                for k, s in self.signals.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeviceCarry:
+        return cls(
+            start=data["start"], cursor=data["cursor"], open_start=data["open_start"],
+            state=data["state"], auto=data["auto"], dirty_hours=set(data["dirty_hours"]),
+            signals={k: SignalCarry(*v) for k, v in data["signals"].items()},
+            state_seen=data["state_seen"], auto_seen=data["auto_seen"],
+        )
+
+    def copy(self) -> DeviceCarry:
+        return DeviceCarry.from_json(self.to_json())
+
+
+COUNT_FIELDS = ("samples_expected", "samples_received", "samples_on_time",
+                "samples_with_source_ts", "samples_bad")
+
+
+@dataclass(slots=True)
+class Derived:
+    """Rows produced since the last `take`, ready for insertion."""
+
+    intervals: list[tuple[str, float, float, str, int]] = field(default_factory=list)
+    deltas: list[tuple[str, str, float, float, float]] = field(default_factory=list)
+    count_parts: list[pd.DataFrame] = field(default_factory=list)
+
+    def add_counts(
+        self, device_id: str, hours: IntArray, columns: Sequence[int], values: Sequence[IntArray]
+    ) -> None:
+        """Add per-row `values` (one array per column index) into their hours' counts."""
+        if len(hours) == 0:
+            return
+        part = pd.DataFrame({"hour_start": hours})
+        for column, value in zip(columns, values, strict=True):
+            part[COUNT_FIELDS[column]] = value
+        part.insert(0, "device_id", device_id)
+        self.count_parts.append(part)
+
+    def counts(self) -> pd.DataFrame:
+        """Summed counts per (device_id, hour_start), all COUNT_FIELDS as int64."""
+        if not self.count_parts:
+            return pd.DataFrame(columns=["device_id", "hour_start", *COUNT_FIELDS])
+        frame = pd.concat(self.count_parts, ignore_index=True)
+        for name in COUNT_FIELDS:
+            if name not in frame:
+                frame[name] = 0
+        summed = frame.groupby(["device_id", "hour_start"], sort=True)[list(COUNT_FIELDS)].sum()
+        return summed.astype(np.int64).reset_index()
+
+
+def event_times(cols: SampleColumns) -> FloatArray:
+    has_source = cols.origin != O_RECEIVED
+    skew_ok = np.abs(cols.received_ts - cols.source_ts) <= MAX_SOURCE_SKEW_S
+    return np.where(has_source & skew_ok, cols.source_ts, cols.received_ts)
+
+
+def as_float(values: npt.NDArray[Any]) -> FloatArray:
+    """Numeric view of sample values: bools as 0/1, anything non-numeric as NaN."""
+    if values.dtype != object:
+        return values.astype(np.float64)
+    converted = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    return np.asarray(converted.astype(np.float64).to_numpy(), dtype=np.float64)
+
+
+def _hour_of_start(ts: FloatArray) -> IntArray:
+    return (np.floor(ts / HOUR_S + _EPS) * HOUR_S).astype(np.int64)
+
+
+def _hour_of_end(ts: FloatArray) -> IntArray:
+    """A delta observed at `end` belongs to the hour h with h < end <= h + 1h."""
+    return ((np.ceil(ts / HOUR_S - _EPS) - 1) * HOUR_S).astype(np.int64)
+
+
+def _ffill(values: npt.NDArray[np.int8], initial: int) -> npt.NDArray[np.int64]:
+    """Forward-fill -1 entries (no change) starting from `initial`."""
+    filled = np.concatenate([[initial], values]).astype(np.int64)
+    index = np.where(filled >= 0, np.arange(len(filled)), 0)
+    np.maximum.accumulate(index, out=index)
+    return filled[index][1:]
+
+
+class Deriver:
+    """Derives rows per device; feeds must come in event-time order per device."""
+
+    def __init__(self, plans: Mapping[str, DevicePlan], realtime_bound_s: float) -> None:
+        self.plans = plans
+        self.realtime_bound_s = realtime_bound_s
+        self.carries: dict[str, DeviceCarry] = {}
+        self.out = Derived()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def begin(self, device_id: str, ts: float) -> None:
+        """Start measuring a device that has no history yet."""
+        self.carries[device_id] = DeviceCarry(start=ts, cursor=ts, open_start=ts)
+
+    def resume(self, ts: float) -> None:
+        """After an agent (re)start: begin new devices, mark downtime of known ones unknown."""
+        for device_id in self.plans:
+            carry = self.carries.get(device_id)
+            if carry is None:
+                self.begin(device_id, ts)
+            elif ts > carry.cursor:
+                self._link_down(device_id, carry.cursor)
+                self.advance(device_id, ts)
+
+    def take(self) -> Derived:
+        out, self.out = self.out, Derived()
+        return out
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def link_down(self, connection: str, ts: float) -> None:
+        for plan in self.plans.values():
+            if plan.connection == connection and plan.device_id in self.carries:
+                self._link_down(plan.device_id, ts)
+
+    def advance(self, device_id: str, until: float) -> None:
+        """Extend the device's derived time to `until` with the current state."""
+        plan, carry = self.plans[device_id], self.carries[device_id]
+        until = max(until, carry.cursor)
+        ev_ts, state_ev, auto_ev = self._with_expiry(
+            plan, carry, np.empty(0), np.empty(0, np.int8), np.empty(0, np.int8), until
+        )
+        self._timeline(device_id, ev_ts, state_ev, auto_ev, until)
+
+    def _hold_s(self, plan: DevicePlan, signal_id: str | None) -> float | None:
+        """How long a polled value stays valid without a new sample (None: subscription)."""
+        signal = plan.signals.get(signal_id) if signal_id else None
+        if signal is None or signal.subscription:
+            return None
+        return 2 * signal.interval_s + self.realtime_bound_s
+
+    def _with_expiry(
+        self, plan: DevicePlan, carry: DeviceCarry, ev_ts: FloatArray,
+        state_ev: npt.NDArray[np.int8], auto_ev: npt.NDArray[np.int8], until: float | None = None,
+    ) -> tuple[FloatArray, npt.NDArray[np.int8], npt.NDArray[np.int8]]:
+        """Add `unknown` / auto-off events where a polled state or auto value went stale."""
+        extra_ts: list[float] = []
+        extra_state: list[int] = []
+        extra_auto: list[int] = []
+        end = until if until is not None else (float(ev_ts[-1]) if len(ev_ts) else carry.cursor)
+        for signal_id, events, attr, off in (
+            (plan.state_signal, state_ev, "state_seen", UNKNOWN),
+            (plan.auto_signal, auto_ev, "auto_seen", 0),
+        ):
+            hold = self._hold_s(plan, signal_id)
+            if hold is None:
+                continue
+            seen_ts = ev_ts[events >= 0]
+            last: float | None = getattr(carry, attr)
+            times = np.concatenate([[last], seen_ts]) if last is not None else seen_ts
+            if len(times) == 0:
+                continue
+            gaps = np.flatnonzero(np.diff(times) > hold)
+            stale = (times[gaps] + hold).tolist()
+            if times[-1] + hold <= end:
+                stale.append(float(times[-1]) + hold)
+                setattr(carry, attr, None)
+            else:
+                setattr(carry, attr, float(times[-1]))
+            for ts in stale:
+                extra_ts.append(max(ts, carry.cursor))
+                extra_state.append(off if attr == "state_seen" else -1)
+                extra_auto.append(off if attr == "auto_seen" else -1)
+        if not extra_ts:
+            return ev_ts, state_ev, auto_ev
+        # Expiries go first so that a sample at the same instant wins the tie.
+        all_ts = np.concatenate([extra_ts, ev_ts])
+        order = np.argsort(all_ts, kind="stable")
+        return (
+            all_ts[order],
+            np.concatenate([np.array(extra_state, np.int8), state_ev])[order],
+            np.concatenate([np.array(extra_auto, np.int8), auto_ev])[order],
+        )
+
+    def feed(self, device_id: str, cols: SampleColumns, count_until: float | None = None) -> None:
+        """Derive from one device's samples (any order; unknown signals are ignored).
+
+        Samples at or after `count_until` still move counters and states but fill no slot
+        (backfill: the history's end is outside its measured period).
+        """
+        plan = self.plans.get(device_id)
+        carry = self.carries.get(device_id)
+        if plan is None or carry is None or len(cols) == 0:
+            return
+        et = np.maximum(event_times(cols), carry.cursor)
+        order = np.argsort(et, kind="stable")
+        et = et[order]
+        cols = cols.take(order)
+        codes, names = pd.factorize(cols.signal_id)
+        by_signal = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[by_signal], np.arange(len(names) + 1))
+        state_ev = np.full(len(et), -1, np.int8)
+        auto_ev = np.full(len(et), -1, np.int8)
+        for code, signal_id in enumerate(names.tolist()):
+            signal = plan.signals.get(signal_id)
+            if signal is None:
+                continue
+            index = by_signal[bounds[code]:bounds[code + 1]]
+            sub, sub_et = cols.take(index), et[index]
+            if signal.role in COUNTER_ROLES:
+                self._counter(device_id, signal, carry.signal(signal_id), sub, sub_et)
+            if signal.role == Role.STATE:
+                state_ev[index] = self._state_labels(signal, sub)
+            elif signal.role == Role.AUTO_MODE:
+                auto_ev[index] = self._auto_values(sub)
+            if signal.required:
+                if count_until is not None:
+                    in_period = sub_et < count_until
+                    sub, sub_et = sub.take(np.flatnonzero(in_period)), sub_et[in_period]
+                if signal.subscription:
+                    self._held_counts(device_id, carry, signal, sub, sub_et)
+                else:
+                    self._polled_counts(device_id, carry, signal, sub, sub_et)
+        ev_ts, state_ev, auto_ev = self._with_expiry(plan, carry, et, state_ev, auto_ev)
+        self._timeline(device_id, ev_ts, state_ev, auto_ev, float(et[-1]))
+
+    # --- derivations -------------------------------------------------------------------
+
+    def _counter(
+        self, device_id: str, signal: SignalPlan, carry: SignalCarry,
+        cols: SampleColumns, et: FloatArray,
+    ) -> None:
+        good = cols.quality != Q_BAD
+        values = as_float(cols.value[good])
+        ts = et[good]
+        finite = np.isfinite(values)
+        values, ts = values[finite], ts[finite]
+        if len(values) == 0:
+            return
+        if carry.last_value is None:
+            prev_v, prev_t = values[:-1], ts[:-1]
+            cur_v, cur_t = values[1:], ts[1:]
+        else:
+            prev_v = np.concatenate([[carry.last_value], values[:-1]])
+            prev_t = np.concatenate([[carry.last_ts], ts[:-1]])
+            cur_v, cur_t = values, ts
+        delta = cur_v - prev_v
+        drop = delta < 0
+        if drop.any():
+            m = signal.modulus
+            wrap = drop & (prev_v >= 0.75 * m) & (cur_v < 0.25 * m)
+            delta = np.where(wrap, cur_v + m - prev_v, np.where(drop, cur_v, delta))
+        keep = delta > 0
+        carry.last_value, carry.last_ts = float(values[-1]), float(ts[-1])
+        if not keep.any():
+            return
+        starts, ends, amounts = prev_t[keep], cur_t[keep], delta[keep]
+        # Consecutive deltas of one hour are merged into one row: hourly sums are all that
+        # base measures use, and the raw samples keep the detail.
+        hours = _hour_of_end(ends)
+        uniq, first = np.unique(hours, return_index=True)
+        last = np.concatenate([first[1:], [len(hours)]]) - 1
+        sums = np.add.reduceat(amounts, first)
+        role = signal.role.value
+        self.out.deltas.extend(
+            (device_id, role, s, e, d)
+            for s, e, d in zip(
+                starts[first].tolist(), ends[last].tolist(), sums.tolist(), strict=True
+            )
+        )
+        self._touch(device_id, uniq)
+
+    def _state_labels(self, signal: SignalPlan, cols: SampleColumns) -> npt.NDArray[np.int8]:
+        mapping = signal.state_map or {}
+        values = as_float(cols.value)
+        integral = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2**62)
+        codes = np.where(integral, values, -(2**62)).astype(np.int64)
+        labels: npt.NDArray[np.int8] = np.full(len(codes), UNKNOWN, np.int8)
+        if len(codes):
+            labels[:] = pd.Series(codes).map(dict(mapping)).fillna(UNKNOWN).to_numpy()
+        bad = cols.quality == Q_BAD
+        unreachable = np.isin(cols.status, list(UNREACHABLE_STATUS))
+        labels[bad] = np.where(unreachable[bad], OFFLINE, UNKNOWN)
+        return labels
+
+    @staticmethod
+    def _auto_values(cols: SampleColumns) -> npt.NDArray[np.int8]:
+        values = as_float(cols.value)
+        on = np.isfinite(values) & (values != 0)
+        return (on & (cols.quality != Q_BAD)).astype(np.int8)
+
+    def _slot_flags(self, cols: SampleColumns) -> tuple[IntArray, IntArray, IntArray]:
+        with_source = (cols.origin != O_RECEIVED).astype(np.int64)
+        latency = cols.received_ts - cols.source_ts
+        on_time = (with_source == 1) & (latency <= self.realtime_bound_s)
+        return on_time.astype(np.int64), with_source, (cols.quality == Q_BAD).astype(np.int64)
+
+    def _add_slots(
+        self, device_id: str, slots: IntArray, interval_s: float,
+        flags: tuple[IntArray, IntArray, IntArray],
+    ) -> None:
+        if len(slots) == 0:
+            return
+        hours = _hour_of_start((slots * interval_s).astype(np.float64))
+        self.out.add_counts(
+            device_id, hours, (1, 2, 3, 4), (np.ones(len(slots), np.int64), *flags)
+        )
+        self._touch(device_id, np.unique(hours))
+
+    def _polled_counts(
+        self, device_id: str, carry: DeviceCarry, signal: SignalPlan,
+        cols: SampleColumns, et: FloatArray,
+    ) -> None:
+        interval = signal.interval_s
+        sc = carry.signal(signal.signal_id)
+        slots = np.floor(et / interval + _EPS).astype(np.int64)
+        first_slot = math.ceil(carry.start / interval - _EPS)
+        valid = slots >= first_slot
+        if sc.last_slot is not None:
+            valid &= slots > sc.last_slot
+        if not valid.any():
+            return
+        index = np.flatnonzero(valid)
+        kept = slots[index]  # sorted, because event times are
+        first = np.flatnonzero(np.concatenate([[True], kept[1:] != kept[:-1]]))
+        uniq, chosen = kept[first], index[first]
+        flags = tuple(f[chosen] for f in self._slot_flags(cols))
+        self._add_slots(device_id, uniq, interval, flags)  # type: ignore[arg-type]
+        sc.last_slot = int(uniq[-1])
+
+    def _held_counts(
+        self, device_id: str, carry: DeviceCarry, signal: SignalPlan,
+        cols: SampleColumns, et: FloatArray,
+    ) -> None:
+        # Subscriptions notify changes only, so this walks samples one by one; they are few.
+        sc = carry.signal(signal.signal_id)
+        on_time, with_source, bad = self._slot_flags(cols)
+        interval = signal.interval_s
+        first_slot = math.ceil(carry.start / interval - _EPS)
+        for i, ts in enumerate(et.tolist()):
+            self._fill_held(device_id, sc, interval, first_slot, ts)
+            slot = math.floor(ts / interval + _EPS)
+            if slot >= first_slot and (sc.last_slot is None or slot > sc.last_slot):
+                flags = (np.array([on_time[i]]), np.array([with_source[i]]), np.array([bad[i]]))
+                self._add_slots(device_id, np.array([slot], np.int64), interval, flags)
+                sc.last_slot = slot
+            sc.known = bool(bad[i] == 0)
+            sc.known_source = bool(with_source[i] == 1)
+
+    def _fill_held(
+        self, device_id: str, sc: SignalCarry, interval: float, first_slot: int, until: float
+    ) -> None:
+        """Count slots starting before `until` during which a subscription value was held."""
+        if not sc.known or sc.last_slot is None:
+            return
+        last = math.ceil(until / interval - _EPS) - 1
+        start = max(sc.last_slot + 1, first_slot)
+        if last < start:
+            return
+        slots = np.arange(start, last + 1, dtype=np.int64)
+        flag = np.full(len(slots), int(sc.known_source), np.int64)
+        self._add_slots(device_id, slots, interval, (flag, flag, np.zeros(len(slots), np.int64)))
+        sc.last_slot = last
+
+    def _fill_all_held(self, device_id: str, carry: DeviceCarry, until: float) -> None:
+        plan = self.plans[device_id]
+        for signal in plan.signals.values():
+            if signal.required and signal.subscription and signal.signal_id in carry.signals:
+                first_slot = math.ceil(carry.start / signal.interval_s - _EPS)
+                self._fill_held(
+                    device_id, carry.signals[signal.signal_id], signal.interval_s, first_slot, until
+                )
+
+    def _link_down(self, device_id: str, ts: float) -> None:
+        carry = self.carries[device_id]
+        ts = max(ts, carry.cursor)
+        self._fill_all_held(device_id, carry, ts)
+        for sc in carry.signals.values():
+            sc.known = False
+        carry.state_seen = carry.auto_seen = None
+        self._timeline(
+            device_id, np.array([ts]), np.array([UNKNOWN], np.int8), np.array([0], np.int8), ts
+        )
+
+    def _timeline(
+        self, device_id: str, ev_ts: FloatArray, ev_state: npt.NDArray[np.int8],
+        ev_auto: npt.NDArray[np.int8], until: float,
+    ) -> None:
+        """Apply state/auto events (sorted, >= cursor) and close intervals up to `until`."""
+        carry = self.carries[device_id]
+        end = max(until, carry.cursor)
+        states = _ffill(ev_state, carry.state)
+        autos = _ffill(ev_auto, carry.auto)
+        prev_states = np.concatenate([[carry.state], states])[:-1]
+        prev_autos = np.concatenate([[carry.auto], autos])[:-1]
+        change = (states != prev_states) | (autos != prev_autos)
+        cp_ts, cp_s, cp_a = ev_ts[change], states[change], autos[change]
+        first_hour = math.floor(carry.open_start / HOUR_S) + 1
+        boundaries = np.arange(first_hour, math.floor(end / HOUR_S) + 1, dtype=np.float64) * HOUR_S
+        at = np.searchsorted(cp_ts, boundaries, side="right") - 1
+        hb_s = np.where(at >= 0, cp_s[np.maximum(at, 0)] if len(cp_s) else 0, carry.state)
+        hb_a = np.where(at >= 0, cp_a[np.maximum(at, 0)] if len(cp_a) else 0, carry.auto)
+        bp_ts = np.concatenate([cp_ts, boundaries])
+        bp_s = np.concatenate([cp_s, hb_s]).astype(np.int64)
+        bp_a = np.concatenate([cp_a, hb_a]).astype(np.int64)
+        order = np.argsort(bp_ts, kind="stable")
+        bp_ts, bp_s, bp_a = bp_ts[order], bp_s[order], bp_a[order]
+        # Several breakpoints at one instant: the last one holds from there on.
+        last_at_ts = np.concatenate([bp_ts[1:] != bp_ts[:-1], [True]])[: len(bp_ts)]
+        bp_ts, bp_s, bp_a = bp_ts[last_at_ts], bp_s[last_at_ts], bp_a[last_at_ts]
+        starts = np.concatenate([[carry.open_start], bp_ts])
+        ends = np.concatenate([bp_ts, [end]])
+        labels = np.concatenate([[carry.state], bp_s])
+        autos_all = np.concatenate([[carry.auto], bp_a])
+        closed = slice(0, len(starts) - 1)
+        c_start, c_end = starts[closed], ends[closed]
+        c_label, c_auto = labels[closed], autos_all[closed]
+        nonzero = c_end > c_start
+        if nonzero.any():
+            self._emit_intervals(
+                device_id, c_start[nonzero], c_end[nonzero], c_label[nonzero], c_auto[nonzero]
+            )
+        carry.open_start = float(starts[-1])
+        carry.state, carry.auto = int(labels[-1]), int(autos_all[-1])
+        self._fill_all_held(device_id, carry, end)
+        carry.cursor = end
+
+    def _emit_intervals(
+        self, device_id: str, starts: FloatArray, ends: FloatArray,
+        labels: npt.NDArray[np.int64], autos: npt.NDArray[np.int64],
+    ) -> None:
+        names = [STATE_LABELS[i] for i in labels.tolist()]
+        self.out.intervals.extend(
+            zip([device_id] * len(starts), starts.tolist(), ends.tolist(), names,
+                autos.tolist(), strict=True)
+        )
+        hours = _hour_of_start(starts)
+        for signal in self.plans[device_id].signals.values():
+            if signal.required:
+                interval = signal.interval_s
+                slots = np.ceil(ends / interval - _EPS) - np.ceil(starts / interval - _EPS)
+                self.out.add_counts(device_id, hours, (0,), (slots.astype(np.int64),))
+        self._touch(device_id, np.unique(hours))
+
+    def _touch(self, device_id: str, hours: Iterable[int]) -> None:
+        self.carries[device_id].dirty_hours.update(int(h) for h in hours)
+
+    def closed_dirty_hours(self, device_id: str) -> list[int]:
+        """Touched hours that are complete (their end is at or before the cursor)."""
+        carry = self.carries[device_id]
+        return sorted(h for h in carry.dirty_hours if h + HOUR_S <= carry.cursor)
+
+
+def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:
+    """Build columns from `connectors.sample.Sample` objects (values kept as objects)."""
+    n = len(samples)
+    quality_code = {"good": Q_GOOD, "uncertain": Q_UNCERTAIN, "bad": Q_BAD}
+    origin_code = {"source": O_SOURCE, "server": O_SERVER, "received": O_RECEIVED}
+    values = np.empty(n, dtype=object)
+    values[:] = [s.value for s in samples]
+    return SampleColumns(
+        signal_id=np.array([s.signal_id for s in samples], dtype=object),
+        source_ts=np.array([s.source_ts for s in samples], dtype=np.float64),
+        received_ts=np.array([s.received_ts for s in samples], dtype=np.float64),
+        value=values,
+        quality=np.array([quality_code[s.quality.value] for s in samples], dtype=np.uint8),
+        status=np.array([s.status for s in samples], dtype=np.int64),
+        origin=np.array([origin_code[s.ts_origin.value] for s in samples], dtype=np.uint8),
+    )

@@ -1,0 +1,77 @@
+"""`tieragent evaluate`: the tier evaluation of a period from the agent's own store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agent.assess import (
+    DEFAULT_BENCHMARKS,
+    DEFAULT_DECLARATIONS,
+    DEFAULT_POLICY,
+    PolicyFiles,
+    assess,
+    load_policy_files,
+)
+from agent.config import ConfigError, load_config
+from agent.evaluation_view import evaluation_json, render_evaluation
+from agent.periods import PeriodError, period_bounds
+from agent.store.store import Store
+from indicators.policy import PolicyFileError
+
+EXIT_INVALID = 2
+
+
+def evaluate_command(
+    config_path: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
+    period: str = typer.Option(..., "--period", help="2026, 2026-11 or 2026-11-21 (local time)."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy YAML."),
+    benchmarks: Path = typer.Option(DEFAULT_BENCHMARKS, "--benchmarks", help="Benchmarks YAML."),
+    declarations: Path = typer.Option(
+        DEFAULT_DECLARATIONS, "--declarations", help="Declared conditions (documents)."
+    ),
+    baseline: str | None = typer.Option(None, "--baseline", help="Baseline period, e.g. 2025."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Evaluate the tier conditions for a period from the measured base measures."""
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        config = load_config(config_path)
+        loaded = load_policy_files(PolicyFiles(policy, benchmarks, declarations))
+        start, end = period_bounds(period, config.factory.time_zone)
+        baseline_bounds = (
+            period_bounds(baseline, config.factory.time_zone) if baseline else None
+        )
+    except ConfigError as error:
+        for problem in error.problems:
+            err.print(f"{problem}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    except (PolicyFileError, PeriodError) as error:
+        err.print(str(error), highlight=False, markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    db = data_dir / "agent.db"
+    if not db.exists():
+        err.print(f"{db} does not exist: run `tieragent run` or `tieragent backfill` first.")
+        raise typer.Exit(EXIT_INVALID)
+    store = Store.open(db, config)
+    try:
+        base = store.base_measures(start, end)
+        baseline_base = store.base_measures(*baseline_bounds) if baseline_bounds else None
+        inventory = store.inventory()
+    finally:
+        store.close()
+    if base.empty:
+        err.print(f"No base measures in {db} for {period}.")
+        raise typer.Exit(EXIT_INVALID)
+    evaluation = assess(config, base, inventory, loaded, baseline_base=baseline_base)
+    if as_json:
+        typer.echo(evaluation_json(evaluation))
+    else:
+        render_evaluation(evaluation, Console())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)

@@ -1,0 +1,246 @@
+"""Evidence bundles: signed reports plus the raw-data segments behind them, and their check.
+
+Layout of a bundle directory:
+    manifest.json                      {"format", "factory_id", "reports": [...], "keys": [...]}
+    keys/<kid>.jwk.json                public keys that signed the reports
+    reports/<seq:06d>-<report_id>.jws  the report JWS, byte for byte as sent
+    receipts/<report_id>.jws           bureau receipt, when known
+    raw/<report_id>/index.json         [{device_id, signal_id, hour_start, file, leaf}],
+                                       in leaf order
+    raw/<report_id>/<n:06d>.json       one segment's canonical bytes (agent.merkle rule)
+
+Raw segments come from a callback (`segments_for(report) -> Iterable[Segment]`) that the
+caller wires to its store, so this module does no storage I/O of its own.
+
+`verify_bundle` checks signatures, the hash chain, the Merkle root of each report against
+its raw segments (naming the segments whose bytes changed) and the indicators recomputed
+from the base measures, and returns every problem as a sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.envelope import (
+    EnvelopeError,
+    Kind,
+    peek_compact,
+    sha256_hex,
+    strict_loads,
+    thumbprint,
+    verify_compact,
+)
+from agent.merkle import Segment, leaf_hash, ordered_digests, root, segment_bytes
+from agent.report import IndicatorFn, genesis_sha256, indicator_mismatches, recompute_indicators
+
+FORMAT = "tieragent-evidence/v1"
+SegmentsFor = Callable[[Mapping[str, Any]], Iterable[Segment]]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleReport:
+    jws: str
+    receipt_jws: str | None = None
+
+
+@dataclass
+class VerifyResult:
+    reports: int = 0
+    segments: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _payload(jws: str) -> dict[str, Any]:
+    _, payload = peek_compact(jws, Kind.REPORT)
+    value: dict[str, Any] = strict_loads(payload)
+    return value
+
+
+def export_bundle(
+    out: Path,
+    reports: Iterable[BundleReport],
+    public_keys: Iterable[Mapping[str, str]],
+    segments_for: SegmentsFor | None,
+) -> Path:
+    """Write a bundle into `out` (created; must be empty or absent). Returns the manifest path."""
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise FileExistsError(f"{out}: the bundle directory is not empty.")
+    keys = []
+    for jwk in public_keys:
+        clean = {"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"]}
+        kid = thumbprint(clean)
+        _write(out / "keys" / f"{kid}.jwk.json", json.dumps(clean, indent=2).encode())
+        keys.append(kid)
+    entries = []
+    factory_id = None
+    for item in reports:
+        report = _payload(item.jws)
+        factory_id = report["factory_id"]
+        name = f"{int(report['seq']):06d}-{report['report_id']}.jws"
+        _write(out / "reports" / name, item.jws.encode("ascii"))
+        if item.receipt_jws:
+            _write(out / "receipts" / f"{report['report_id']}.jws", item.receipt_jws.encode())
+        segment_count = 0
+        if segments_for is not None:
+            index = []
+            for n, (segment, digest) in enumerate(ordered_digests(segments_for(report))):
+                seg_file = f"{n:06d}.seg"
+                _write(out / "raw" / report["report_id"] / seg_file, segment_bytes(segment))
+                index.append(
+                    {
+                        "device_id": segment.device_id,
+                        "signal_id": segment.signal_id,
+                        "hour_start": segment.hour_start,
+                        "file": seg_file,
+                        "leaf": digest.hex(),
+                    }
+                )
+            _write(
+                out / "raw" / report["report_id"] / "index.json",
+                json.dumps(index, indent=1).encode(),
+            )
+            segment_count = len(index)
+        entries.append(
+            {
+                "file": f"reports/{name}",
+                "report_id": report["report_id"],
+                "seq": report["seq"],
+                "period": report["period"],
+                "raw_segments": segment_count if segments_for is not None else None,
+            }
+        )
+    manifest = {"format": FORMAT, "factory_id": factory_id, "reports": entries, "keys": keys}
+    path = out / "manifest.json"
+    _write(path, json.dumps(manifest, indent=2).encode())
+    return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _load_keys(bundle: Path) -> dict[str, dict[str, Any]]:
+    keys: dict[str, dict[str, Any]] = {}
+    for file in sorted((bundle / "keys").glob("*.jwk.json")):
+        jwk = json.loads(file.read_text())
+        keys[thumbprint(jwk)] = jwk
+    return keys
+
+
+def verify_bundle(
+    bundle: Path,
+    *,
+    trusted_keys: Mapping[str, Mapping[str, Any]] | None = None,
+    indicator_fn: IndicatorFn | None = None,
+) -> VerifyResult:
+    """Check a bundle; every problem is one sentence naming the report and what failed.
+
+    `trusted_keys` (kid -> JWK) pins the keys to trust; by default the bundle's own keys
+    are used, which proves integrity and consistency but not who signed.
+    """
+    result = VerifyResult()
+    try:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError) as error:
+        result.problems.append(f"{bundle}: manifest.json is missing or unreadable ({error}).")
+        return result
+    keys = dict(trusted_keys) if trusted_keys is not None else _load_keys(bundle)
+    chain: list[tuple[int, str, str, str]] = []  # seq, payload sha, prev sha, label
+    for entry in manifest.get("reports", []):
+        label = f"report seq {entry.get('seq')} ({entry.get('period', {}).get('key', '?')})"
+        try:
+            token = (bundle / entry["file"]).read_text().strip()
+            header, _ = peek_compact(token, Kind.REPORT)
+            jwk = keys.get(header["kid"])
+            if jwk is None:
+                result.problems.append(f"{label}: signed by unknown key {header['kid']}.")
+                continue
+            verified = verify_compact(token, Kind.REPORT, dict(jwk))
+        except (OSError, KeyError) as error:
+            result.problems.append(f"{label}: report file unreadable ({error}).")
+            continue
+        except EnvelopeError as error:
+            result.problems.append(f"{label}: signature or format check failed: {error}")
+            continue
+        report = verified.payload
+        result.reports += 1
+        chain.append((report["seq"], verified.payload_sha256, report["prev_sha256"], label))
+        _check_raw(bundle, report, label, result)
+        try:
+            mismatched = indicator_mismatches(
+                report["indicators"], recompute_indicators(report, indicator_fn)
+            )
+        except Exception as error:  # recomputation failing is itself a finding
+            result.problems.append(f"{label}: indicators cannot be recomputed ({error}).")
+        else:
+            if mismatched:
+                result.problems.append(
+                    f"{label}: indicators differ from the base measures: {', '.join(mismatched)}."
+                )
+    _check_chain(chain, manifest.get("factory_id"), result)
+    return result
+
+
+def _check_chain(
+    chain: list[tuple[int, str, str, str]], factory_id: str | None, result: VerifyResult
+) -> None:
+    chain.sort()
+    previous: tuple[int, str] | None = None
+    for seq, sha, prev, label in chain:
+        if previous is None:
+            if seq == 1 and factory_id and prev != genesis_sha256(factory_id):
+                result.problems.append(f"{label}: does not start from the genesis hash.")
+        elif seq != previous[0] + 1:
+            result.problems.append(f"{label}: chain gap after seq {previous[0]}.")
+        elif prev != previous[1]:
+            result.problems.append(f"{label}: prev_sha256 does not match seq {previous[0]}.")
+        previous = (seq, sha)
+
+
+def _check_raw(bundle: Path, report: Mapping[str, Any], label: str, result: VerifyResult) -> None:
+    raw_dir = bundle / "raw" / str(report["report_id"])
+    expected = report["raw_data"]
+    if not raw_dir.exists():
+        result.problems.append(f"{label}: no raw segments in the bundle; Merkle root unchecked.")
+        return
+    try:
+        index = json.loads((raw_dir / "index.json").read_text())
+    except (OSError, ValueError):
+        result.problems.append(f"{label}: raw/index.json is missing or unreadable.")
+        return
+    leaves: list[bytes] = []
+    changed: list[str] = []
+    for item in index:
+        name = f"{item['device_id']}/{item['signal_id']}/{item['hour_start']}"
+        try:
+            data = (raw_dir / item["file"]).read_bytes()
+        except OSError:
+            result.problems.append(f"{label}: raw segment {name} is missing.")
+            continue
+        leaf = leaf_hash(data)
+        if leaf.hex() != item.get("leaf"):
+            changed.append(name)
+        leaves.append(leaf)
+    result.segments += len(leaves)
+    if len(leaves) != expected["segment_count"]:
+        result.problems.append(
+            f"{label}: {len(leaves)} raw segments, the report declares {expected['segment_count']}."
+        )
+    if root(leaves).hex() != expected["merkle_root"]:
+        where = f" (changed: {', '.join(changed)})" if changed else ""
+        result.problems.append(f"{label}: raw-data Merkle root does not match{where}.")
+
+
+def segment_sha256(segment: Segment) -> str:
+    """SHA-256 of a segment's canonical bytes (for logs and listings)."""
+    return sha256_hex(segment_bytes(segment))

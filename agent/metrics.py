@@ -1,0 +1,90 @@
+"""Prometheus /metrics and /healthz on a loopback port (prometheus-client, own registry)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+StartResponse = Callable[..., Any]
+
+
+class AgentMetrics:
+    """All agent metrics in one registry (no global state, so tests can make several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.samples = Counter("tieragent_samples", "Samples committed to the store.",
+                               ["device"], registry=r)
+        self.samples_bad = Counter("tieragent_samples_bad", "Committed samples of bad quality.",
+                                   ["device"], registry=r)
+        self.samples_dropped = Counter(
+            "tieragent_samples_dropped", "Samples lost (disk full / I/O error), counted as gaps.",
+            ["reason"], registry=r)
+        self.connection_up = Gauge("tieragent_connection_up", "1 while the connection is up.",
+                                   ["connection"], registry=r)
+        self.reconnects = Counter("tieragent_reconnects", "Link losses seen per connection.",
+                                  ["connection"], registry=r)
+        self.connector_restarts = Counter(
+            "tieragent_connector_restarts", "Connector tasks restarted after a crash.",
+            ["connection"], registry=r)
+        self.queue_depth = Gauge("tieragent_queue_depth", "Items waiting for the store writer.",
+                                 registry=r)
+        self.queue_capacity = Gauge("tieragent_queue_capacity", "Queue bound in items.",
+                                    registry=r)
+        self.store_lag = Gauge("tieragent_store_lag_seconds",
+                               "Age of the oldest item in the last batch when it was committed.",
+                               registry=r)
+        self.commit_seconds = Histogram("tieragent_store_commit_seconds",
+                                        "Duration of one store transaction.", registry=r)
+        self.last_commit = Gauge("tieragent_store_last_commit_timestamp_seconds",
+                                 "Wall time of the last successful commit.", registry=r)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # access logs would drown the agent's own logs
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on 127.0.0.1:`port` (0 picks a free port)."""
+
+    def __init__(self, metrics: AgentMetrics, health: Callable[[], dict[str, Any]],
+                 port: int, host: str = "127.0.0.1") -> None:
+        self._prometheus = make_wsgi_app(metrics.registry)
+        self._health = health
+        self._server = make_server(host, port, self._app, _Server, handler_class=_QuietHandler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)
+
+    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            status = self._health()
+            body = json.dumps(status).encode()
+            code = "200 OK" if status.get("status") == "ok" else "503 Service Unavailable"
+            start_response(code, [("Content-Type", "application/json")])
+            return [body]
+        if path == "/metrics":
+            result: Iterable[bytes] = self._prometheus(environ, start_response)
+            return result
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found; try /metrics or /healthz\n"]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

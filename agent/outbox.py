@@ -1,0 +1,260 @@
+"""The durable report outbox and hash-chain head (RELIABILITY.md §b.1, §b.3).
+
+Its own SQLite file (outbox.db): WAL, synchronous=FULL, checked at open. A report is
+created in ONE transaction: read chain_head -> build payload -> canonicalise -> sign ->
+INSERT outbox -> UPDATE chain_head -> COMMIT. A crash before COMMIT leaves nothing (the
+report is rebuilt later from the same base measures); after COMMIT the stored bytes are
+resent as they are, never re-signed. Rows leave the send queue only on a verified bureau
+receipt (`apply_receipt`); `acked` rows keep their JWS and receipt for local evidence.
+
+States: pending -> inflight -> acked | rejected (quarantine; released only by an operator).
+Timers use time.monotonic(); they mean nothing after a restart, so `open` makes every
+unacknowledged row due at once.
+
+Not thread-safe: one thread (the publisher's driver) owns an Outbox.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.crashpoint import crash_point
+from agent.envelope import canonical_bytes, sha256_hex
+from agent.report import genesis_sha256
+
+PENDING, INFLIGHT, ACKED, REJECTED = "pending", "inflight", "acked", "rejected"
+UNACKED = (PENDING, INFLIGHT)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chain_head (
+    factory_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    payload_sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    report_id TEXT PRIMARY KEY,
+    factory_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    period_key TEXT NOT NULL,
+    jws TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending','inflight','acked','rejected')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_mono REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    acked_at REAL,
+    receipt_jws TEXT,
+    UNIQUE (factory_id, seq),
+    UNIQUE (factory_id, period_key)
+);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (factory_id, state, seq);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox database cannot be used; str() names the file and the next step."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    report_id: str
+    factory_id: str
+    seq: int
+    period_key: str
+    jws: str
+    payload_sha256: str
+    state: str
+    attempts: int
+    next_attempt_at_mono: float
+    last_error: str | None
+    receipt_jws: str | None
+
+
+_COLUMNS = (
+    "report_id, factory_id, seq, period_key, jws, payload_sha256, state, attempts, "
+    "next_attempt_at_mono, last_error, receipt_jws"
+)
+
+
+class Outbox:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._check_integrity()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._assert_durability()
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "UPDATE outbox SET next_attempt_at_mono = 0 WHERE state IN ('pending','inflight')"
+            )
+        except sqlite3.DatabaseError as error:
+            raise OutboxError(
+                f"{path}: the outbox database cannot be opened ({error}). It was not modified; "
+                "move it aside and restore from backup, or contact support."
+            ) from None
+
+    def _check_integrity(self) -> None:
+        row = self._db.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise OutboxError(
+                f"{self.path}: integrity check failed ({row[0] if row else 'no answer'}). "
+                "The file was not modified; move it aside and restore from backup."
+            )
+
+    def _assert_durability(self) -> None:
+        mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = self._db.execute("PRAGMA synchronous").fetchone()[0]
+        if mode != "wal" or sync != 2:
+            raise OutboxError(
+                f"{self.path}: durability settings not in effect (journal_mode={mode}, "
+                f"synchronous={sync}); refusing to run on this filesystem."
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def integrity_ok(self) -> bool:
+        return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    def chain_head(self, factory_id: str) -> tuple[int, str]:
+        """(last seq, its payload SHA-256); (0, genesis) before the first report."""
+        row = self._db.execute(
+            "SELECT seq, payload_sha256 FROM chain_head WHERE factory_id = ?", (factory_id,)
+        ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, genesis_sha256(factory_id))
+
+    def commit_report(
+        self,
+        factory_id: str,
+        period_key: str,
+        build: Callable[[int, str], Mapping[str, Any]],
+        sign: Callable[[bytes], str],
+    ) -> OutboxItem:
+        """Create, sign and commit the next report of `factory_id`, once per period_key.
+
+        `build(seq, prev_sha256)` returns the report dict; `sign(payload)` the compact JWS.
+        If the period already has a row, that row is returned and nothing is rebuilt.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            existing = self._db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE factory_id = ? AND period_key = ?",
+                (factory_id, period_key),
+            ).fetchone()
+            if existing:
+                self._db.execute("ROLLBACK")
+                return OutboxItem(*existing)
+            seq, prev = self.chain_head(factory_id)
+            report = build(seq + 1, prev)
+            if report.get("seq") != seq + 1 or report.get("prev_sha256") != prev:
+                raise OutboxError("build() must use the seq and prev_sha256 it was given.")
+            crash_point("after_build")
+            payload = canonical_bytes(report)
+            token = sign(payload)
+            crash_point("after_sign")
+            digest = sha256_hex(payload)
+            self._db.execute(
+                "INSERT INTO outbox (report_id, factory_id, seq, period_key, jws, payload_sha256,"
+                " state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (report["report_id"], factory_id, seq + 1, period_key, token, digest, time.time()),
+            )
+            self._db.execute(
+                "INSERT INTO chain_head (factory_id, seq, payload_sha256) VALUES (?, ?, ?) "
+                "ON CONFLICT (factory_id) DO UPDATE SET seq = excluded.seq, "
+                "payload_sha256 = excluded.payload_sha256",
+                (factory_id, seq + 1, digest),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        crash_point("after_commit")
+        item = self.get(str(report["report_id"]))
+        assert item is not None
+        return item
+
+    def get(self, report_id: str) -> OutboxItem | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE report_id = ?", (report_id,)
+        ).fetchone()
+        return OutboxItem(*row) if row else None
+
+    def window(self, factory_id: str, size: int) -> list[OutboxItem]:
+        """The first `size` unacknowledged rows in seq order: the send window."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox "
+            "WHERE factory_id = ? AND state IN ('pending','inflight')"
+            " ORDER BY seq LIMIT ?",
+            (factory_id, size),
+        ).fetchall()
+        return [OutboxItem(*row) for row in rows]
+
+    def mark_sent(self, report_id: str, next_attempt_at_mono: float) -> None:
+        self._db.execute(
+            "UPDATE outbox SET state = 'inflight', attempts = attempts + 1, "
+            "next_attempt_at_mono = ? WHERE report_id = ? AND state IN ('pending','inflight')",
+            (next_attempt_at_mono, report_id),
+        )
+
+    def postpone(self, report_id: str, next_attempt_at_mono: float, error: str) -> None:
+        self._db.execute(
+            "UPDATE outbox SET next_attempt_at_mono = ?, last_error = ? "
+            "WHERE report_id = ? AND state IN ('pending','inflight')",
+            (next_attempt_at_mono, error[:500], report_id),
+        )
+
+    def apply_receipt(
+        self, report_id: str, payload_sha256: str, status: str, receipt_jws: str, reason: str | None
+    ) -> bool:
+        """Record a verified receipt; True if it matched an open row by id AND hash.
+
+        accepted/duplicate -> acked; rejected -> quarantined with the reason.
+        """
+        state = ACKED if status in ("accepted", "duplicate") else REJECTED
+        cursor = self._db.execute(
+            "UPDATE outbox SET state = ?, receipt_jws = ?, acked_at = ?, last_error = ? "
+            "WHERE report_id = ? AND payload_sha256 = ? AND state IN ('pending','inflight')",
+            (state, receipt_jws, time.time(), reason, report_id, payload_sha256),
+        )
+        return cursor.rowcount == 1
+
+    def release(self, report_id: str) -> bool:
+        """Operator action: send a quarantined (rejected) row again."""
+        cursor = self._db.execute(
+            "UPDATE outbox SET state = 'pending', next_attempt_at_mono = 0 "
+            "WHERE report_id = ? AND state = 'rejected'",
+            (report_id,),
+        )
+        return cursor.rowcount == 1
+
+    def items(self, factory_id: str | None = None) -> list[OutboxItem]:
+        sql = f"SELECT {_COLUMNS} FROM outbox"
+        args: tuple[str, ...] = ()
+        if factory_id is not None:
+            sql += " WHERE factory_id = ?"
+            args = (factory_id,)
+        return [
+            OutboxItem(*row) for row in self._db.execute(sql + " ORDER BY factory_id, seq", args)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        counts = {PENDING: 0, INFLIGHT: 0, ACKED: 0, REJECTED: 0}
+        for state, number in self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            counts[str(state)] = int(number)
+        return counts
+
+    def unacked(self) -> int:
+        counts = self.counts()
+        return counts[PENDING] + counts[INFLIGHT]

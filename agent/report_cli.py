@@ -1,0 +1,305 @@
+"""CLI for reports, keys and evidence: `tieragent report|keys|evidence|verify`.
+
+The lead registers these with `register(app)`. Report data comes from CSV files here
+(`--base`, `--inventory`); the store-backed source plugs in through `build_and_commit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pandas as pd
+import typer
+
+from agent.envelope import (
+    EnvelopeError,
+    Kind,
+    public_jwk,
+    sha256_hex,
+    sign_compact,
+    strict_loads,
+    thumbprint,
+)
+from agent.evidence import BundleReport, export_bundle, verify_bundle
+from agent.keys import PRIVATE_NAME, KeyFileError, keys_app, load_private_key, read_passphrase
+from agent.outbox import ACKED, Outbox, OutboxError, OutboxItem
+from agent.publish import Publisher, PublishError, PublisherSettings
+from agent.report import Period, ReportError, ReportMeta, build_report
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+report_app = typer.Typer(
+    help="Build, queue and send signed reports.", invoke_without_command=True
+)
+evidence_app = typer.Typer(help="Export evidence bundles.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = EXIT_INVALID) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _file_digest(path: Path | None) -> str:
+    if path is None:
+        return sha256_hex(b"")
+    try:
+        return sha256_hex(path.read_bytes())
+    except OSError as error:
+        _fail(f"{path}: cannot read ({error.strerror}).")
+        raise
+
+
+def build_and_commit(
+    outbox: Outbox,
+    meta: ReportMeta,
+    key_dir: Path,
+    *,
+    inventory: pd.DataFrame,
+    base: pd.DataFrame,
+    evaluation: dict[str, Any],
+    segment_digests: list[bytes],
+    passphrase: bytes | None = None,
+) -> OutboxItem:
+    """Build, sign and commit one report (once per period and revision)."""
+    key = load_private_key(key_dir / PRIVATE_NAME, passphrase)
+    period_key = f"{meta.period.kind}/{meta.period.key}/{meta.revision}"
+
+    def build(seq: int, prev: str) -> dict[str, Any]:
+        return build_report(
+            meta,
+            seq=seq,
+            prev_sha256=prev,
+            inventory=inventory,
+            base=base,
+            evaluation=evaluation,
+            segment_digests=segment_digests,
+        )
+
+    return outbox.commit_report(
+        meta.factory_id, period_key, build, lambda payload: sign_compact(payload, key, Kind.REPORT)
+    )
+
+
+@report_app.command("build")
+def report_build(
+    outbox_path: Path = typer.Option(..., "--outbox", help="Outbox database (outbox.db)."),
+    key_dir: Path = typer.Option(..., "--key-dir"),
+    factory: str = typer.Option(..., "--factory"),
+    enterprise: str = typer.Option(..., "--enterprise"),
+    bureau_id: str = typer.Option("bureau", "--bureau-id"),
+    period_kind: str = typer.Option("day", "--period-kind", help="day, month or year"),
+    period: str = typer.Option(..., "--period", help="2025-03-01, 2025-03 or 2025"),
+    time_zone: str = typer.Option("Asia/Shanghai", "--time-zone"),
+    base_csv: Path = typer.Option(..., "--base", help="Hourly base measures (CSV)."),
+    inventory_csv: Path = typer.Option(..., "--inventory", help="Device inventory (CSV)."),
+    evaluation_json: Path | None = typer.Option(None, "--evaluation"),
+    config: Path | None = typer.Option(None, "--config", help="Config file (digest only)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Policy file (digest only)."),
+    revision: int = typer.Option(0, "--revision"),
+    passphrase_file: Path | None = typer.Option(None, "--passphrase-file"),
+) -> None:
+    """Build, sign and queue the report of one period."""
+    if period_kind not in ("day", "month", "year"):
+        _fail(f"--period-kind {period_kind!r} is not day, month or year.")
+    try:
+        key = load_private_key(key_dir / PRIVATE_NAME, read_passphrase(passphrase_file))
+        meta = ReportMeta(
+            factory_id=factory,
+            enterprise_id=enterprise,
+            bureau_id=bureau_id,
+            agent_version=_version(),
+            kid=thumbprint(public_jwk(key)),
+            config_sha256=_file_digest(config),
+            policy_sha256=_file_digest(policy),
+            period=Period(period_kind, period, time_zone),  # type: ignore[arg-type]
+            issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            revision=revision,
+        )
+        evaluation = strict_loads(evaluation_json.read_bytes()) if evaluation_json else {}
+        item = build_and_commit(
+            Outbox(outbox_path),
+            meta,
+            key_dir,
+            inventory=pd.read_csv(inventory_csv),
+            base=pd.read_csv(base_csv),
+            evaluation=evaluation,
+            segment_digests=[],
+            passphrase=read_passphrase(passphrase_file),
+        )
+    except (KeyFileError, OutboxError, ReportError, EnvelopeError, OSError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"Queued report {item.report_id} seq {item.seq} ({item.state}).")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tieragent")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _bureau_keys(path: Path) -> tuple[dict[str, str], ...]:
+    try:
+        value = strict_loads(path.read_bytes())
+    except (OSError, EnvelopeError) as error:
+        _fail(f"{path}: cannot read the bureau key ({error}).")
+        raise
+    items = value if isinstance(value, list) else [value]
+    return tuple({"kty": k["kty"], "crv": k["crv"], "x": k["x"]} for k in items)
+
+
+@report_app.command("send")
+def report_send(
+    outbox_path: Path = typer.Option(..., "--outbox"),
+    broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
+    factory: str = typer.Option(..., "--factory"),
+    bureau_key: Path = typer.Option(..., "--bureau-key", help="Pinned bureau receipt JWK(s)."),
+    protocol: str = typer.Option("5", "--protocol", help="5 or 3.1.1"),
+    window: int = typer.Option(4, "--window"),
+    keepalive_s: int = typer.Option(30, "--keepalive-s"),
+    receipt_timeout_s: float = typer.Option(30.0, "--receipt-timeout-s"),
+    reconnect_min_s: float = typer.Option(1.0, "--reconnect-min-s"),
+    reconnect_max_s: float = typer.Option(60.0, "--reconnect-max-s"),
+    until_drained: bool = typer.Option(False, "--until-drained", help="Exit when all acked."),
+    timeout_s: float = typer.Option(0.0, "--timeout-s", help="Give up after this (0: never)."),
+    ca_file: Path | None = typer.Option(None, "--ca-file"),
+    cert_file: Path | None = typer.Option(None, "--cert-file"),
+    key_file: Path | None = typer.Option(None, "--key-file"),
+    username: str | None = typer.Option(None, "--username"),
+    password_file: Path | None = typer.Option(None, "--password-file"),
+) -> None:
+    """Deliver queued reports; a report leaves the queue only on a signed bureau receipt."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if protocol not in ("5", "3.1.1"):
+        _fail(f"--protocol {protocol!r} is not 5 or 3.1.1.")
+    settings = PublisherSettings(
+        broker_url=broker,
+        factory_id=factory,
+        bureau_keys=_bureau_keys(bureau_key),
+        protocol="5" if protocol == "5" else "3.1.1",
+        window=window,
+        keepalive_s=keepalive_s,
+        receipt_timeout_s=receipt_timeout_s,
+        reconnect_min_s=reconnect_min_s,
+        reconnect_max_s=reconnect_max_s,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        username=username,
+        password_file=password_file,
+    )
+    try:
+        outbox = Outbox(outbox_path)
+        publisher = Publisher(settings, outbox)
+        publisher.start()
+    except (OutboxError, PublishError) as error:
+        _fail(str(error))
+        return
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    try:
+        while not stop.is_set():
+            publisher.step(0.1)
+            if until_drained and outbox.unacked() == 0:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+    finally:
+        publisher.stop()
+    typer.echo(json.dumps({"outbox": outbox.counts(), **publisher.metrics}, sort_keys=True))
+    if until_drained and outbox.unacked():
+        raise typer.Exit(EXIT_FAILED)
+
+
+@report_app.command("status")
+def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
+    """Show the outbox: counts per state and every unacknowledged report."""
+    try:
+        outbox = Outbox(outbox_path)
+    except OutboxError as error:
+        _fail(str(error))
+        return
+    typer.echo(json.dumps(outbox.counts(), sort_keys=True))
+    for item in outbox.items():
+        if item.state != ACKED:
+            typer.echo(
+                f"{item.factory_id} seq {item.seq} {item.period_key} {item.state} "
+                f"attempts={item.attempts} {item.last_error or ''}"
+            )
+
+
+@evidence_app.command("export")
+def evidence_export(
+    outbox_path: Path = typer.Option(..., "--outbox"),
+    period: str = typer.Option(..., "--period", help="Prefix of period keys, e.g. 2025 or 2025-03"),
+    out: Path = typer.Option(..., "--out"),
+    key_dir: Path = typer.Option(..., "--key-dir", help="Key directory (public keys)."),
+) -> None:
+    """Write an evidence bundle of the reports of a period (raw segments when wired)."""
+    try:
+        outbox = Outbox(outbox_path)
+        jwks = [json.loads((key_dir / "agent-key.jwk.json").read_text())]
+        jwks += [json.loads(p.read_text()) for p in sorted(key_dir.glob("retired/*.jwk.json"))]
+        reports = [
+            BundleReport(i.jws, i.receipt_jws)
+            for i in outbox.items()
+            if i.period_key.split("/")[1].startswith(period)
+        ]
+        manifest = export_bundle(out, reports, jwks, segments_for=None)
+    except (OutboxError, OSError, ValueError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"Wrote {len(reports)} report(s) to {manifest.parent}.")
+
+
+def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle directory.")) -> None:
+    """Verify an evidence bundle: signatures, chain, Merkle roots, recomputed indicators."""
+    result = verify_bundle(bundle)
+    for problem in result.problems:
+        typer.echo(f"FAIL {problem}")
+    typer.echo(
+        f"{result.reports} report(s), {result.segments} raw segment(s) checked: "
+        f"{'OK' if result.ok else f'{len(result.problems)} problem(s)'}."
+    )
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    """Add report, keys, evidence and verify to the `tieragent` app."""
+    from agent.reporting_cli import report_from_store
+
+    report_app.callback()(report_from_store)
+    app.add_typer(report_app, name="report")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(evidence_app, name="evidence")
+    app.command("verify")(verify_command)
+
+
+def main() -> None:
+    """Standalone entry (`python -m agent.report_cli`) for tests and before registration."""
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+    register(app)
+    from bureau.cli import bureau_app
+
+    app.add_typer(bureau_app, name="bureau")
+    app()
+
+
+if __name__ == "__main__":
+    main()

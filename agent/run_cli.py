@@ -1,0 +1,204 @@
+"""`tieragent run`, `tieragent backfill` and `tieragent measures` (register with `register`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent.config import ConfigError, FactoryConfig, load_config
+from agent.store import Store, StoreError
+from indicators.columns import MEASURE_COLUMNS
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+DB_NAME = "agent.db"
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("tieragent.cli")
+
+
+def _config_or_exit(path: Path) -> FactoryConfig:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        err_console.print(f"[bold red]Invalid configuration[/] ({len(error.problems)} problem(s)):")
+        for problem in error.problems:
+            err_console.print(f"  {problem.file}: [bold]{problem.key}[/]: {problem.message}",
+                              highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def run(
+    config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    metrics_port: int = typer.Option(9108, "--metrics-port",
+                                     help="Loopback port of /metrics and /healthz (0: any)."),
+    log_json: bool = typer.Option(False, "--log-json", help="Log JSON lines to stderr."),
+    duration: float | None = typer.Option(None, "--duration", help="Stop after S seconds."),
+    influx_url: str | None = typer.Option(None, "--influx-url",
+                                          help="Mirror samples to this InfluxDB v2 URL."),
+    influx_org: str = typer.Option("tieragent", "--influx-org"),
+    influx_bucket: str = typer.Option("tieragent", "--influx-bucket"),
+    influx_token_env: str | None = typer.Option(
+        None, "--influx-token-env", help="Environment variable holding the InfluxDB token."),
+) -> None:
+    """Collect from every configured connection into the store until stopped."""
+    from agent.logging_setup import setup_logging
+    from agent.metrics import AgentMetrics, MetricsServer
+    from agent.mirror import InfluxMirror
+    from agent.runtime import Runtime, build_connectors
+
+    setup_logging(json_lines=log_json)
+    factory = _config_or_exit(config)
+    try:
+        connectors = build_connectors(factory)
+    except ValueError as exc:
+        raise _fail(f"{config}: {exc}", EXIT_INVALID) from None
+    except ImportError as exc:
+        raise _fail(f"a protocol connector is not available: {exc}") from None
+    try:
+        store = Store.open(data_dir / DB_NAME, factory)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    metrics = AgentMetrics()
+    mirror = None
+    if influx_url:
+        token = os.environ.get(influx_token_env, "") if influx_token_env else ""
+        mirror = InfluxMirror(influx_url, influx_org, influx_bucket, token)
+    runtime = Runtime(factory, store, connectors, metrics, mirror=mirror)
+    try:
+        server = MetricsServer(metrics, runtime.health, metrics_port)
+    except OSError as exc:
+        store.close()
+        raise _fail(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc.strerror}") from None
+    server.start()
+    log.info("Metrics served.", extra={"fields": {"url": f"http://127.0.0.1:{server.port}/metrics"}})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await runtime.run(stop)
+
+    try:
+        asyncio.run(main())
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        server.stop()
+        if mirror is not None:
+            mirror.close()
+        store.close()
+
+
+def backfill(
+    config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
+    history: Path = typer.Option(..., "--history", help="Simulator history folder."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+) -> None:
+    """Import the simulator's offline history through the live derivation code."""
+    from agent.backfill import HistoryError
+    from agent.backfill import backfill as run_backfill
+
+    factory = _config_or_exit(config)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console) as progress:
+        task = progress.add_task("importing", total=None)
+
+        def step(device_id: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=device_id)
+
+        try:
+            summary = run_backfill(factory, history, data_dir / DB_NAME, progress=step)
+        except (HistoryError, StoreError) as exc:
+            raise _fail(str(exc)) from None
+    console.print(
+        f"imported {summary.samples:,} samples of {summary.devices} devices in "
+        f"{summary.seconds:.1f} s into {data_dir / DB_NAME}"
+    )
+    if summary.missing:
+        console.print(f"[yellow]no samples for[/] {', '.join(summary.missing)} (time unknown)")
+    if summary.unknown:
+        console.print(f"[yellow]ignored files of unknown devices[/] {', '.join(summary.unknown)}")
+
+
+def measures(
+    config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
+    period: str = typer.Option(..., "--period", help="2026, 2026-11 or 2026-11-21 (local)."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print the base measures of a period, summed per device and in total."""
+    from agent.periods import PeriodError, period_bounds
+
+    factory = _config_or_exit(config)
+    try:
+        start, end = period_bounds(period, factory.factory.time_zone)
+    except PeriodError as exc:
+        raise _fail(str(exc), EXIT_INVALID) from None
+    db = data_dir / DB_NAME
+    if not db.exists():
+        raise _fail(f"{db} does not exist; run `tieragent run` or `tieragent backfill` first")
+    try:
+        store = Store.open(db, factory)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        rows = store.base_measures(start, end)
+    finally:
+        store.close()
+    per_device = summed_measures(rows)
+    total = {c: float(per_device[c].sum()) for c in MEASURE_COLUMNS}
+    if as_json:
+        out: dict[str, Any] = {
+            "period": period, "start": start, "end": end, "hours": len(rows),
+            "devices": {d: {c: float(r[c]) for c in MEASURE_COLUMNS}
+                        for d, r in per_device.iterrows()},
+            "total": total,
+        }
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"Base measures {period} ({factory.factory.time_zone})")
+    shown = ("pot_s", "apt_s", "unk_s", "produced", "good", "scrap", "energy_kwh",
+             "samples_expected", "samples_received")
+    table.add_column("device")
+    for column in shown:
+        table.add_column(column, justify="right")
+    for device_id, row in per_device.iterrows():
+        table.add_row(str(device_id), *(f"{row[c]:,.1f}" for c in shown))
+    table.add_row("[bold]total[/]", *(f"{total[c]:,.1f}" for c in shown))
+    console.print(table)
+
+
+def summed_measures(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-device sums of every measure column (index: device_id)."""
+    if rows.empty:
+        return pd.DataFrame(columns=list(MEASURE_COLUMNS), index=pd.Index([], name="device_id"))
+    return rows.groupby("device_id")[list(MEASURE_COLUMNS)].sum()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `run`, `backfill` and `measures` to the `tieragent` app."""
+    app.command("run")(run)
+    app.command("backfill")(backfill)
+    app.command("measures")(measures)

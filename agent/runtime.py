@@ -1,0 +1,253 @@
+"""The agent's asyncio runtime: supervised connectors -> bounded channel -> store writer.
+
+* One task per connection, supervised: if a connector crashes it is restarted with capped,
+  jittered exponential backoff; one failing device never stops the others. Connectors
+  own their reconnection; the supervisor only catches what escapes them.
+* A bounded channel between connectors and the writer. A connector's `await sink(batch)`
+  returns once the batch is queued (not yet durable) and blocks while the channel is full:
+  that is the backpressure. Link events are never blocked or dropped (they are rare).
+* One writer task: every ~200 ms (or when a batch is ready) it takes up to
+  `BATCH_MAX` items and commits them with `Store.ingest` in a worker thread. A sample is
+  acknowledged once that commit returns. If the store falls behind, the queue depth and
+  store lag metrics show it and a warning is logged (at most every 10 s).
+* Stop (SIGTERM / SIGINT / duration): connectors are cancelled, the channel is flushed
+  into the store, the store is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent.config import FactoryConfig
+from agent.metrics import AgentMetrics
+from agent.store import IngestItem, LinkItem, Store
+from connectors.backoff import Backoff
+from connectors.base import Connector, LinkEvent, LinkState, SignalBinding
+from connectors.sample import Sample
+
+log = logging.getLogger("tieragent.runtime")
+
+BATCH_MAX = 5000
+FLUSH_INTERVAL_S = 0.2
+LAG_WARNING_S = 5.0
+PURGE_EVERY_S = 3600.0
+
+
+class Mirror(Protocol):
+    def offer(self, samples: Sequence[Sample]) -> None: ...
+
+
+class Channel:
+    """Bounded FIFO of samples and link events; `put_samples` waits while full."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: collections.deque[tuple[float, IngestItem]] = collections.deque()
+        self._samples = 0
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put_samples(self, batch: Sequence[Sample]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._samples < self.capacity)
+            now = time.monotonic()
+            self._items.extend((now, s) for s in batch)
+            self._samples += len(batch)
+            self._changed.notify_all()
+
+    def put_link(self, item: LinkItem) -> None:
+        self._items.append((time.monotonic(), item))
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def take(self, limit: int, timeout: float) -> tuple[list[IngestItem], float]:
+        """Up to `limit` items (waiting at most `timeout`) and the oldest one's queue time."""
+        async with self._changed:
+            if not self._items:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self._items)),
+                                           timeout)
+            items: list[IngestItem] = []
+            oldest = self._items[0][0] if self._items else time.monotonic()
+            while self._items and len(items) < limit:
+                _, item = self._items.popleft()
+                items.append(item)
+                if isinstance(item, Sample):
+                    self._samples -= 1
+            self._changed.notify_all()
+            return items, oldest
+
+
+@dataclass
+class RuntimeState:
+    writer_alive: bool = False
+    last_commit_mono: float = field(default_factory=time.monotonic)
+    lag_s: float = 0.0
+    stopping: bool = False
+
+
+def bindings_by_connection(config: FactoryConfig) -> dict[str, list[SignalBinding]]:
+    out: dict[str, list[SignalBinding]] = {}
+    for device in config.devices:
+        if device.connection == "none":
+            continue
+        for signal in device.signals:
+            out.setdefault(device.connection, []).append(SignalBinding(
+                device_id=device.id, signal_id=signal.id, interval_s=config.interval_of(signal),
+                opcua=signal.opcua, modbus=signal.modbus, unit_id=device.unit_id,
+            ))
+    return out
+
+
+def build_connectors(config: FactoryConfig) -> dict[str, Connector]:
+    """One connector per used connection (imports the protocol modules lazily)."""
+    connectors: dict[str, Connector] = {}
+    for name, bindings in bindings_by_connection(config).items():
+        connection = config.connections[name]
+        factory: Any
+        if connection.protocol == "opcua":
+            from connectors.opcua import OpcUaConnector
+
+            factory = OpcUaConnector
+        else:
+            from connectors.modbus import ModbusConnector
+
+            factory = ModbusConnector
+        connectors[name] = factory(name=name, connection=connection, bindings=bindings)
+    return connectors
+
+
+class Runtime:
+    def __init__(
+        self, config: FactoryConfig, store: Store, connectors: Mapping[str, Connector],
+        metrics: AgentMetrics, *, mirror: Mirror | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.connectors = dict(connectors)
+        self.metrics = metrics
+        self.mirror = mirror
+        self.clock = clock
+        self.channel = Channel(config.collection.queue_size)
+        self.state = RuntimeState()
+        metrics.queue_capacity.set(self.channel.capacity)
+        self._last_lag_warning = 0.0
+
+    def health(self) -> dict[str, Any]:
+        """For /healthz: ok while the writer runs and keeps up."""
+        ok = self.state.writer_alive and self.state.lag_s < 60.0
+        return {"status": "ok" if ok else "degraded", "queue_depth": len(self.channel),
+                "store_lag_s": round(self.state.lag_s, 3),
+                "connections": sorted(self.connectors)}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then flush and return (the caller closes the store)."""
+        await asyncio.to_thread(self.store.resume, self.clock())
+        writer = asyncio.create_task(self._writer(stop), name="store-writer")
+        supervisors = [
+            asyncio.create_task(self._supervise(name, connector), name=f"connector-{name}")
+            for name, connector in self.connectors.items()
+        ]
+        log.info("Agent running.", extra={"fields": {
+            "connections": sorted(self.connectors), "db": str(self.store.path)}})
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopper, writer], return_when=asyncio.FIRST_COMPLETED)
+        self.state.stopping = True
+        for task in supervisors:
+            task.cancel()
+        await asyncio.wait(supervisors, timeout=3.0)
+        stop.set()
+        await writer  # drains the channel, then returns
+        log.info("Agent stopped; store flushed.", extra={"fields": {"db": str(self.store.path)}})
+
+    async def _supervise(self, name: str, connector: Connector) -> None:
+        connection = self.config.connections[name]
+        backoff = Backoff(connection.reconnect_min_s, connection.reconnect_max_s)
+
+        async def sink(batch: Sequence[Sample]) -> None:
+            await self.channel.put_samples(batch)
+            self.metrics.queue_depth.set(len(self.channel))
+
+        def links(event: LinkEvent) -> None:
+            up = event.state == LinkState.CONNECTED
+            self.metrics.connection_up.labels(name).set(1 if up else 0)
+            if event.state == LinkState.DISCONNECTED:
+                self.metrics.reconnects.labels(name).inc()
+            self.channel.put_link(LinkItem(name, event))
+
+        while True:
+            started = time.monotonic()
+            try:
+                await connector.run(sink, links)
+                log.warning("Connector returned; restarting it.",
+                            extra={"fields": {"connection": name}})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the one broad catch: a crash must not stop others
+                log.error("Connector crashed; restarting it.", exc_info=exc,
+                          extra={"fields": {"connection": name, "error": repr(exc)}})
+            self.metrics.connector_restarts.labels(name).inc()
+            self.metrics.connection_up.labels(name).set(0)
+            self.channel.put_link(LinkItem(name, LinkEvent(
+                LinkState.DISCONNECTED, self.clock(), "connector restarted")))
+            if time.monotonic() - started > 60.0:
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _writer(self, stop: asyncio.Event) -> None:
+        self.state.writer_alive = True
+        next_purge = time.monotonic()
+        try:
+            while True:
+                items, oldest = await self.channel.take(BATCH_MAX, FLUSH_INTERVAL_S)
+                await self._commit(items, oldest)
+                if stop.is_set() and not len(self.channel):
+                    break
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY_S
+                    deleted = await asyncio.to_thread(self.store.purge_raw, self.clock())
+                    if deleted:
+                        log.info("Old raw samples purged.", extra={"fields": {"rows": deleted}})
+        finally:
+            self.state.writer_alive = False
+
+    async def _commit(self, items: list[IngestItem], oldest: float) -> None:
+        # The state advances to now minus the realtime bound, so slightly late samples
+        # still land in order instead of being clamped.
+        advance_to = self.clock() - self.config.collection.realtime_bound_s
+        started = time.monotonic()
+        result = await asyncio.to_thread(self.store.ingest, items, advance_to)
+        done = time.monotonic()
+        self.metrics.commit_seconds.observe(done - started)
+        lag = done - oldest if items else 0.0
+        self.state.lag_s = lag
+        self.metrics.store_lag.set(lag)
+        self.metrics.queue_depth.set(len(self.channel))
+        if result.error is None:
+            self.state.last_commit_mono = done
+            self.metrics.last_commit.set(self.clock())
+        else:
+            self.metrics.samples_dropped.labels("disk_full_or_io_error").inc(result.dropped)
+        for device, count in result.stored_by_device.items():
+            self.metrics.samples.labels(device).inc(count)
+        for device, count in result.bad_by_device.items():
+            self.metrics.samples_bad.labels(device).inc(count)
+        if lag > LAG_WARNING_S and done - self._last_lag_warning > 10.0:
+            self._last_lag_warning = done
+            log.warning("Store is falling behind the connectors.", extra={"fields": {
+                "lag_s": round(lag, 2), "queue_depth": len(self.channel)}})
+        if self.mirror is not None and result.error is None:
+            self.mirror.offer([i for i in items if isinstance(i, Sample)])

@@ -1,0 +1,485 @@
+"""The agent's durable store: raw samples and everything derived from them, in agent.db.
+
+Durability contract: `Store.ingest` writes a batch of samples, the rows derived from it
+and the derivation memory (`carry`) in ONE transaction with synchronous=FULL. A sample
+is *acknowledged* when `ingest` returns without counting it as dropped: it is committed
+and survives kill -9. The runtime's sink returns once a sample is queued, which is not an
+acknowledgement. If the disk is full (SQLITE_FULL) or an I/O error occurs, the batch is
+rolled back, the derivation memory restored, and the samples counted as dropped (a gap
+in samples_received that the next successful commit records in `ingest_losses`).
+
+The store is not thread-safe: one writer (the runtime's writer thread) drives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agent.config import FactoryConfig
+from agent.derive import (
+    COUNT_FIELDS,
+    HOUR_S,
+    Derived,
+    Deriver,
+    DeviceCarry,
+    SampleColumns,
+    columns_from_samples,
+    plan_devices,
+)
+from agent.store.sqlite import StoreError, is_space_error, open_database
+from connectors.base import LinkEvent, LinkState
+from connectors.sample import Sample
+from indicators.columns import (
+    BASE_MEASURE_COLUMNS,
+    DELTA_COLUMNS,
+    INTERVAL_COLUMNS,
+    INVENTORY_COLUMNS,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkItem:
+    """A connector's link event, tagged with the connection it belongs to."""
+
+    connection: str
+    event: LinkEvent
+
+
+IngestItem = Sample | LinkItem
+
+
+@dataclass(slots=True)
+class IngestResult:
+    stored: int = 0
+    dropped: int = 0
+    error: str | None = None
+    stored_by_device: dict[str, int] = field(default_factory=dict)
+    bad_by_device: dict[str, int] = field(default_factory=dict)
+
+
+_SAMPLE_INSERT = (
+    "INSERT INTO samples (device_id, signal_id, source_ts, received_ts, value, quality, status, "
+    "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COUNT_UPSERT = (
+    "INSERT INTO sample_counts (device_id, hour_start, " + ", ".join(COUNT_FIELDS) + ") "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, hour_start) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNT_FIELDS)
+)
+
+
+class Store:
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, config: FactoryConfig, deriver: Deriver
+    ) -> None:
+        self.path = path
+        self.config = config
+        self._conn = conn
+        self.deriver = deriver
+        self._pending_loss: list[float] = []  # first_ts, last_ts, samples, of unrecorded losses
+        for device_id, state in conn.execute("SELECT device_id, state FROM carry"):
+            if device_id in deriver.plans:
+                deriver.carries[device_id] = DeviceCarry.from_json(json.loads(state))
+
+    @classmethod
+    def open(
+        cls, path: Path, config: FactoryConfig, *, interval_s: float | None = None,
+        polled: bool = False,
+    ) -> Store:
+        """Open agent.db (integrity-checked; raises StoreCorrupt / StoreError)."""
+        conn = open_database(path)
+        plans = plan_devices(config, interval_s=interval_s, polled=polled)
+        return cls(path, conn, config, Deriver(plans, config.collection.realtime_bound_s))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # --- writing -----------------------------------------------------------------------
+
+    def resume(self, now: float) -> None:
+        """Begin measuring new devices; time since the last commit becomes unknown."""
+        self._transaction(lambda: self.deriver.resume(now), samples=0)
+
+    def begin_at(self, ts: float) -> None:
+        """Backfill: measure every device from `ts`; refuse if one already has later data."""
+        for device_id, carry in self.deriver.carries.items():
+            if carry.cursor > ts:
+                raise StoreError(
+                    f"{self.path}: device {device_id!r} already has data up to "
+                    f"{carry.cursor:.0f}, after the history start {ts:.0f}; import into a new "
+                    f"data directory."
+                )
+        def begin() -> None:
+            for device_id in self.deriver.plans:
+                if device_id not in self.deriver.carries:
+                    self.deriver.begin(device_id, ts)
+            self.deriver.resume(ts)
+        self._transaction(begin, samples=0)
+
+    def ingest(self, items: Sequence[IngestItem], advance_to: float | None = None) -> IngestResult:
+        """Store and derive one batch in one transaction; see the module docstring."""
+        samples = [item for item in items if isinstance(item, Sample)]
+        result = IngestResult()
+        for sample in samples:
+            result.stored_by_device[sample.device_id] = (
+                result.stored_by_device.get(sample.device_id, 0) + 1
+            )
+            if sample.quality.value == "bad":
+                result.bad_by_device[sample.device_id] = (
+                    result.bad_by_device.get(sample.device_id, 0) + 1
+                )
+
+        def work() -> None:
+            segment: list[Sample] = []
+            for item in items:
+                if isinstance(item, LinkItem):
+                    self._feed_samples(segment)
+                    segment = []
+                    self._link(item)
+                else:
+                    segment.append(item)
+            self._feed_samples(segment)
+            self._insert_raw(
+                [s.device_id for s in samples], np.array([s.source_ts for s in samples]),
+                (_sample_row(s) for s in samples),
+            )
+            if advance_to is not None:
+                for device_id in self.deriver.carries:
+                    self.deriver.advance(device_id, advance_to)
+
+        error = self._transaction(work, samples=len(samples), span=_span(samples))
+        if error is None:
+            result.stored = len(samples)
+        else:
+            result.dropped, result.error = len(samples), error
+            result.stored_by_device, result.bad_by_device = {}, {}
+        return result
+
+    def ingest_columns(
+        self, device_id: str, cols: SampleColumns, until: float, count_until: float | None = None
+    ) -> None:
+        """Backfill path: one device's columns, derived up to `until`, one transaction."""
+        def work() -> None:
+            rows = zip(
+                [device_id] * len(cols), cols.signal_id.tolist(), cols.source_ts.tolist(),
+                cols.received_ts.tolist(), cols.value.tolist(), cols.quality.tolist(),
+                cols.status.tolist(), cols.origin.tolist(), strict=True,
+            )
+            self._insert_raw([device_id] * len(cols), cols.source_ts, rows)
+            self.deriver.feed(device_id, cols, count_until=count_until)
+            self.deriver.advance(device_id, until)
+
+        error = self._transaction(work, samples=len(cols), span=None)
+        if error is not None:
+            raise StoreError(f"{self.path}: import of {device_id!r} failed: {error}")
+
+    def _insert_raw(
+        self, device_ids: Sequence[str], source_ts: np.ndarray, rows: Iterable[tuple[object, ...]]
+    ) -> None:
+        """Append raw samples and record each device-hour's rowid range in sample_index."""
+        if len(device_ids) == 0:
+            return
+        base = self._conn.execute("SELECT coalesce(max(rowid), 0) FROM samples").fetchone()[0]
+        self._conn.executemany(_SAMPLE_INSERT, rows)
+        top = self._conn.execute("SELECT max(rowid) FROM samples").fetchone()[0]
+        if top != base + len(device_ids):
+            raise StoreError(f"{self.path}: sample rowids are not consecutive; refusing to index")
+        frame = pd.DataFrame({
+            "device_id": device_ids,
+            "hour_start": (np.floor(source_ts / HOUR_S) * HOUR_S).astype(np.int64),
+            "rowid": np.arange(base + 1, top + 1, dtype=np.int64),
+        })
+        ranges = frame.groupby(["device_id", "hour_start"], sort=False)["rowid"].agg(["min", "max"])
+        self._conn.executemany(
+            "INSERT INTO sample_index (device_id, hour_start, first_rowid, last_rowid) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (device_id, hour_start) DO UPDATE SET "
+            "first_rowid = min(first_rowid, excluded.first_rowid), "
+            "last_rowid = max(last_rowid, excluded.last_rowid)",
+            ((d, int(h), int(lo), int(hi)) for (d, h), lo, hi in zip(
+                ranges.index, ranges["min"], ranges["max"], strict=True)),
+        )
+
+    def _feed_samples(self, samples: Sequence[Sample]) -> None:
+        by_device: dict[str, list[Sample]] = {}
+        for sample in samples:
+            by_device.setdefault(sample.device_id, []).append(sample)
+        for device_id, group in by_device.items():
+            self.deriver.feed(device_id, columns_from_samples(group))
+
+    def _link(self, item: LinkItem) -> None:
+        event = item.event
+        self._conn.execute(
+            "INSERT INTO link_log (connection, ts, state, reason) VALUES (?, ?, ?, ?)",
+            (item.connection, event.ts, event.state.value, event.reason),
+        )
+        if event.state == LinkState.DISCONNECTED:
+            self.deriver.link_down(item.connection, event.ts)
+
+    def _transaction(
+        self, work: object, *, samples: int, span: tuple[float, float] | None = None
+    ) -> str | None:
+        """Run `work` and persist its derived rows atomically; returns an error or None.
+
+        On a disk-full or I/O error everything is rolled back, including the in-memory
+        derivation state, and the samples are remembered as a counted loss.
+        """
+        snapshot = {k: v.copy() for k, v in self.deriver.carries.items()}
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            work()  # type: ignore[operator]
+            self._write_derived(self.deriver.take())
+            self._materialise_closed()
+            self._write_carries()
+            if self._pending_loss:
+                first, last, count = self._pending_loss
+                self._conn.execute(
+                    "INSERT INTO ingest_losses (first_ts, last_ts, samples, reason) "
+                    "VALUES (?, ?, ?, 'disk_full_or_io_error')",
+                    (first, last, int(count)),
+                )
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            self.deriver.carries = snapshot
+            self.deriver.take()
+            if not is_space_error(exc):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            self._remember_loss(samples, span)
+            log.error("Store write failed; samples counted as lost.",
+                      extra={"fields": {"path": str(self.path), "error": str(exc),
+                                        "samples": samples}})
+            return str(exc)
+        self._pending_loss = []
+        return None
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself on SQLITE_FULL.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+
+    def _remember_loss(self, samples: int, span: tuple[float, float] | None) -> None:
+        if samples == 0 or span is None:
+            return
+        if self._pending_loss:
+            first, last, count = self._pending_loss
+            self._pending_loss = [min(first, span[0]), max(last, span[1]), count + samples]
+        else:
+            self._pending_loss = [span[0], span[1], float(samples)]
+
+    def _write_derived(self, derived: Derived) -> None:
+        self._conn.executemany(
+            'INSERT INTO intervals (device_id, start, "end", state, auto) VALUES (?, ?, ?, ?, ?)',
+            derived.intervals,
+        )
+        self._conn.executemany(
+            'INSERT INTO deltas (device_id, role, start, "end", delta) VALUES (?, ?, ?, ?, ?)',
+            derived.deltas,
+        )
+        counts = derived.counts()
+        self._conn.executemany(
+            _COUNT_UPSERT,
+            ((d, int(h), *map(int, rest)) for d, h, *rest in counts.itertuples(index=False)),
+        )
+
+    def _write_carries(self) -> None:
+        self._conn.executemany(
+            "INSERT INTO carry (device_id, state) VALUES (?, ?) "
+            "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state",
+            ((d, json.dumps(c.to_json())) for d, c in self.deriver.carries.items()),
+        )
+
+    def _materialise_closed(self) -> None:
+        for device_id, carry in self.deriver.carries.items():
+            hours = self.deriver.closed_dirty_hours(device_id)
+            if hours:
+                self._materialise(device_id, hours[0], hours[-1] + HOUR_S)
+                carry.dirty_hours.difference_update(hours)
+
+    def _materialise(self, device_id: str, start: int, end: int) -> None:
+        from indicators.timemodel import base_measures
+
+        intervals = self._frame(
+            'SELECT device_id, start, "end", state, auto FROM intervals '
+            "WHERE device_id = ? AND start >= ? AND start < ? ORDER BY start",
+            (device_id, start, end), INTERVAL_COLUMNS,
+        )
+        intervals["auto"] = intervals["auto"].astype(bool)
+        deltas = self._frame(
+            'SELECT device_id, role, start, "end", delta FROM deltas '
+            'WHERE device_id = ? AND "end" > ? AND "end" <= ? ORDER BY "end"',
+            (device_id, start, end), DELTA_COLUMNS,
+        )
+        counts = self._frame(
+            "SELECT device_id, hour_start, " + ", ".join(COUNT_FIELDS) + " FROM sample_counts "
+            "WHERE device_id = ? AND hour_start >= ? AND hour_start < ?",
+            (device_id, start, end), ("device_id", "hour_start", *COUNT_FIELDS),
+        )
+        device = self.config.device(device_id)
+        ideal = {device_id: device.ideal_cycle_time_s} if device.ideal_cycle_time_s else {}
+        rows = base_measures(
+            intervals, deltas, counts, ideal, min_failure_s=self.config.collection.min_failure_s
+        )
+        rows = rows[(rows["hour_start"] >= start) & (rows["hour_start"] < end)]
+        if rows.empty:
+            return
+        columns = ", ".join(BASE_MEASURE_COLUMNS)
+        marks = ", ".join("?" for _ in BASE_MEASURE_COLUMNS)
+        frame = rows.loc[:, list(BASE_MEASURE_COLUMNS)].astype(object)
+        self._conn.executemany(
+            f"INSERT OR REPLACE INTO base_measures ({columns}) VALUES ({marks})",
+            frame.itertuples(index=False, name=None),
+        )
+
+    def rebuild_base_measures(
+        self, start: float, end: float, device_ids: Iterable[str] | None = None
+    ) -> None:
+        """Recompute the base-measure rows of [start, end) from intervals, deltas, counts."""
+        first = int(start // HOUR_S) * HOUR_S
+        last = int(-(-end // HOUR_S)) * HOUR_S
+        devices = list(device_ids) if device_ids is not None else list(self.deriver.plans)
+
+        def work() -> None:
+            for device_id in devices:
+                self._conn.execute(
+                    "DELETE FROM base_measures WHERE device_id = ? AND hour_start >= ? "
+                    "AND hour_start < ?", (device_id, first, last),
+                )
+                self._materialise(device_id, first, last)
+
+        error = self._transaction(work, samples=0)
+        if error is not None:
+            raise StoreError(f"{self.path}: rebuild failed: {error}")
+
+    def purge_raw(self, now: float) -> int:
+        """Delete raw samples of hours older than raw_retention_days; derived rows stay."""
+        cutoff = now - self.config.collection.raw_retention_days * 86400
+        deleted = 0
+
+        def work() -> None:
+            nonlocal deleted
+            ranges = self._conn.execute(
+                "SELECT device_id, hour_start, first_rowid, last_rowid FROM sample_index "
+                "WHERE hour_start + 3600 <= ?", (cutoff,),
+            ).fetchall()
+            for device_id, hour, first, last in ranges:
+                deleted += self._conn.execute(
+                    "DELETE FROM samples WHERE rowid BETWEEN ? AND ? AND device_id = ? "
+                    "AND source_ts < ?", (first, last, device_id, hour + HOUR_S),
+                ).rowcount
+                self._conn.execute(
+                    "DELETE FROM sample_index WHERE device_id = ? AND hour_start = ?",
+                    (device_id, hour),
+                )
+
+        error = self._transaction(work, samples=0)
+        if error is not None:
+            raise StoreError(f"{self.path}: purge failed: {error}")
+        return deleted
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _frame(
+        self, sql: str, params: Sequence[object], columns: Sequence[str]
+    ) -> pd.DataFrame:
+        rows = self._conn.execute(sql, params).fetchall()
+        return pd.DataFrame.from_records(rows, columns=list(columns))
+
+    def base_measures(self, start: float, end: float) -> pd.DataFrame:
+        """Materialised hourly rows with start <= hour_start < end (BASE_MEASURE_COLUMNS)."""
+        frame = self._frame(
+            f"SELECT {', '.join(BASE_MEASURE_COLUMNS)} FROM base_measures "
+            "WHERE hour_start >= ? AND hour_start < ? ORDER BY device_id, hour_start",
+            (start, end), BASE_MEASURE_COLUMNS,
+        )
+        return frame.astype({"hour_start": np.int64})
+
+    def intervals(self, start: float, end: float) -> pd.DataFrame:
+        frame = self._frame(
+            'SELECT device_id, start, "end", state, auto FROM intervals '
+            'WHERE "end" > ? AND start < ? ORDER BY device_id, start', (start, end),
+            INTERVAL_COLUMNS,
+        )
+        return frame.astype({"auto": bool})
+
+    def deltas(self, start: float, end: float) -> pd.DataFrame:
+        return self._frame(
+            'SELECT device_id, role, start, "end", delta FROM deltas '
+            'WHERE "end" > ? AND "end" <= ? ORDER BY device_id, "end"', (start, end),
+            DELTA_COLUMNS,
+        )
+
+    def sample_counts(self, start: float, end: float) -> pd.DataFrame:
+        return self._frame(
+            "SELECT device_id, hour_start, " + ", ".join(COUNT_FIELDS) + " FROM sample_counts "
+            "WHERE hour_start >= ? AND hour_start < ? ORDER BY device_id, hour_start",
+            (start, end), ("device_id", "hour_start", *COUNT_FIELDS),
+        )
+
+    def raw_samples(
+        self, start: float, end: float, device_id: str | None = None
+    ) -> pd.DataFrame:
+        """Raw samples with start <= source_ts < end, ordered by device and insertion."""
+        columns = ("device_id", "signal_id", "source_ts", "received_ts", "value", "quality",
+                   "status", "origin")
+        ranges = self._conn.execute(
+            "SELECT device_id, first_rowid, last_rowid FROM sample_index WHERE hour_start >= ? "
+            "AND hour_start < ? AND (? IS NULL OR device_id = ?) ORDER BY device_id, first_rowid",
+            (int(start // HOUR_S) * HOUR_S, end, device_id, device_id),
+        ).fetchall()
+        rows: list[tuple[object, ...]] = []
+        for device, first, last in ranges:
+            rows.extend(self._conn.execute(
+                f"SELECT {', '.join(columns)} FROM samples WHERE rowid BETWEEN ? AND ? "
+                "AND device_id = ? AND source_ts >= ? AND source_ts < ? ORDER BY rowid",
+                (first, last, device, start, end),
+            ).fetchall())
+        return pd.DataFrame.from_records(rows, columns=list(columns))
+
+    def losses(self) -> pd.DataFrame:
+        return self._frame(
+            "SELECT first_ts, last_ts, samples, reason FROM ingest_losses ORDER BY first_ts", (),
+            ("first_ts", "last_ts", "samples", "reason"),
+        )
+
+    def inventory(self, config: FactoryConfig | None = None) -> pd.DataFrame:
+        return inventory_frame(config or self.config)
+
+
+def inventory_frame(config: FactoryConfig) -> pd.DataFrame:
+    """Every declared device, connected or not (INVENTORY_COLUMNS)."""
+    rows = []
+    for device in config.devices:
+        connection = config.connections.get(device.connection)
+        rows.append((
+            device.id, device.line, device.process_step, device.key_process, device.kind.value,
+            device.digital, connection.protocol if connection is not None else "none",
+        ))
+    return pd.DataFrame.from_records(rows, columns=list(INVENTORY_COLUMNS))
+
+
+def _sample_row(sample: Sample) -> tuple[object, ...]:
+    value = sample.value
+    if isinstance(value, bool):
+        value = int(value)
+    quality = {"good": 0, "uncertain": 1, "bad": 2}[sample.quality.value]
+    origin = {"source": 0, "server": 1, "received": 2}[sample.ts_origin.value]
+    return (sample.device_id, sample.signal_id, sample.source_ts, sample.received_ts, value,
+            quality, sample.status, origin)
+
+
+def _span(samples: Sequence[Sample]) -> tuple[float, float] | None:
+    if not samples:
+        return None
+    times = [s.received_ts for s in samples]
+    return min(times), max(times)

@@ -1,0 +1,283 @@
+"""Benchmark: the bureau's annual evaluation of many factories from its SQLite store.
+
+    .venv/bin/python bench/bureau.py [--factories 1000] [--days 365] [--devices 2]
+        [--workers 2] [--db ~/.cache/tieragent-bench/bureau-1000x365x2.db]
+
+The store is generated once and cached at --db (delete the file to rebuild): every factory gets
+its own Ed25519 key, enrolled in the registry, and `days` daily reports of 2025 that are real
+signed reports (canonical JSON, compact JWS) chained by seq/prev_sha256. To sign fast, the report
+bodies are built with `agent.report.build_report` for a few templates (synthetic hourly base
+measures) and specialised per factory (ids, key, chain), then canonicalised and signed; rows go
+straight into the store through its API (no MQTT). The benchmark then runs
+`evaluate_from_store` (default policy, example benchmarks and declarations) for every factory,
+and prints the total and per-factory time and the process's peak RSS (getrusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from joserfc.jwk import OKPKey  # noqa: E402
+
+from agent.envelope import (  # noqa: E402
+    Kind,
+    canonical_bytes,
+    public_jwk,
+    sha256_hex,
+    sign_compact,
+    thumbprint,
+)
+from agent.report import Period, ReportMeta, build_report, genesis_sha256, report_id  # noqa: E402
+from bureau.annual import EvaluationFiles  # noqa: E402
+from bureau.evidence_export import evaluate_from_store  # noqa: E402
+from bureau.registry import KeyRegistry  # noqa: E402
+from bureau.store import SqliteReportStore, StoredReport  # noqa: E402
+from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS  # noqa: E402
+
+TZ = "Asia/Shanghai"
+YEAR = 2025
+TEMPLATES = 4
+POLICY = ROOT / "config" / "policies" / "default-2026.yaml"
+BENCHMARKS = ROOT / "config" / "benchmarks" / "example-2026.yaml"
+DECLARATIONS = ROOT / "config" / "declarations.example.yaml"
+PARAMS: dict[str, Any] = {
+    "realtime_bound_s": 5.0,
+    "networked_completeness": 0.95,
+    "max_unknown_share": 0.05,
+    "industry_type": "discrete",
+    "time_zone": TZ,
+    "count_tolerance": 0.0,
+    "min_auto_share": 0.01,
+    "performance_flag_above": 1.05,
+    "industry_code": "C3484",
+    "province": "tianjin",
+}
+
+
+def factory_id(n: int) -> str:
+    return f"f{n:05d}"
+
+
+def inventory(devices: int) -> pd.DataFrame:
+    rows = [
+        {
+            "device_id": f"m{i}",
+            "line": "L1",
+            "process_step": f"op{i}",
+            "key_process": True,
+            "kind": "cnc",
+            "digital": True,
+            "connection": "opcua",
+        }
+        for i in range(devices)
+    ]
+    return pd.DataFrame(rows, columns=list(INVENTORY_COLUMNS))
+
+
+def day_base(day: date, devices: int, rng: np.random.Generator) -> pd.DataFrame:
+    start, _ = Period("day", day.isoformat(), TZ).bounds()
+    hours = np.arange(start, start + 86400, 3600, dtype=np.int64)
+    frames = []
+    for i in range(devices):
+        n = len(hours)
+        pdt = rng.choice([0.0, 600.0], n)
+        apt = rng.integers(1800, 2900, n).astype(float) - pdt
+        asut = rng.integers(0, 100, n).astype(float)
+        adet = rng.integers(0, 100, n).astype(float)
+        adot = 3600.0 - pdt - apt - asut - adet
+        produced = (apt // 30).astype(np.int64)
+        scrap = rng.integers(0, 3, n)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "device_id": f"m{i}",
+                    "hour_start": hours,
+                    "pot_s": 3600.0,
+                    "pdt_s": pdt,
+                    "apt_s": apt,
+                    "asut_s": asut,
+                    "adet_s": adet,
+                    "adot_s": adot,
+                    "unk_s": 0.0,
+                    "auto_apt_s": apt,
+                    "ideal_time_s": produced * 27.0,
+                    "produced": produced,
+                    "good": produced - scrap,
+                    "scrap": scrap,
+                    "rework": 0,
+                    "unplanned_stops": (adet > 50).astype(np.int64),
+                    "failures": (adet > 80).astype(np.int64),
+                    "samples_expected": 720,
+                    "samples_received": 720,
+                    "samples_on_time": 719,
+                    "samples_with_source_ts": 720,
+                    "samples_bad": 0,
+                    "energy_kwh": np.round(rng.uniform(1, 5, n), 3),
+                }
+            )
+        )
+    frame = pd.concat(frames, ignore_index=True).loc[:, list(BASE_MEASURE_COLUMNS)]
+    return frame.astype({c: np.int64 for c in COUNT_COLUMNS})
+
+
+def _meta(fid: str, kid: str, period: Period) -> ReportMeta:
+    return ReportMeta(
+        factory_id=fid,
+        enterprise_id=f"E{fid}",
+        bureau_id="bureau-bench",
+        agent_version="0.1.0",
+        kid=kid,
+        config_sha256="a" * 64,
+        policy_sha256="b" * 64,
+        period=period,
+        issued_at=f"{YEAR + 1}-01-01T00:00:00Z",
+    )
+
+
+def templates(days: int, devices: int) -> list[list[dict[str, Any]]]:
+    """TEMPLATES x `days` report bodies built by build_report (ids are specialised later)."""
+    out = []
+    for t in range(TEMPLATES):
+        rng = np.random.default_rng(t)
+        bodies = []
+        for d in range(days):
+            day = date(YEAR, 1, 1) + timedelta(days=d)
+            period = Period("day", day.isoformat(), TZ)
+            bodies.append(
+                build_report(
+                    _meta("template", "k" * 43, period),
+                    seq=d + 1,
+                    prev_sha256="0" * 64,
+                    inventory=inventory(devices),
+                    base=day_base(day, devices, rng),
+                    evaluation={"tier_reached": None, "conditions": [], "gaps": []},
+                    segment_digests=[],
+                    params=PARAMS,
+                )
+            )
+        out.append(bodies)
+    return out
+
+
+def factory_rows(args: tuple[int, list[dict[str, Any]]]) -> tuple[dict[str, str], list[tuple]]:
+    """One factory's key and signed, chained store rows (runs in a worker process)."""
+    n, bodies = args
+    fid = factory_id(n)
+    key = OKPKey.generate_key("Ed25519")
+    kid = thumbprint(public_jwk(key))
+    prev = genesis_sha256(fid)
+    rows = []
+    for seq, body in enumerate(bodies, start=1):
+        period = Period("day", body["period"]["key"], TZ)
+        report = {
+            **body,
+            "factory_id": fid,
+            "enterprise_id": f"E{fid}",
+            "kid": kid,
+            "seq": seq,
+            "prev_sha256": prev,
+            "report_id": report_id(fid, period, 0),
+        }
+        payload = canonical_bytes(report)
+        token = sign_compact(payload, key, Kind.REPORT)
+        digest = sha256_hex(payload)
+        rows.append(
+            (
+                report["report_id"],
+                fid,
+                seq,
+                "day",
+                period.key,
+                0,
+                kid,
+                digest,
+                prev,
+                token,
+                "accepted",
+                time.time(),
+                "-",
+                "-",
+            )
+        )
+        prev = digest
+    return public_jwk(key), rows
+
+
+def build_store(db: Path, factories: int, days: int, devices: int, workers: int) -> None:
+    started = time.perf_counter()
+    bodies = templates(days, devices)
+    print(f"templates built in {time.perf_counter() - started:.1f} s", flush=True)
+    tmp = db.with_name(db.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    store = SqliteReportStore(tmp)
+    registry = KeyRegistry(store.db)
+    jobs = ((n, bodies[n % TEMPLATES]) for n in range(factories))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for n, (jwk, rows) in enumerate(pool.map(factory_rows, jobs, chunksize=4)):
+            with store.transaction():
+                registry.enroll(factory_id(n), jwk, at=0.0)
+                for row in rows:
+                    store.insert(StoredReport(*row))
+            if (n + 1) % 50 == 0:
+                print(
+                    f"  {n + 1} factories stored ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+    store.close()
+    tmp.rename(db)
+    print(f"store generated in {time.perf_counter() - started:.1f} s: {db}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--factories", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--db", type=Path, default=None)
+    args = parser.parse_args()
+    db = args.db or Path.home() / ".cache" / "tieragent-bench" / (
+        f"bureau-{args.factories}x{args.days}x{args.devices}.db"
+    )
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if not db.exists():
+        build_store(db, args.factories, args.days, args.devices, args.workers)
+    else:
+        print(f"using cached store {db}")
+    files = EvaluationFiles(POLICY, BENCHMARKS, DECLARATIONS)
+    store = SqliteReportStore(db)
+    started = time.perf_counter()
+    slowest = 0.0
+    tiers: dict[str, int] = {}
+    for n in range(args.factories):
+        t0 = time.perf_counter()
+        result, _, _ = evaluate_from_store(store, factory_id(n), YEAR, files)
+        slowest = max(slowest, time.perf_counter() - t0)
+        tier = result.evaluation.tier_reached or "none"
+        tiers[tier] = tiers.get(tier, 0) + 1
+        assert result.coverage["accepted"] == args.days
+    total = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"evaluated {args.factories} factories x {args.days} daily reports "
+        f"({args.devices} devices each) in {total:.1f} s: "
+        f"{total / args.factories * 1000:.0f} ms per factory (slowest {slowest * 1000:.0f} ms); "
+        f"peak RSS {peak_mb:.0f} MB; tiers {tiers}"
+    )
+
+
+if __name__ == "__main__":
+    main()

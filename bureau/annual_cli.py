@@ -1,0 +1,269 @@
+"""`tieragent bureau evaluate|evidence|verify-evidence`: the annual evaluation at the bureau.
+
+tieragent bureau evaluate --db bureau.db --factory F --year 2026 [--policy P] [--benchmarks B]
+    [--declarations D] [--baseline-year 2025] [--through 2026-06-30] [--json]
+tieragent bureau evidence --db bureau.db --factory F --year 2026 --out DIR [same options]
+tieragent bureau verify-evidence DIR
+
+User mistakes (unknown factory, no reports, unreadable or invalid files, a non-empty output
+folder) print one sentence and exit 2; a failed verification exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.evaluation_view import render_evaluation
+from bureau.annual import AnnualError, AnnualEvaluation, EvaluationFiles
+from bureau.evidence_export import evaluate_from_store, export_evidence
+from bureau.evidence_verify import verify_evidence_dir
+from bureau.store import SqliteReportStore, StoreError
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_POLICY = ROOT / "config" / "policies" / "default-2026.yaml"
+
+_DB = typer.Option(..., "--db", help="Bureau SQLite database.")
+_FACTORY = typer.Option(..., "--factory", help="Factory id.")
+_YEAR = typer.Option(..., "--year", help="Calendar year evaluated.")
+_POLICY = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy file.")
+_BENCH = typer.Option(None, "--benchmarks", help="Industry benchmark file.")
+_DECL = typer.Option(None, "--declarations", help="Signed declarations file of the factory.")
+_BASE = typer.Option(
+    None, "--baseline-year", help="Baseline year (default: the declarations' baseline)."
+)
+_THROUGH = typer.Option(
+    None, "--through", help="Last day evaluated, YYYY-MM-DD (default: Dec 31 or yesterday)."
+)
+_INDUSTRY = typer.Option(None, "--industry-code", help="Override the reports' industry code.")
+_PROVINCE = typer.Option(None, "--province", help="Override the reports' province.")
+
+
+def _fail(message: str, code: int = EXIT_INVALID) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _open(db: Path) -> SqliteReportStore:
+    if not db.is_file():
+        _fail(f"{db}: no bureau database here (give --db the file `bureau serve` writes).")
+    try:
+        return SqliteReportStore(db)
+    except StoreError as error:
+        _fail(str(error))
+        raise
+
+
+def _existing(path: Path | None, what: str) -> Path | None:
+    if path is not None and not path.is_file():
+        _fail(f"{path}: the {what} file does not exist.")
+    return path
+
+
+def _through(year: int, through: str | None) -> date | None:
+    if through is not None:
+        try:
+            return date.fromisoformat(through)
+        except ValueError:
+            _fail(f"--through {through!r} is not a date (YYYY-MM-DD).")
+    # A year still running is evaluated up to its last complete day (bureau time zone: China).
+    yesterday = datetime.now(ZoneInfo("Asia/Shanghai")).date() - timedelta(days=1)
+    return yesterday if yesterday.year == year else None
+
+
+def _baseline_year(year: int, option: int | None, declarations: Path | None) -> int | None:
+    if option is not None:
+        return option
+    if declarations is not None:
+        from indicators.evaluate import load_declarations
+
+        baseline = load_declarations(declarations).baseline
+        if baseline is not None and baseline.period.isdigit() and int(baseline.period) < year:
+            return int(baseline.period)
+    return year - 1
+
+
+def _run(
+    db: Path,
+    factory: str,
+    year: int,
+    policy: Path,
+    benchmarks: Path | None,
+    declarations: Path | None,
+    baseline_year: int | None,
+    through: str | None,
+    industry_code: str | None,
+    province: str | None,
+    out: Path | None = None,
+) -> AnnualEvaluation:
+    files = EvaluationFiles(
+        _existing(policy, "policy") or policy,
+        _existing(benchmarks, "benchmarks"),
+        _existing(declarations, "declarations"),
+    )
+    overrides: dict[str, Any] = {}
+    if industry_code is not None:
+        overrides["industry_code"] = industry_code
+    if province is not None:
+        overrides["province"] = province
+    store = _open(db)
+    try:
+        files.load()  # file problems first, whatever the store holds
+        baseline = _baseline_year(year, baseline_year, declarations)
+        last = _through(year, through)
+        if out is not None:
+            return export_evidence(
+                store,
+                factory,
+                year,
+                out,
+                files,
+                baseline_year=baseline,
+                through=last,
+                overrides=overrides,
+            ).evaluation
+        result, _, _ = evaluate_from_store(
+            store, factory, year, files, baseline_year=baseline, through=last, overrides=overrides
+        )
+        return result
+    except AnnualError as error:
+        _fail(str(error))
+        raise
+    finally:
+        store.close()
+
+
+def evaluate_command(
+    db: Path = _DB,
+    factory: str = _FACTORY,
+    year: int = _YEAR,
+    policy: Path = _POLICY,
+    benchmarks: Path | None = _BENCH,
+    declarations: Path | None = _DECL,
+    baseline_year: int | None = _BASE,
+    through: str | None = _THROUGH,
+    industry_code: str | None = _INDUSTRY,
+    province: str | None = _PROVINCE,
+    as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
+) -> None:
+    """Evaluate a factory's year from its accepted daily reports."""
+    result = _run(
+        db,
+        factory,
+        year,
+        policy,
+        benchmarks,
+        declarations,
+        baseline_year,
+        through,
+        industry_code,
+        province,
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False, sort_keys=True, indent=2))
+        return
+    console = Console()
+    render_summary(result, console)
+    render_evaluation(result.evaluation, console)
+
+
+def evidence_command(
+    db: Path = _DB,
+    factory: str = _FACTORY,
+    year: int = _YEAR,
+    out: Path = typer.Option(..., "--out", help="Evidence folder to create (new or empty)."),
+    policy: Path = _POLICY,
+    benchmarks: Path | None = _BENCH,
+    declarations: Path | None = _DECL,
+    baseline_year: int | None = _BASE,
+    through: str | None = _THROUGH,
+    industry_code: str | None = _INDUSTRY,
+    province: str | None = _PROVINCE,
+) -> None:
+    """Write the evidence folder: signed reports, keys, evaluation, manifest, HTML report."""
+    result = _run(
+        db,
+        factory,
+        year,
+        policy,
+        benchmarks,
+        declarations,
+        baseline_year,
+        through,
+        industry_code,
+        province,
+        out,
+    )
+    typer.echo(
+        f"Wrote the evidence of {factory} {result.first_day}..{result.last_day} to {out} "
+        f"(open {out / 'report.html'}; check with `tieragent verify {out}`)."
+    )
+
+
+def verify_evidence_command(
+    directory: Path = typer.Argument(..., help="Evidence folder."),
+) -> None:
+    """Verify an evidence folder offline; exit 1 and name every problem if anything differs."""
+    if not (directory / "manifest.json").is_file():
+        _fail(f"{directory}: no manifest.json; not an evidence folder.")
+    result = verify_evidence_dir(directory)
+    for problem in result.problems:
+        typer.echo(f"FAIL {problem}")
+    typer.echo(
+        f"{result.reports} signed report(s), {result.numbers} number(s) in report.html checked: "
+        f"{'OK' if result.ok else f'{len(result.problems)} problem(s)'}."
+    )
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def render_summary(result: AnnualEvaluation, console: Console) -> None:
+    """Period, coverage per month, chain gaps and rejections."""
+    coverage = result.coverage
+    console.print(
+        f"[bold]{result.factory_id}[/] {result.first_day} .. {result.last_day} "
+        f"({result.time_zone}); baseline {result.baseline['year']} "
+        f"({result.baseline['days']} day(s))"
+    )
+    table = Table(
+        title="Coverage 覆盖率 (days with an accepted daily report)", title_justify="left"
+    )
+    for name in ("Month", "Days", "Accepted", "Missing", "Rejected", "Pending link", "Share", ""):
+        table.add_column(name, justify="right" if name not in ("Month", "") else "left")
+    for month in [*coverage["months"], {**coverage, "month": "total"}]:
+        table.add_row(
+            month["month"],
+            str(month["days"]),
+            str(month["accepted"]),
+            str(month["missing"]),
+            str(month["rejected"]),
+            str(month["pending_link"]),
+            f"{month['share']:.1%}",
+            "ok" if month["ok"] else f"[bold yellow]below {coverage['min_day_share']:.0%}[/]",
+        )
+    console.print(table)
+    if result.chain["gaps"]:
+        gaps = ", ".join(f"{g['after_seq']}→{g['next_seq']}" for g in result.chain["gaps"])
+        console.print(f"[yellow]Chain gaps 链缺口:[/] {gaps}")
+    for rejection in result.chain["rejections"]:
+        console.print(
+            f"[red]Rejected 拒绝:[/] {rejection['period_key']} {rejection['reason']} "
+            f"({rejection['report_id']})",
+            highlight=False,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `evaluate`, `evidence` and `verify-evidence` to the `tieragent bureau` app."""
+    app.command("evaluate")(evaluate_command)
+    app.command("evidence")(evidence_command)
+    app.command("verify-evidence")(verify_evidence_command)

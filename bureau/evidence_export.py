@@ -1,0 +1,235 @@
+"""The evidence folder an evaluator pulls for a factory's year.
+
+Layout (every path relative to the folder):
+    manifest.json              format, factory, year, evaluation arguments, every report entry
+                               (file, role, day, state, reason) and the SHA-256 of every file
+    evaluation.json            `AnnualEvaluation.to_json()`
+    report.html                the self-contained evidence report (bureau.html_report)
+    reports/<day>_<seq>_<id>.jws    the year's stored daily reports, bytes as received
+    baseline/<day>_<seq>_<id>.jws   the accepted daily reports of the baseline year
+    rejected/<n>_<day>.jws     rejected reports whose signature verified (others: manifest only)
+    keys/<kid>.jwk.json        the factory's public keys; keys.json: their validity periods
+    inputs/policy.yaml, inputs/benchmarks.yaml, inputs/declarations.yaml   the files evaluated
+
+`bureau.evidence_verify.verify_evidence_dir` checks such a folder with nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from bureau.annual import (
+    AnnualError,
+    AnnualEvaluation,
+    DayEntry,
+    EvaluationFiles,
+    evaluate_year,
+)
+from bureau.html_report import render_html
+from bureau.registry import KeyRegistry
+from bureau.store import ACCEPTED, REJECTED, SqliteReportStore
+
+EVIDENCE_FORMAT = "tieragent-annual-evidence/v1"
+INPUT_NAMES = {
+    "policy": "policy.yaml",
+    "benchmarks": "benchmarks.yaml",
+    "declarations": "declarations.yaml",
+}
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    out: Path
+    files: int
+    reports: int
+    evaluation: AnnualEvaluation
+
+
+def load_year(store: SqliteReportStore, factory_id: str, year: int) -> list[DayEntry]:
+    """The factory's daily reports of `year` (all states) as evaluation entries."""
+    return [DayEntry.from_year_entry(e) for e in store.reports_for_year(factory_id, year)]
+
+
+def check_factory(store: SqliteReportStore, factory_id: str) -> None:
+    """Raise AnnualError when the bureau knows nothing of `factory_id`."""
+    if not KeyRegistry(store.db).known_factory(factory_id) and not store.reports(factory_id):
+        raise AnnualError(f"Factory {factory_id!r} is not enrolled at this bureau.")
+
+
+def evaluate_from_store(
+    store: SqliteReportStore,
+    factory_id: str,
+    year: int,
+    files: EvaluationFiles,
+    *,
+    baseline_year: int | None = None,
+    through: date | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[AnnualEvaluation, list[DayEntry], list[DayEntry]]:
+    """The annual evaluation plus the year's and the baseline year's entries it used."""
+    check_factory(store, factory_id)
+    entries = load_year(store, factory_id, year)
+    if not entries:
+        raise AnnualError(f"Factory {factory_id!r} has no daily reports for {year}.")
+    baseline = load_year(store, factory_id, baseline_year) if baseline_year else []
+    result = evaluate_year(
+        factory_id,
+        year,
+        entries,
+        files,
+        baseline_entries=baseline,
+        baseline_year=baseline_year,
+        through=through,
+        overrides=overrides,
+    )
+    return result, entries, baseline
+
+
+def export_evidence(
+    store: SqliteReportStore,
+    factory_id: str,
+    year: int,
+    out: Path,
+    files: EvaluationFiles,
+    *,
+    baseline_year: int | None = None,
+    through: date | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ExportSummary:
+    """Write the evidence folder into `out` (absent or empty). Raises AnnualError on user
+    mistakes (unknown factory, no reports, bad files, non-empty folder)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AnnualError(f"{out}: the evidence folder must be new or empty.")
+    result, entries, baseline = evaluate_from_store(
+        store,
+        factory_id,
+        year,
+        files,
+        baseline_year=baseline_year,
+        through=through,
+        overrides=overrides,
+    )
+    writer = _Writer(out)
+    manifest_entries: list[dict[str, Any]] = []
+    rejected_n = 0
+    for entry in entries:
+        record = _entry_record(entry, "year")
+        if entry.state == REJECTED:
+            rejected_n += 1
+            if entry.jws is not None:
+                record["file"] = writer.text(
+                    f"rejected/{rejected_n:03d}_{entry.period_key}.jws", entry.jws
+                )
+        else:
+            assert entry.jws is not None
+            record["file"] = writer.text(_report_name("reports", entry), entry.jws)
+        manifest_entries.append(record)
+    for entry in baseline:
+        if entry.state == ACCEPTED and entry.jws is not None:
+            record = _entry_record(entry, "baseline")
+            record["file"] = writer.text(_report_name("baseline", entry), entry.jws)
+            manifest_entries.append(record)
+
+    keys = KeyRegistry(store.db).enrolled(factory_id)
+    for key in keys:
+        writer.text(
+            f"keys/{key.kid}.jwk.json", json.dumps(key.jwk, indent=2, sort_keys=True) + "\n"
+        )
+    writer.text(
+        "keys.json",
+        _dumps(
+            [
+                {
+                    "kid": k.kid,
+                    "factory_id": k.factory_id,
+                    "status": k.status,
+                    "valid_from": _iso(k.valid_from),
+                    "revoked_at": _iso(k.revoked_at),
+                    "retired_at": _iso(k.retired_at),
+                }
+                for k in keys
+            ]
+        ),
+    )
+    inputs: dict[str, str | None] = {}
+    for name, path in (
+        ("policy", files.policy),
+        ("benchmarks", files.benchmarks),
+        ("declarations", files.declarations),
+    ):
+        inputs[name] = None
+        if path is not None:
+            inputs[name] = writer.raw(f"inputs/{INPUT_NAMES[name]}", path.read_bytes())
+    result_json = result.to_json()
+    writer.text("evaluation.json", _dumps(result_json))
+    writer.text("report.html", render_html(result_json))
+    manifest = {
+        "format": EVIDENCE_FORMAT,
+        "factory_id": factory_id,
+        "year": year,
+        "through": result.last_day.isoformat(),
+        "baseline_year": baseline_year,
+        "overrides": dict(overrides or {}),
+        "inputs": inputs,
+        "entries": manifest_entries,
+        "files": dict(sorted(writer.digests.items())),
+    }
+    (out / "manifest.json").write_bytes(manifest_bytes(manifest))
+    return ExportSummary(out, len(writer.digests) + 1, len(manifest_entries), result)
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The one accepted serialisation of a manifest (verification re-derives it)."""
+    return _dumps(manifest).encode("utf-8")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def _entry_record(entry: DayEntry, role: str) -> dict[str, Any]:
+    return {
+        "role": role,
+        "period_key": entry.period_key,
+        "state": entry.state,
+        "reason": entry.reason,
+        "report_id": entry.report_id,
+        "file": None,
+    }
+
+
+def _report_name(folder: str, entry: DayEntry) -> str:
+    return f"{folder}/{entry.period_key}_{int(entry.seq or 0):06d}_{entry.report_id}.jws"
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+class _Writer:
+    """Writes files under `out` and remembers the SHA-256 of each."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.digests: dict[str, str] = {}
+
+    def text(self, name: str, text: str) -> str:
+        return self.raw(name, text.encode("utf-8"))
+
+    def raw(self, name: str, data: bytes) -> str:
+        path = self.out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        self.digests[name] = hashlib.sha256(data).hexdigest()
+        return name

@@ -1,0 +1,287 @@
+"""The bureau's MQTT receiver: verify, store, answer every report with a signed receipt.
+
+Subscribes to tieragent/v1/+/report (or $share/<group>/tieragent/v1/+/report so several
+receivers can split the load) and tieragent/v1/+/keyrotate. Each message is handled
+synchronously inside `on_message`: verify -> one DB transaction (store report or
+quarantine + receipt) -> COMMIT -> publish receipt. paho sends the PUBACK only after
+`on_message` returns, so a crash before COMMIT leaves the message to be redelivered
+(persistent session) or resent by the agent. Hostile input never escapes `_handle`:
+everything is a counted, logged decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from joserfc.jwk import OKPKey
+
+from agent.crashpoint import crash_point
+from agent.envelope import sha256_hex
+from agent.publish import PublisherSettings, make_client
+from agent.report import IndicatorFn
+from bureau.receipts import receipt_payload, sign_receipt
+from bureau.registry import KeyRegistry, RegistryError
+from bureau.store import Rejection, SqliteReportStore, StoredReport
+from bureau.verify import DEFAULT_MAX_BYTES, Decision, Verifier
+
+log = logging.getLogger("tieragent.bureau")
+REPORT_FILTER = "tieragent/v1/+/report"
+ROTATE_FILTER = "tieragent/v1/+/keyrotate"
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    db: Path
+    broker_url: str
+    bureau_id: str
+    client_id: str = "tieragent-bureau"
+    share_group: str | None = None
+    protocol: str = "5"
+    keepalive_s: int = 30
+    max_bytes: int = DEFAULT_MAX_BYTES
+    reorder_timeout_s: float = 86_400.0
+    check_indicators: bool = True
+
+
+class Receiver:
+    def __init__(
+        self, settings: ReceiverSettings, key: OKPKey, indicator_fn: IndicatorFn | None = None
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.store = SqliteReportStore(settings.db)
+        self.registry = KeyRegistry(self.store.db)
+        self.verifier = Verifier(
+            self.registry,
+            self.store,
+            settings.bureau_id,
+            max_bytes=settings.max_bytes,
+            indicator_fn=indicator_fn,
+            check_indicators=settings.check_indicators,
+        )
+        self.metrics: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+        self.connected = threading.Event()
+
+    # ---- MQTT -------------------------------------------------------------------------
+
+    def _filters(self) -> list[str]:
+        group = self.settings.share_group
+        return [f"$share/{group}/{f}" if group else f for f in (REPORT_FILTER, ROTATE_FILTER)]
+
+    def start(self) -> None:
+        mqtt_settings = PublisherSettings(
+            broker_url=self.settings.broker_url,
+            factory_id="bureau",
+            bureau_keys=(),
+            protocol="3.1.1" if self.settings.protocol == "3.1.1" else "5",
+            keepalive_s=self.settings.keepalive_s,
+            reconnect_min_s=0.2,
+            reconnect_max_s=5.0,
+            window=64,
+        )
+        client, connect = make_client(mqtt_settings, self.settings.client_id)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        connect()
+        client.loop_start()
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self.store.close()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        try:
+            if rc.is_failure:
+                log.error("The broker refused the bureau connection.", extra={"reason": str(rc)})
+                return
+            for topic in self._filters():
+                client.subscribe(topic, qos=1)
+            self.connected.set()
+            log.info("Bureau receiver connected.")
+        except Exception:
+            log.exception("Bureau on_connect handler failed.")
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            reply = self.handle(message.topic, bytes(message.payload))
+            if reply is not None:
+                topic, receipt = reply
+                client.publish(topic, receipt.encode("ascii"), qos=1)
+                self.metrics["receipts_published_total"] += 1
+        except Exception:  # the last line of defence: never let a message end the loop
+            self.metrics["internal_errors_total"] += 1
+            log.exception("Bureau failed to handle a message.")
+
+    # ---- message handling (also called directly by tests and benchmarks) ---------------
+
+    def handle(
+        self, topic: str, message: bytes, now: float | None = None
+    ) -> tuple[str, str] | None:
+        """Process one message; returns (receipt topic, receipt JWS) or None (no reply)."""
+        with self._lock:
+            if topic.endswith("/keyrotate"):
+                self._rotate(topic, message)
+                return None
+            now = time.time() if now is None else now
+            decision = self.verifier.check(topic, message, now)
+            receipt = self._apply(topic, message, decision, now)
+            crash_point("bureau_after_commit")
+            self._check_pending(now)
+            factory = decision.factory_id
+            if factory is None:
+                return None  # no factory topic to answer on; counted and quarantined
+            return f"tieragent/v1/{factory}/receipt", receipt
+
+    def _apply(self, topic: str, message: bytes, decision: Decision, now: float) -> str:
+        bureau_id = self.settings.bureau_id
+        with self.store.transaction():
+            if decision.status == "duplicate":
+                original = decision.original
+                assert original is not None
+                self.metrics["duplicates_total"] += 1
+                return sign_receipt(
+                    receipt_payload(
+                        bureau_id=bureau_id,
+                        factory_id=original.factory_id,
+                        report_id=original.report_id,
+                        report_sha256=original.payload_sha256,
+                        seq=original.seq,
+                        status="duplicate",
+                        original_receipt_sha256=original.receipt_sha256,
+                    ),
+                    self.key,
+                )
+            if decision.status == "accepted":
+                return self._store_accepted(message, decision, now)
+            self.metrics[f"rejected_total:{decision.reason}"] += 1
+            log.warning(
+                "Report rejected.",
+                extra={
+                    "reason": decision.reason,
+                    "factory_id": decision.factory_id,
+                    "detail": decision.detail,
+                },
+            )
+            payload = decision.payload
+            period = payload.get("period") if isinstance(payload, dict) else None
+            self.store.quarantine(
+                Rejection(
+                    factory_id=decision.factory_id,
+                    topic=topic,
+                    reason=str(decision.reason),
+                    detail=decision.detail,
+                    report_id=decision.report_id,
+                    period_kind=period.get("kind") if isinstance(period, dict) else None,
+                    period_key=period.get("key") if isinstance(period, dict) else None,
+                    message_sha256=sha256_hex(message),
+                    size=len(message),
+                    jws=message.decode("ascii") if decision.verified is not None else None,
+                    received_at=now,
+                )
+            )
+            if decision.reason in ("conflict", "fork", "chain"):
+                self.store.alert(decision.factory_id, decision.reason, decision.detail)
+            return sign_receipt(
+                receipt_payload(
+                    bureau_id=bureau_id,
+                    factory_id=decision.factory_id,
+                    report_id=decision.report_id,
+                    report_sha256=decision.report_sha256,
+                    seq=decision.seq,
+                    status="rejected",
+                    reason=decision.reason,
+                    received_at=now,
+                ),
+                self.key,
+            )
+
+    def _store_accepted(self, message: bytes, decision: Decision, now: float) -> str:
+        report = decision.payload
+        verified = decision.verified
+        assert verified is not None and decision.factory_id is not None
+        receipt = sign_receipt(
+            receipt_payload(
+                bureau_id=self.settings.bureau_id,
+                factory_id=decision.factory_id,
+                report_id=report["report_id"],
+                report_sha256=decision.report_sha256,
+                seq=report["seq"],
+                status="accepted",
+                state=decision.state,
+                received_at=now,
+            ),
+            self.key,
+        )
+        token = message.decode("ascii")  # verified, so ASCII; kept verbatim
+        self.store.insert(
+            StoredReport(
+                report_id=report["report_id"],
+                factory_id=decision.factory_id,
+                seq=report["seq"],
+                period_kind=report["period"]["kind"],
+                period_key=report["period"]["key"],
+                revision=report["revision"],
+                kid=verified.header["kid"],
+                payload_sha256=decision.report_sha256,
+                prev_sha256=report["prev_sha256"],
+                jws=token,
+                state=str(decision.state),
+                received_at=now,
+                receipt_jws=receipt,
+                receipt_sha256=sha256_hex(receipt.encode("ascii")),
+            )
+        )
+        if decision.relink is not None:
+            self.store.set_state(decision.relink, "accepted")
+        self.registry.note_report_kid(verified.header["kid"], now)
+        self.metrics["reports_accepted_total"] += 1
+        if decision.state == "pending-link":
+            self.metrics["pending_link_total"] += 1
+        return receipt
+
+    def _check_pending(self, now: float) -> None:
+        cutoff = now - self.settings.reorder_timeout_s
+        with self.store.transaction():
+            for row in self.store.pending_links_older_than(cutoff):
+                self.metrics["pending_link_alerts_total"] += 1
+                self.store.alert(row.factory_id, "gap", f"seq {row.seq - 1} still missing")
+                log.warning(
+                    "Chain gap persists past the reorder timeout.",
+                    extra={"factory_id": row.factory_id, "seq": row.seq},
+                )
+
+    def tick(self) -> None:
+        """Periodic work without traffic (gap alerts); call about once a second."""
+        with self._lock:
+            self._check_pending(time.time())
+
+    def _rotate(self, topic: str, message: bytes) -> None:
+        if len(message) > 65_536:
+            self.metrics["rejected_total:size"] += 1
+            return
+        try:
+            parts = topic.split("/")
+            with self.store.transaction():
+                key = self.registry.apply_rotation(message, expected_factory=parts[2])
+            self.metrics["keys_rotated_total"] += 1
+            log.info("Key rotation accepted.", extra={"factory_id": key.factory_id})
+        except RegistryError as error:
+            self.metrics["rotations_rejected_total"] += 1
+            log.warning("Key rotation rejected.", extra={"detail": str(error)})

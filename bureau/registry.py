@@ -1,0 +1,180 @@
+"""Enrolled agent keys: which `kid` may sign for which factory, and since/until when.
+
+Keys live in the bureau database (table `keys`, see bureau.store). Lookups are always
+scoped to the factory named by the topic, parameterised, and never touch the filesystem,
+so a hostile `kid` (`../`, quotes, SQL) is just an unknown key. A revoked key rejects
+reports received after `revoked_at`; earlier ones stay valid. A rotation statement signed
+by the old and the new key adds the new key; the old one is marked retired when the first
+report under the new key arrives and is kept forever to verify history.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent.envelope import EnvelopeError, Kind, public_okp, strict_loads, thumbprint, verify_general
+
+
+class RegistryError(Exception):
+    """An enrollment, revocation or rotation that cannot be done; str() says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolledKey:
+    kid: str
+    factory_id: str
+    jwk: dict[str, str]
+    status: str
+    valid_from: float
+    revoked_at: float | None
+    retired_at: float | None
+
+
+class KeyLookupError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class KeyRegistry:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def enroll(self, factory_id: str, jwk: dict[str, Any], at: float | None = None) -> EnrolledKey:
+        """Register a public Ed25519 JWK for a factory (the offline fallback of §b.6)."""
+        try:
+            public_okp(jwk)
+        except EnvelopeError as error:
+            raise RegistryError(f"Cannot enroll this key: {error}") from None
+        clean = {"kty": "OKP", "crv": "Ed25519", "x": str(jwk["x"])}
+        kid = thumbprint(clean)
+        existing = self.get(kid)
+        if existing is not None:
+            if existing.factory_id != factory_id:
+                raise RegistryError(f"Key {kid} is already enrolled for another factory.")
+            return existing
+        self.db.execute(
+            "INSERT INTO keys (kid, factory_id, jwk, status, valid_from) "
+            "VALUES (?, ?, ?, 'active', ?)",
+            (
+                kid,
+                factory_id,
+                json.dumps(clean, sort_keys=True),
+                at if at is not None else time.time(),
+            ),
+        )
+        key = self.get(kid)
+        assert key is not None
+        return key
+
+    def revoke(self, kid: str, at: float | None = None) -> EnrolledKey:
+        key = self.get(kid)
+        if key is None:
+            raise RegistryError(f"No enrolled key has kid {kid!r}.")
+        self.db.execute(
+            "UPDATE keys SET status = 'revoked', revoked_at = ? WHERE kid = ?",
+            (at if at is not None else time.time(), kid),
+        )
+        revoked = self.get(kid)
+        assert revoked is not None
+        return revoked
+
+    def get(self, kid: str) -> EnrolledKey | None:
+        row = self.db.execute(
+            "SELECT kid, factory_id, jwk, status, valid_from, revoked_at, retired_at FROM keys "
+            "WHERE kid = ?",
+            (kid,),
+        ).fetchone()
+        if row is None:
+            return None
+        return EnrolledKey(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6])
+
+    def enrolled(self, factory_id: str | None = None) -> list[EnrolledKey]:
+        sql = "SELECT kid FROM keys"
+        args: tuple[str, ...] = ()
+        if factory_id is not None:
+            sql += " WHERE factory_id = ?"
+            args = (factory_id,)
+        kids = [row[0] for row in self.db.execute(sql + " ORDER BY factory_id, valid_from", args)]
+        return [k for k in (self.get(kid) for kid in kids) if k is not None]
+
+    def known_factory(self, factory_id: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM keys WHERE factory_id = ? LIMIT 1", (factory_id,))
+        return row.fetchone() is not None
+
+    def lookup(self, factory_id: str, kid: str, at: float) -> EnrolledKey:
+        """The key that may verify a message for `factory_id` received at `at`, or raise
+        KeyLookupError with reason unknown-factory / unknown-key / revoked."""
+        if not self.known_factory(factory_id):
+            raise KeyLookupError("unknown-factory", "Factory is not enrolled.")
+        key = self.get(kid)
+        if key is None or key.factory_id != factory_id:
+            raise KeyLookupError("unknown-key", "Key is not enrolled for this factory.")
+        if key.revoked_at is not None and at >= key.revoked_at:
+            raise KeyLookupError("revoked", "Key was revoked before this message arrived.")
+        if at < key.valid_from:
+            raise KeyLookupError("unknown-key", "Key is not valid yet.")
+        return key
+
+    def note_report_kid(self, kid: str, at: float) -> None:
+        """First report under a rotated-in key: retire the key it replaced (kept for history)."""
+        row = self.db.execute("SELECT rotated_from FROM rotations WHERE new_kid = ?", (kid,))
+        found = row.fetchone()
+        if found is not None:
+            self.db.execute(
+                "UPDATE keys SET status = 'retired', retired_at = ? "
+                "WHERE kid = ? AND status = 'active'",
+                (at, found[0]),
+            )
+
+    def apply_rotation(
+        self,
+        statement: bytes | dict[str, Any],
+        at: float | None = None,
+        *,
+        expected_factory: str | None = None,
+    ) -> EnrolledKey:
+        """Accept a key-rotation statement signed by the current (old) key and the new key."""
+        try:
+            value = strict_loads(statement) if isinstance(statement, bytes) else statement
+            unverified = _unverified_payload(value)
+            old = self.get(str(unverified.get("old_kid")))
+            factory_id = str(unverified.get("factory_id"))
+            if expected_factory is not None and factory_id != expected_factory:
+                raise RegistryError("The statement names another factory than its topic.")
+            if old is None or old.factory_id != factory_id or old.status == "revoked":
+                raise RegistryError("The old key is not an enrolled, unrevoked key of the factory.")
+            new_jwk = unverified.get("new_jwk")
+            if not isinstance(new_jwk, dict):
+                raise RegistryError("The statement has no new_jwk.")
+            verified = verify_general(value, Kind.KEYROTATE, [old.jwk, new_jwk]).payload
+        except EnvelopeError as error:
+            raise RegistryError(f"Rotation statement rejected: {error}") from None
+        if verified.get("new_kid") != thumbprint(new_jwk):
+            raise RegistryError("Rotation statement: new_kid is not the new key's thumbprint.")
+        key = self.enroll(factory_id, new_jwk, at)
+        self.db.execute(
+            "INSERT OR REPLACE INTO rotations (new_kid, rotated_from, statement, at) "
+            "VALUES (?, ?, ?, ?)",
+            (key.kid, old.kid, json.dumps(value), at if at is not None else time.time()),
+        )
+        return key
+
+
+def _unverified_payload(value: Any) -> dict[str, Any]:
+    """Decode the payload only to learn which keys must have signed; verified right after."""
+    if not isinstance(value, dict) or not isinstance(value.get("payload"), str):
+        raise RegistryError("Not a JWS JSON general serialization.")
+    part = value["payload"]
+    try:
+        decoded = strict_loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, EnvelopeError):
+        raise RegistryError("Rotation statement payload is not JSON.") from None
+    if not isinstance(decoded, dict):
+        raise RegistryError("Rotation statement payload is not an object.")
+    return decoded

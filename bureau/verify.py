@@ -1,0 +1,188 @@
+"""Verification of one report message, in the order of RELIABILITY.md §b.5 and §b.7.
+
+size -> topic -> header -> key (factory of the topic, enrolled, not revoked) -> signature
+-> strict parse + canonical form -> schema -> topic/aud/kid/time binding -> ids and chain
+(duplicate, conflict, fork, chain break, gap = pending-link) -> indicators recomputed.
+
+`Verifier.check` reads the store but never writes; the receiver applies the `Decision`
+in the same transaction. Every failure is a `Decision` with a reason code, never an
+exception: hostile input must not crash the receiver.
+
+Reason codes: size, topic, header, unknown-factory, unknown-key, revoked, signature,
+format (strict JSON, canonical form, schema), aud, future, conflict, fork, chain,
+indicators.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.envelope import EnvelopeError, Kind, Verified, peek_compact, sha256_hex, verify_compact
+from agent.report import (
+    IndicatorFn,
+    genesis_sha256,
+    indicator_mismatches,
+    recompute_indicators,
+    schema_errors,
+)
+from bureau.registry import KeyLookupError, KeyRegistry
+from bureau.store import ACCEPTED, PENDING_LINK, ReportStore, StoredReport
+
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+FUTURE_SKEW_S = 300.0
+_TOPIC = re.compile(r"^tieragent/v1/([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})/report$")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a message: accept (state accepted|pending-link), duplicate, reject."""
+
+    status: str  # accepted | duplicate | rejected
+    reason: str | None
+    detail: str
+    factory_id: str | None
+    report_sha256: str
+    report_id: str | None = None
+    seq: int | None = None
+    state: str | None = None
+    verified: Verified | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    original: StoredReport | None = None
+    relink: str | None = None  # report_id of a pending-link successor this report links
+
+
+def topic_factory(topic: str) -> str | None:
+    match = _TOPIC.match(topic)
+    return match.group(1) if match else None
+
+
+class Verifier:
+    def __init__(
+        self,
+        registry: KeyRegistry,
+        store: ReportStore,
+        bureau_id: str,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        indicator_fn: IndicatorFn | None = None,
+        check_indicators: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.bureau_id = bureau_id
+        self.max_bytes = max_bytes
+        self.indicator_fn = indicator_fn
+        self.check_indicators = check_indicators
+
+    def check(self, topic: str, message: bytes, now: float | None = None) -> Decision:
+        now = time.time() if now is None else now
+        factory_id = topic_factory(topic)
+        message_sha = sha256_hex(message)
+
+        def reject(reason: str, detail: str, sha: str = message_sha, **extra: Any) -> Decision:
+            return Decision("rejected", reason, detail, factory_id, sha, **extra)
+
+        if len(message) > self.max_bytes:
+            return reject("size", f"Message of {len(message)} bytes exceeds {self.max_bytes}.")
+        if factory_id is None:
+            return reject("topic", "Topic is not tieragent/v1/<factory_id>/report.")
+        try:
+            header, unverified = peek_compact(message, Kind.REPORT)
+        except EnvelopeError as error:
+            return reject(error.reason, str(error))
+        payload_sha = sha256_hex(unverified)
+        try:
+            key = self.registry.lookup(factory_id, header["kid"], now)
+        except KeyLookupError as error:
+            return reject(error.reason, str(error), payload_sha)
+        try:
+            verified = verify_compact(message, Kind.REPORT, key.jwk)
+        except EnvelopeError as error:
+            return reject(error.reason, str(error), payload_sha)
+        report = verified.payload
+        problems = schema_errors(report)
+        if problems:
+            return reject("format", "Schema: " + "; ".join(problems[:3]), payload_sha)
+        ids: dict[str, Any] = {
+            "report_id": report["report_id"],
+            "seq": report["seq"],
+            "verified": verified,
+            "payload": report,
+        }
+        if report["factory_id"] != factory_id:
+            return reject(
+                "topic", "Report names another factory than its topic.", payload_sha, **ids
+            )
+        if report["kid"] != header["kid"]:
+            return reject(
+                "header", "kid in the payload differs from the header.", payload_sha, **ids
+            )
+        if report["aud"] != self.bureau_id:
+            return reject("aud", "Report is addressed to another bureau.", payload_sha, **ids)
+        if _epoch(report["issued_at"]) > now + FUTURE_SKEW_S:
+            return reject("future", "issued_at lies in the future.", payload_sha, **ids)
+        return self._business(factory_id, verified, payload_sha, ids)
+
+    def _business(
+        self, factory_id: str, verified: Verified, sha: str, ids: dict[str, Any]
+    ) -> Decision:
+        report = verified.payload
+        seq = int(report["seq"])
+
+        def reject(reason: str, detail: str) -> Decision:
+            return Decision("rejected", reason, detail, factory_id, sha, **ids)
+
+        known = self.store.get(report["report_id"])
+        if known is not None:
+            if known.payload_sha256 == sha:
+                return Decision(
+                    "duplicate",
+                    None,
+                    "Report already stored.",
+                    factory_id,
+                    sha,
+                    original=known,
+                    **ids,
+                )
+            return reject("conflict", "Same report_id, different content (equivocation).")
+        taken = self.store.by_seq(factory_id, seq)
+        if taken is not None:
+            return reject("fork", f"seq {seq} is taken by another report.")
+        state = ACCEPTED
+        if seq == 1:
+            if report["prev_sha256"] != genesis_sha256(factory_id):
+                return reject("chain", "seq 1 does not start from the genesis hash.")
+        else:
+            previous = self.store.by_seq(factory_id, seq - 1)
+            if previous is None:
+                state = PENDING_LINK
+            elif previous.payload_sha256 != report["prev_sha256"]:
+                return reject("chain", f"prev_sha256 does not match stored seq {seq - 1}.")
+        successor = self.store.by_seq(factory_id, seq + 1)
+        relink = None
+        if successor is not None:
+            if successor.prev_sha256 != sha:
+                return reject("chain", f"Stored seq {seq + 1} does not chain to this report.")
+            relink = successor.report_id if successor.state == PENDING_LINK else None
+        if self.check_indicators:
+            try:
+                recomputed = recompute_indicators(report, self.indicator_fn)
+            except Exception as error:  # any recomputation failure is the report's problem
+                return reject("indicators", f"Indicators cannot be recomputed: {error}")
+            mismatched = indicator_mismatches(report["indicators"], recomputed)
+            if mismatched:
+                return reject(
+                    "indicators", f"Indicators differ from base measures: {mismatched[:5]}"
+                )
+        return Decision(
+            "accepted", None, "Report accepted.", factory_id, sha, state=state, relink=relink, **ids
+        )
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
