@@ -60,9 +60,66 @@ def config_schema(
     console.print(f"wrote {out}")
 
 
+@app.command("discover")
+def discover_command(
+    url: str = typer.Argument(..., help="opc.tcp://HOST:PORT of an OPC UA server."),
+    timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds for the whole browse."),
+) -> None:
+    """Browse an OPC UA server (security None) and print a signal map for the config."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from connectors.config import OpcUaConnection
+    from connectors.discover import discover, render_signal_map
+    from connectors.errors import ConnectorError
+
+    try:
+        OpcUaConnection(endpoint=url)  # the same endpoint check as the config
+    except ValidationError as error:
+        message = error.errors()[0]["msg"].removeprefix("Value error, ")
+        err_console.print(f"[bold red]{message}[/]", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    try:
+        found = asyncio.run(discover(url, timeout_s=timeout_s))
+    except (ValueError, ConnectorError, OSError, TimeoutError) as error:
+        err_console.print(f"[bold red]Cannot discover {url}:[/] {error}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    typer.echo(render_signal_map(found))
+
+
+@app.command("demo")
+def demo(
+    broker: str | None = typer.Option(
+        None, "--broker", help="Use this MQTT broker (mqtt://host:port) instead of amqtt."
+    ),
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for everything made."),
+    live_seconds: float = typer.Option(60.0, "--live-seconds", help="Live collection time."),
+    year: int | None = typer.Option(None, "--year", help="Year to evaluate (default: this year)."),
+    history_days: int | None = typer.Option(
+        None, "--history-days", min=1, help="Only the last N days of history (quick runs)."
+    ),
+) -> None:
+    """Simulator → agent → signed reports → bureau → verified annual evidence, in one go."""
+    from datetime import date
+
+    from agent.demo import DemoError, run_demo
+
+    try:
+        code = run_demo(
+            out, broker, live_seconds, year or date.today().year, console,
+            history_days=history_days,
+        )
+    except DemoError as error:
+        err_console.print(f"[bold red]Demo failed:[/] {error}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
 def _register_subcommands() -> None:
     """Sub-apps are imported here, not at module top, so `check-config` stays fast."""
     from agent import evaluate_cli, report_cli, run_cli
+    from bureau import annual_cli
     from bureau.cli import bureau_app
     from simulator.cli import app as sim_app
 
@@ -70,6 +127,7 @@ def _register_subcommands() -> None:
     evaluate_cli.register(app)
     report_cli.register(app)
     app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
+    annual_cli.register(bureau_app)
     app.add_typer(bureau_app, name="bureau", help="The bureau side: receiver, keys, evaluation.")
 
 

@@ -268,7 +268,14 @@ def evidence_export(
 
 
 def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle directory.")) -> None:
-    """Verify an evidence bundle: signatures, chain, Merkle roots, recomputed indicators."""
+    """Verify an agent audit bundle or a bureau evidence folder, offline."""
+    from bureau.evidence_verify import is_evidence_dir
+
+    if is_evidence_dir(bundle):
+        from bureau.annual_cli import verify_evidence_command
+
+        verify_evidence_command(bundle)
+        return
     result = verify_bundle(bundle)
     for problem in result.problems:
         typer.echo(f"FAIL {problem}")

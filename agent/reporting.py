@@ -8,6 +8,7 @@ not rebuilt: the outbox keeps the signed bytes and resends those.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -20,7 +21,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from agent.assess import LoadedPolicy, assess
+from agent.assess import LoadedPolicy, assess, params_for
 from agent.config import FactoryConfig
 from agent.envelope import Kind, canonical_bytes, public_jwk, sign_compact, thumbprint
 from agent.keys import PRIVATE_NAME, load_private_key
@@ -153,6 +154,9 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
     base = context.store.base_measures(start, end)
     inventory = context.store.inventory()
     evaluation = assess(config, base, inventory, context.policy).to_json() if not base.empty else {}
+    # The report carries the parameters it was computed with (industry code and province
+    # pick the benchmark rows at the bureau), so anyone can recompute it from the report.
+    params = dataclasses.asdict(params_for(config, context.policy.policy))
     raw = context.store.raw_samples(start, end)
     digests = segment_digests(raw)
     signing_key = load_private_key(context.key_dir / PRIVATE_NAME, context.passphrase)
@@ -178,6 +182,7 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
             base=base,
             evaluation=evaluation,
             segment_digests=digests,
+            params=params,
         )
 
     period_key = f"{period.kind}/{period.key}/{revision}"

@@ -74,13 +74,13 @@ async def running(connector: Connector, recorder: Recorder) -> AsyncIterator[asy
         yield task
     finally:
         task.cancel()
-        done, _ = await asyncio.wait([task], timeout=5)
+        done, _ = await asyncio.wait([task], timeout=10)
         if not done:
             stack = "".join(
                 f"\n  {frame.f_code.co_filename}:{frame.f_lineno}" for frame in task.get_stack()
             )
             pytest.fail(
-                f"the connector did not stop within 5 s of being cancelled; stuck at:{stack}"
+                f"the connector did not stop within 10 s of being cancelled; stuck at:{stack}"
             )
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]

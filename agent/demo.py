@@ -1,0 +1,442 @@
+"""`tieragent demo`: the whole chain on one machine, in about three minutes.
+
+simulator (OPC UA + Modbus, compressed profile) → agent live collection (≈1 min), and in
+parallel a year-to-date history from the offline generator backfilled through the same
+derivation code → daily reports, signed and committed to the outbox → MQTT (embedded
+amqtt broker, or --broker) → bureau receiver (verify, store, signed receipt) → annual
+evaluation at the bureau → evidence folder verified offline.
+
+Every process the demo starts is stopped by PID at the end, and every port is a free
+loopback port chosen at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agent.assess import PolicyFiles, load_policy_files
+from agent.backfill import backfill
+from agent.config import FactoryConfig, load_config, parse_config
+from agent.keys import init_keys
+from agent.metrics import AgentMetrics
+from agent.outbox import Outbox
+from agent.publish import Publisher, PublisherSettings
+from agent.reporting import ReportContext, build_period_report, days_between
+from agent.runtime import Runtime, build_connectors
+from agent.store.store import Store
+from bureau.annual import AnnualError, EvaluationFiles
+from bureau.receipts import bureau_public, load_or_create_bureau_key
+from bureau.receiver import Receiver, ReceiverSettings
+from bureau.registry import KeyRegistry
+from bureau.store import SqliteReportStore
+from simulator.agent_config import export_agent_config
+from simulator.history import generate_history
+from simulator.model import load_factory
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTORY = ROOT / "config" / "factories" / "demo.yaml"
+AGENT_CONFIG = ROOT / "config" / "demo-agent.yaml"
+BUREAU_ID = "bureau"
+
+
+class DemoError(Exception):
+    """A step of the demo failed; str() says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, deadline_s: float, process: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise DemoError(f"a helper process exited early (code {process.returncode})")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise DemoError(f"nothing listens on 127.0.0.1:{port} after {deadline_s:.0f} s")
+
+
+@dataclass
+class Processes:
+    """Child processes started by the demo; stopped by PID, politely first."""
+
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        handle = log.open("wb")
+        process = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+@contextlib.contextmanager
+def embedded_broker(processes: Processes, work: Path) -> Iterator[str]:
+    """amqtt (MQTT 3.1.1) on a free loopback port."""
+    port = free_port()
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    path = work / "amqtt.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    amqtt = Path(sys.executable).with_name("amqtt")
+    process = processes.start([str(amqtt), "-c", str(path)], work / "amqtt.log")
+    wait_for_port(port, 20, process)
+    try:
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        processes.stop(process)
+
+
+def year_to_date(year: int, time_zone: str) -> tuple[date, date]:
+    """First and last full local day of `year` up to yesterday (the whole year if past)."""
+    today = datetime.now(ZoneInfo(time_zone)).date()
+    first = date(year, 1, 1)
+    last = min(date(year, 12, 31), today - timedelta(days=1))
+    if last < first:
+        raise DemoError(f"{year} has no complete day yet; pass --year {today.year - 1}")
+    return first, last
+
+
+def local_epoch(day: date, time_zone: str) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(time_zone)).timestamp()
+
+
+@dataclass
+class LiveResult:
+    samples: int
+    devices: int
+    intervals: int
+    seconds: float
+
+
+def run_live(config: FactoryConfig, data_dir: Path, seconds: float) -> LiveResult:
+    """Collect from the simulator's servers for `seconds` (agent runtime, own event loop)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(data_dir / "agent.db", config)
+    runtime = Runtime(config, store, build_connectors(config), AgentMetrics())
+    started = time.time()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        await runtime.run(stop)
+
+    try:
+        asyncio.run(main())
+        end = time.time()
+        raw = store.raw_samples(started - 3600, end + 3600)
+        intervals = store.intervals(started - 3600, end + 3600)
+    finally:
+        store.close()
+    return LiveResult(
+        samples=len(raw),
+        devices=int(raw["device_id"].nunique()) if not raw.empty else 0,
+        intervals=len(intervals),
+        seconds=end - started,
+    )
+
+
+def run_demo(
+    out: Path,
+    broker_url: str | None,
+    live_s: float,
+    year: int,
+    console: Console,
+    *,
+    history_days: int | None = None,
+) -> int:
+    """Run the chain; `history_days` shortens the history to its last N days (for tests)."""
+    if out.exists():
+        shutil.rmtree(out)
+    for sub in ("agent", "bureau", "sim", "logs"):
+        (out / sub).mkdir(parents=True)
+    processes = Processes()
+    demo_config = load_config(AGENT_CONFIG)
+    tz = demo_config.factory.time_zone
+    factory_id = demo_config.factory.factory_id
+    first_day, last_day = year_to_date(year, tz)
+    if history_days is not None:
+        first_day = max(first_day, last_day - timedelta(days=history_days - 1))
+    days = days_between(first_day, last_day)
+    factory = load_factory(FACTORY)
+    started = time.monotonic()
+    try:
+        with contextlib.ExitStack() as stack:
+            # 1. Keys and enrolment at the bureau (the offline "upload the JWK" route).
+            agent_keys = out / "agent" / "keys"
+            agent_jwk = init_keys(agent_keys, None)
+            bureau_key = load_or_create_bureau_key(out / "bureau" / "bureau-key.pem")
+            bureau_db = out / "bureau" / "bureau.db"
+            registry_store = SqliteReportStore(bureau_db)
+            with registry_store.transaction():
+                KeyRegistry(registry_store.db).enroll(factory_id, {
+                    k: agent_jwk[k] for k in ("kty", "crv", "x")
+                })
+            registry_store.close()
+            console.print(f"[bold]1[/] keys: agent kid {agent_jwk['kid']} enrolled at the bureau")
+
+            # 2. Broker and bureau receiver.
+            if broker_url is None:
+                broker_url = stack.enter_context(embedded_broker(processes, out / "logs"))
+                protocol: Literal["5", "3.1.1"] = "3.1.1"  # amqtt speaks 3.1.1 only
+                console.print(f"[bold]2[/] embedded MQTT broker (amqtt) at {broker_url}")
+            else:
+                protocol = "5"
+                console.print(f"[bold]2[/] MQTT broker {broker_url}")
+            receiver = Receiver(
+                ReceiverSettings(
+                    db=bureau_db, broker_url=broker_url, bureau_id=BUREAU_ID,
+                    client_id="tieragent-demo-bureau", share_group=None, protocol=protocol,
+                    reorder_timeout_s=86_400.0,
+                ),
+                bureau_key,
+            )
+            receiver.start()
+            stop_ticks = threading.Event()
+            def tick_receiver() -> None:
+                while not stop_ticks.wait(1.0):
+                    receiver.tick()
+
+            ticker = threading.Thread(target=tick_receiver, daemon=True)
+            ticker.start()
+            stack.callback(receiver.stop)
+            stack.callback(stop_ticks.set)
+
+            # 3. Simulator with a compressed time profile.
+            opcua_port, modbus_port = free_port(), free_port()
+            sim = processes.start(
+                [sys.executable, "-m", "agent.cli", "sim", "--factory", str(FACTORY),
+                 "--profile", "compressed", "--opcua-port", str(opcua_port),
+                 "--modbus-port", str(modbus_port), "--security", "none",
+                 "--ledger-dir", str(out / "sim" / "ledger")],
+                out / "logs" / "simulator.log",
+            )
+            wait_for_port(opcua_port, 60, sim)
+            wait_for_port(modbus_port, 30, sim)
+            stack.callback(processes.stop, sim)
+            console.print(
+                f"[bold]3[/] simulator: opc.tcp://127.0.0.1:{opcua_port}, "
+                f"modbus 127.0.0.1:{modbus_port} (compressed profile)"
+            )
+            live_config = parse_config(
+                export_agent_config(
+                    factory, f"opc.tcp://127.0.0.1:{opcua_port}", "127.0.0.1", modbus_port,
+                    profile="compressed",
+                ),
+                "<demo live config>",
+            )
+
+            # 4. Live collection and, in parallel, the year's history and backfill.
+            live: dict[str, LiveResult] = {}
+            errors: list[BaseException] = []
+
+            def live_job() -> None:
+                try:
+                    live["result"] = run_live(live_config, out / "agent" / "live", live_s)
+                except BaseException as error:  # reported after the join
+                    errors.append(error)
+
+            live_thread = threading.Thread(target=live_job, daemon=True)
+            live_thread.start()
+            history_dir = out / "sim" / "history"
+            data_dir = out / "agent" / "data"
+            with _progress(console) as progress:
+                gen = progress.add_task("history (offline generator)", total=len(factory.devices))
+                generate_history(
+                    factory, history_dir, local_epoch(first_day, tz),
+                    local_epoch(last_day + timedelta(days=1), tz), seed=2026,
+                    sample_interval_s=900.0,
+                    progress=lambda _d, done, total: progress.update(gen, completed=done),
+                )
+                imp = progress.add_task("backfill into the agent store", total=None)
+                summary = backfill(
+                    demo_config, history_dir, data_dir / "agent.db",
+                    progress=lambda _d, done, total: progress.update(
+                        imp, completed=done, total=total
+                    ),
+                )
+                waiting = progress.add_task(f"live collection ({live_s:.0f} s)", total=live_s)
+                while live_thread.is_alive():
+                    live_thread.join(0.5)
+                    progress.update(waiting, completed=min(live_s, time.monotonic() - started))
+            if errors:
+                raise DemoError(f"live collection failed: {errors[0]}")
+            processes.stop(sim)
+            live_result = live["result"]
+            console.print(
+                f"[bold]4[/] live: {live_result.samples:,} samples from {live_result.devices} "
+                f"devices in {live_result.seconds:.0f} s; history {first_day}..{last_day}: "
+                f"{summary.samples:,} samples backfilled in {summary.seconds:.0f} s"
+            )
+
+            # 5. Daily reports, signed, delivered while they are built.
+            outbox = Outbox(data_dir / "outbox.db")
+            store = Store.open(data_dir / "agent.db", demo_config)
+            stack.callback(store.close)
+            context = ReportContext(
+                config=demo_config, config_path=AGENT_CONFIG, store=store, outbox=outbox,
+                key_dir=agent_keys, policy=load_policy_files(PolicyFiles()), bureau_id=BUREAU_ID,
+            )
+            settings = PublisherSettings(
+                broker_url=broker_url, factory_id=factory_id,
+                bureau_keys=(bureau_public(bureau_key),), protocol=protocol,
+                keepalive_s=10, receipt_timeout_s=20.0, reconnect_min_s=0.2,
+                reconnect_max_s=5.0, window=8,
+            )
+            stop_publisher = threading.Event()
+            publisher_errors: list[BaseException] = []
+
+            def deliver() -> None:
+                # SQLite connections belong to one thread: the publisher opens its own.
+                try:
+                    publisher = Publisher(settings, Outbox(data_dir / "outbox.db"))
+                    publisher.start()
+                    try:
+                        publisher.run(stop_publisher)
+                    finally:
+                        publisher.stop()
+                except BaseException as error:  # reported below
+                    publisher_errors.append(error)
+
+            sender = threading.Thread(target=deliver, daemon=True)
+            sender.start()
+            with _progress(console) as progress:
+                task = progress.add_task("daily reports: build + sign", total=len(days))
+                for day in days:
+                    build_period_report(context, day)
+                    progress.advance(task)
+                acked = progress.add_task("delivered with signed receipts", total=len(days))
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    unacked = outbox.unacked()
+                    progress.update(acked, completed=len(days) - unacked)
+                    if unacked == 0 or publisher_errors:
+                        break
+                    time.sleep(0.3)
+            stop_publisher.set()
+            sender.join(10)
+            if publisher_errors:
+                raise DemoError(f"delivery failed: {publisher_errors[0]}")
+            counts = outbox.counts()
+            console.print(f"[bold]5[/] outbox: {counts}")
+
+            receiver.tick()
+            stop_ticks.set()
+            receiver.stop()
+
+            # 6. The bureau's annual evaluation and the evidence folder.
+            return _bureau_year(
+                console, bureau_db=bureau_db, factory_id=factory_id, year=year,
+                through=last_day, out=out, delivered=counts.get("acked", 0), days=len(days),
+                live=live_result, elapsed_s=time.monotonic() - started,
+            )
+    finally:
+        processes.stop_all()
+
+
+def _bureau_year(
+    console: Console, *, bureau_db: Path, factory_id: str, year: int, through: date, out: Path,
+    delivered: int, days: int, live: LiveResult, elapsed_s: float,
+) -> int:
+    from agent.evaluation_view import render_evaluation
+    from bureau.annual_cli import render_summary
+    from bureau.evidence_export import export_evidence
+    from bureau.evidence_verify import verify_evidence_dir
+
+    files = EvaluationFiles(
+        policy=ROOT / "config" / "policies" / "default-2026.yaml",
+        benchmarks=ROOT / "config" / "benchmarks" / "example-2026.yaml",
+        declarations=ROOT / "config" / "declarations.example.yaml",
+    )
+    store = SqliteReportStore(bureau_db)
+    try:
+        states = Counter(report.state for report in store.reports(factory_id))
+        evidence_dir = out / "evidence" / f"{factory_id}-{year}"
+        exported = export_evidence(store, factory_id, year, evidence_dir, files, through=through)
+    except AnnualError as error:
+        raise DemoError(f"annual evaluation at the bureau: {error}") from None
+    finally:
+        store.close()
+    verified = verify_evidence_dir(evidence_dir)
+    annual = exported.evaluation
+    console.rule(f"Annual evaluation at the bureau: {factory_id}, {year} (through {through})")
+    render_summary(annual, console)
+    render_evaluation(annual.evaluation, console)
+    indicators = annual.indicators
+    rows = [
+        ("live collection",
+         f"{live.samples:,} samples, {live.devices} devices, {live.seconds:.0f} s"),
+        ("daily reports", f"{days} built and signed, {delivered} acknowledged by signed receipt"),
+        ("stored at the bureau", ", ".join(f"{n} {state}" for state, n in sorted(states.items()))),
+    ]
+    for key in ("oee", "availability", "performance", "quality_ratio", "networking_rate",
+                "key_process_cnc_rate", "data_collection_rate", "energy_per_unit"):
+        value = indicators.get(key)
+        if value is not None:
+            shown = "—" if value.value is None else f"{value.value:.4g}"
+            rows.append((key, shown + ("" if value.reason is None else f" ({value.reason})")))
+    tier = annual.evaluation.to_json()
+    rows.append(("tier reached", str(tier.get("tier_reached") or "none")))
+    rows.append((f"gap to {tier.get('next_tier')}", ", ".join(tier.get("gaps") or []) or "—"))
+    rows.append(("evidence folder", str(evidence_dir)))
+    rows.append(("HTML evidence report", str(evidence_dir / "report.html")))
+    rows.append(("offline verification",
+                 "OK" if verified.ok else "FAILED: " + "; ".join(verified.problems[:3])))
+    rows.append(("demo time", f"{elapsed_s:.0f} s"))
+    console.print(summary_table(rows, "tieragent demo"))
+    return 0 if verified.ok and delivered == days else 1
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def summary_table(rows: list[tuple[str, str]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
