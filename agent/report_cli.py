@@ -245,14 +245,28 @@ def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
 
 @evidence_app.command("export")
 def evidence_export(
-    outbox_path: Path = typer.Option(..., "--outbox"),
-    period: str = typer.Option(..., "--period", help="Prefix of period keys, e.g. 2025 or 2025-03"),
-    out: Path = typer.Option(..., "--out"),
-    key_dir: Path = typer.Option(..., "--key-dir", help="Key directory (public keys)."),
+    config_path: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
+    period: str = typer.Option(..., "--period", help="Prefix of period keys, e.g. 2026 or 2026-03"),
+    out: Path = typer.Option(..., "--out", help="New folder for the bundle."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db/outbox.db."),
+    key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Key directory (public keys)."),
 ) -> None:
-    """Write an evidence bundle of the reports of a period (raw segments when wired)."""
+    """Write an audit bundle: the period's signed reports and the raw segments behind them."""
+    from agent.config import ConfigError, load_config
+    from agent.reporting import segments_of_report
+    from agent.store.store import Store, StoreError
+
     try:
-        outbox = Outbox(outbox_path)
+        config = load_config(config_path)
+        store = Store.open(data_dir / "agent.db", config)
+    except ConfigError as error:
+        _fail(str(error))
+        return
+    except StoreError as error:
+        _fail(str(error))
+        return
+    try:
+        outbox = Outbox(data_dir / "outbox.db")
         jwks = [json.loads((key_dir / "agent-key.jwk.json").read_text())]
         jwks += [json.loads(p.read_text()) for p in sorted(key_dir.glob("retired/*.jwk.json"))]
         reports = [
@@ -260,11 +274,16 @@ def evidence_export(
             for i in outbox.items()
             if i.period_key.split("/")[1].startswith(period)
         ]
-        manifest = export_bundle(out, reports, jwks, segments_for=None)
+        if not reports:
+            _fail(f"No report in {data_dir / 'outbox.db'} for a period starting with {period!r}.")
+            return
+        manifest = export_bundle(out, reports, jwks, segments_for=segments_of_report(store))
     except (OutboxError, OSError, ValueError) as error:
         _fail(str(error))
         return
-    typer.echo(f"Wrote {len(reports)} report(s) to {manifest.parent}.")
+    finally:
+        store.close()
+    typer.echo(f"Wrote {len(reports)} report(s) with their raw segments to {manifest.parent}.")
 
 
 def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle directory.")) -> None:

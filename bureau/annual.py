@@ -35,7 +35,6 @@ import pandas as pd
 from bureau.store import ACCEPTED, PENDING_LINK, REJECTED, YearEntry
 from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS
 from indicators.evaluate import (
-    PASSING,
     Benchmarks,
     Declarations,
     Evaluation,
@@ -45,6 +44,7 @@ from indicators.evaluate import (
     load_benchmarks,
     load_declarations,
     load_policy,
+    tier_outcome,
 )
 from indicators.kpi import INDICATORS, IndicatorValue, Params, compute, daily_measures, improvement
 
@@ -475,17 +475,7 @@ def _withhold_measured(evaluation: Evaluation, policy: Policy) -> Evaluation:
         else c
         for c in evaluation.conditions
     )
-    reached: str | None = None
-    next_tier: str | None = None
-    gaps: tuple[Any, ...] = ()
-    for tier in policy.tiers:
-        blocking = tuple(
-            c for c in conditions if c.tier == tier.id and c.required and c.status not in PASSING
-        )
-        if blocking:
-            next_tier, gaps = tier.id, blocking
-            break
-        reached = tier.id
+    reached, next_tier, gaps = tier_outcome(policy, conditions)
     return dataclasses.replace(
         evaluation, conditions=conditions, tier_reached=reached, next_tier=next_tier, gaps=gaps
     )

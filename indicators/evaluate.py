@@ -8,7 +8,7 @@ from the file loaders re-exported from `indicators.policy`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -169,17 +169,7 @@ def evaluate(
                     _measured(tier.id, condition, scopes, benchmarks, params, coverage_ok)
                 )
 
-    reached: str | None = None
-    next_tier: str | None = None
-    gaps: tuple[ConditionResult, ...] = ()
-    for tier in policy.tiers:
-        blocking = tuple(
-            r for r in results if r.tier == tier.id and r.required and r.status not in PASSING
-        )
-        if blocking:
-            next_tier, gaps = tier.id, blocking
-            break
-        reached = tier.id
+    reached, next_tier, gaps = tier_outcome(policy, results)
     return Evaluation(
         policy_id=policy.policy_id,
         policy_version=policy.version,
@@ -197,6 +187,24 @@ def evaluate(
 
 
 # --- measured conditions -------------------------------------------------------------------------
+
+
+def tier_outcome(
+    policy: Policy, results: Sequence[ConditionResult]
+) -> tuple[str | None, str | None, tuple[ConditionResult, ...]]:
+    """The highest tier whose required conditions all pass, the next tier, and its gaps.
+
+    Tiers are cumulative: the walk stops at the first tier with a blocking condition.
+    """
+    reached: str | None = None
+    for tier in policy.tiers:
+        blocking = tuple(
+            r for r in results if r.tier == tier.id and r.required and r.status not in PASSING
+        )
+        if blocking:
+            return reached, tier.id, blocking
+        reached = tier.id
+    return reached, None, ()
 
 
 class _Scopes:

@@ -83,3 +83,20 @@ def test_report_from_backfilled_store(tmp_path: Path) -> None:
                               "--data-dir", str(data), "--key-dir", str(keys)])
     assert bad.exit_code == 2
     assert "Traceback" not in bad.output
+
+    # The audit bundle carries the raw segments behind the report; verify checks the
+    # Merkle root against them and names a changed sample's segment.
+    bundle = tmp_path / "bundle"
+    exported = runner.invoke(app, ["evidence", "export", "--config", str(config), "--period",
+                                   "2026-03", "--out", str(bundle), "--data-dir", str(data),
+                                   "--key-dir", str(keys)])
+    assert exported.exit_code == 0, exported.output
+    verified = runner.invoke(app, ["verify", str(bundle)])
+    assert verified.exit_code == 0, verified.output
+    segment = sorted((bundle / "raw").rglob("*.seg"))[5]
+    data_bytes = bytearray(segment.read_bytes())
+    data_bytes[-2] ^= 0x01  # inside the last sample's value
+    segment.write_bytes(bytes(data_bytes))
+    tampered = runner.invoke(app, ["verify", str(bundle)])
+    assert tampered.exit_code != 0
+    assert "Merkle root does not match" in tampered.output
