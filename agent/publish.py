@@ -442,7 +442,14 @@ class Publisher:
         if client is None or not self.ready:
             return
         now = time.monotonic()
-        for item in self.outbox.window(self.settings.factory_id, self.settings.window):
+        window = self.outbox.window(self.settings.factory_id, self.settings.window)
+        # The window is W sequence numbers from the oldest unacknowledged report, not the
+        # first W unacknowledged rows: a lagging row must not let later rows overtake it by
+        # more than W (RELIABILITY T3, "in order within the window").
+        limit = window[0].seq + self.settings.window if window else 0
+        for item in window:
+            if item.seq >= limit:
+                break
             if item.next_attempt_at_mono > now or item.report_id in self._mids.values():
                 continue
             info = client.publish(
