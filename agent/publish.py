@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import random
+import sqlite3
 import ssl
 import threading
 import time
@@ -319,9 +320,20 @@ class Publisher:
                 )
             except queue.Empty:
                 break
-            self._handle(event)
+            try:
+                self._handle(event)
+            except sqlite3.OperationalError as error:
+                # The outbox is busy (a report being committed holds the write lock past the
+                # busy timeout): keep the event and try again on the next step, never die.
+                log.warning("Outbox busy while handling %s: %s; retrying.", type(event).__name__,
+                            error)
+                self._events.put(event)
+                return
         self._watchdog()
-        self._send_due()
+        try:
+            self._send_due()
+        except sqlite3.OperationalError as error:
+            log.warning("Outbox busy while sending: %s; retrying.", error)
 
     def run(self, stop: threading.Event, tick_s: float = 0.2) -> None:
         while not stop.is_set():

@@ -81,12 +81,26 @@ def report_params() -> dict[str, Any]:
     return dict(_params())
 
 
+def generate(out: Path, first: date, days: int, seed: int = 11, gaps: Iterable[Gap] = (),
+             interval_s: float = INTERVAL_S) -> None:
+    """The offline generator's history (ledger + samples) of `days` local days from `first`."""
+    start = local_midnight(first)
+    generate_history(load_factory(DEMO), out, start, start + days * 86400.0, seed,
+                     sample_interval_s=interval_s, gaps=list(gaps))
+
+
 def simulate(out: Path, first: date, days: int, seed: int = 11,
              gaps: Iterable[Gap] = ()) -> SimPeriod:
+    generate(out, first, days, seed, gaps)
+    return load_period(out, first, days)
+
+
+def load_period(out: Path, first: date, days: int,
+                interval_s: float = INTERVAL_S) -> SimPeriod:
+    """The hourly base measures of a generated history, from its ledger (see the module doc)."""
     factory = load_factory(DEMO)
     start = local_midnight(first)
     end = start + days * 86400.0
-    generate_history(factory, out, start, end, seed, sample_interval_s=INTERVAL_S, gaps=list(gaps))
     ledger = load_ledger(out)
     networked = [d.id for d in factory.devices if d.networked]
     intervals = ledger.intervals[ledger.intervals["device_id"].isin(networked)]
@@ -102,8 +116,8 @@ def simulate(out: Path, first: date, days: int, seed: int = 11,
         ],
         ignore_index=True,
     )
-    counts = pd.concat([_sample_counts(factory, out, d, start, end) for d in networked],
-                       ignore_index=True)
+    counts = pd.concat([_sample_counts(factory, out, d, start, end, interval_s)
+                        for d in networked], ignore_index=True)
     ict = {d.id: d.ideal_cycle_time_s for d in factory.devices}
     base = base_measures(intervals, deltas, counts, ict)
     inventory = ledger.devices.loc[:, list(INVENTORY_COLUMNS)].astype(
@@ -112,11 +126,11 @@ def simulate(out: Path, first: date, days: int, seed: int = 11,
 
 
 def _sample_counts(factory: SimFactory, out: Path, device_id: str, start: float,
-                   end: float) -> pd.DataFrame:
+                   end: float, interval_s: float) -> pd.DataFrame:
     samples = load_samples(out / "samples" / f"{device_id}.npz")
     signals = len(factory.signals_of(factory.device(device_id)))
     ts = samples["source_ts"]
-    on_grid = (np.mod(ts, INTERVAL_S) == 0) & (ts >= start) & (ts < end)
+    on_grid = (np.mod(ts, interval_s) == 0) & (ts >= start) & (ts < end)
     hour = (np.floor(ts[on_grid] / 3600) * 3600).astype(np.int64)
     latency = (samples["received_ts"] - ts)[on_grid]
     bad = samples["quality"][on_grid] == 2
@@ -125,7 +139,7 @@ def _sample_counts(factory: SimFactory, out: Path, device_id: str, start: float,
                                               on_time=("on_time", "sum"), bad=("bad", "sum"))
     hours = np.arange(int(start), int(end), 3600, dtype=np.int64)
     grouped = grouped.reindex(hours, fill_value=0)
-    per_hour = int(3600 / INTERVAL_S)
+    per_hour = int(3600 / interval_s)
     return pd.DataFrame({
         "device_id": device_id,
         "hour_start": hours,
@@ -168,10 +182,3 @@ def commit_day(outbox: Outbox, sim: SimPeriod, key: OKPKey, day: date,
         lambda payload: sign_compact(payload, key, Kind.REPORT),
     )
 
-
-def year_report(sim: SimPeriod, key: OKPKey, year: int) -> dict[str, Any]:
-    """The agent's own year report (`tieragent report --period YEAR`) over the same base."""
-    period = Period("year", str(year), TZ)
-    return build_report(meta(key, period, f"{year + 1}-01-01T00:10:00Z"), seq=1,
-                        prev_sha256="0" * 64, inventory=sim.inventory, base=sim.base,
-                        evaluation=EVALUATION, segment_digests=[], params=report_params())
