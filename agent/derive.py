@@ -225,7 +225,11 @@ class Derived:
 
     intervals: list[tuple[str, float, float, str, int]] = field(default_factory=list)
     deltas: list[tuple[str, str, float, float, float]] = field(default_factory=list)
-    count_parts: list[pd.DataFrame] = field(default_factory=list)
+    # (device_id, hours, {COUNT_FIELDS index: per-row values}); summed in `counts`. Plain
+    # arrays, not a DataFrame per call: live ingest adds thousands of tiny parts per commit.
+    count_parts: list[tuple[str, IntArray, dict[int, npt.NDArray[Any]]]] = field(
+        default_factory=list
+    )
 
     def add_counts(
         self, device_id: str, hours: IntArray, columns: Sequence[int], values: Sequence[IntArray]
@@ -233,20 +237,32 @@ class Derived:
         """Add per-row `values` (one array per column index) into their hours' counts."""
         if len(hours) == 0:
             return
-        part = pd.DataFrame({"hour_start": hours})
+        hours = np.asarray(hours, np.int64)
+        by_column: dict[int, npt.NDArray[Any]] = {}
         for column, value in zip(columns, values, strict=True):
-            part[COUNT_FIELDS[column]] = value
-        part.insert(0, "device_id", device_id)
-        self.count_parts.append(part)
+            array = np.asarray(value)
+            by_column[column] = (
+                array if array.shape == hours.shape else np.broadcast_to(array, hours.shape)
+            )
+        self.count_parts.append((device_id, hours, by_column))
 
     def counts(self) -> pd.DataFrame:
         """Summed counts per (device_id, hour_start), all COUNT_FIELDS as int64."""
         if not self.count_parts:
             return pd.DataFrame(columns=["device_id", "hour_start", *COUNT_FIELDS])
-        frame = pd.concat(self.count_parts, ignore_index=True)
-        for name in COUNT_FIELDS:
-            if name not in frame:
-                frame[name] = 0
+        sizes = [len(hours) for _, hours, _ in self.count_parts]
+        data: dict[str, npt.NDArray[Any]] = {
+            "device_id": np.repeat(
+                np.array([device for device, _, _ in self.count_parts], dtype=object), sizes
+            ),
+            "hour_start": np.concatenate([hours for _, hours, _ in self.count_parts]),
+        }
+        for index, name in enumerate(COUNT_FIELDS):
+            data[name] = np.concatenate([
+                columns[index] if index in columns else np.zeros(size, np.int64)
+                for (_, _, columns), size in zip(self.count_parts, sizes, strict=True)
+            ])
+        frame = pd.DataFrame(data)
         summed = frame.groupby(["device_id", "hour_start"], sort=True)[list(COUNT_FIELDS)].sum()
         return summed.astype(np.int64).reset_index()
 
@@ -317,6 +333,15 @@ class Deriver:
         for plan in self.plans.values():
             if plan.connection == connection and plan.device_id in self.carries:
                 self._link_down(plan.device_id, ts)
+
+    def link_up(self, connection: str, ts: float) -> None:
+        """A link is (re)established at `ts`: its devices keep their state (unknown after a
+        loss) up to `ts`. Without this the cursor lags by the realtime bound, and the first
+        sample of a new session, whose source timestamp is usually older than the outage,
+        would be clamped to a cursor inside the outage and claim part of it."""
+        for plan in self.plans.values():
+            if plan.connection == connection and plan.device_id in self.carries:
+                self.advance(plan.device_id, ts)
 
     def advance(self, device_id: str, until: float) -> None:
         """Extend the device's derived time to `until` with the current state."""
@@ -500,7 +525,9 @@ class Deriver:
         self.out.add_counts(
             device_id, hours, (1, 2, 3, 4), (np.ones(len(slots), np.int64), *flags)
         )
-        self._touch(device_id, np.unique(hours))
+        # Live ingest adds one or a few slots of one hour per call: skip np.unique there.
+        one_hour = len(hours) == 1 or bool((hours == hours[0]).all())
+        self._touch(device_id, hours[:1] if one_hour else np.unique(hours))
 
     def _polled_counts(
         self, device_id: str, carry: DeviceCarry, signal: SignalPlan,

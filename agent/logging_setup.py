@@ -54,3 +54,7 @@ def setup_logging(json_lines: bool = False, level: int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # asyncua logs every publish response (thousands of values) at INFO: at 5,000 tags that
+    # alone costs more CPU than collecting them (bench/ingest.py). Their warnings still show.
+    for name in ("asyncua", "pymodbus"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

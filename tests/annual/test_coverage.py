@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import date
 
-from conftest import REJECTED_DAY, UNDELIVERED, Scenario
+from annual_scenario import REJECTED_DAY, UNDELIVERED, Scenario
 from simdata import BENCHMARKS, DECLARATIONS, FACTORY, POLICY, report_params
 
 from bureau.annual import AnnualEvaluation, EvaluationFiles

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Scenario
+from annual_scenario import Scenario
 from simdata import BENCHMARKS, DECLARATIONS, FACTORY
 from typer import Typer
 from typer.testing import CliRunner
