@@ -28,6 +28,7 @@ from agent.config import FactoryConfig
 from agent.derive import (
     COUNT_FIELDS,
     HOUR_S,
+    MAX_SOURCE_SKEW_S,
     Derived,
     Deriver,
     DeviceCarry,
@@ -225,6 +226,8 @@ class Store:
         )
         if event.state == LinkState.DISCONNECTED:
             self.deriver.link_down(item.connection, event.ts)
+        elif event.state == LinkState.CONNECTED:
+            self.deriver.link_up(item.connection, event.ts)
 
     def _transaction(
         self, work: object, *, samples: int, span: tuple[float, float] | None = None
@@ -474,6 +477,12 @@ def _sample_row(sample: Sample) -> tuple[object, ...]:
         value = int(value)
     quality = {"good": 0, "uncertain": 1, "bad": 2}[sample.quality.value]
     origin = {"source": 0, "server": 1, "received": 2}[sample.ts_origin.value]
+    if quality == 0 and origin != 2 and (
+        abs(sample.received_ts - sample.source_ts) > MAX_SOURCE_SKEW_S
+    ):
+        # A skewed device clock (RELIABILITY C3): the timestamp is kept verbatim but the
+        # sample is flagged; derivations already use the receive time for it.
+        quality = 1
     return (sample.device_id, sample.signal_id, sample.source_ts, sample.received_ts, value,
             quality, sample.status, origin)
 
