@@ -195,6 +195,7 @@ class OpcUaConnector:
                 )
                 await self._poll(session, targets, samples, watch, backoff)
                 return
+            reraise_cancellation()
             await self._stream(subscription, samples, watch, backoff)
         finally:
             self.mode_in_use = None
@@ -341,6 +342,9 @@ class OpcUaConnector:
         started = time.monotonic()
         try:
             while True:
+                # asyncua can swallow a CancelledError while it creates monitored items or
+                # tears down; the request to stop is still pending on this task.
+                reraise_cancellation()
                 watch.check()
                 if reader.done():
                     raise ConnectorUnavailable(
@@ -358,8 +362,9 @@ class OpcUaConnector:
                     backoff.reset()
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # Bounded: asyncua's notification iterator can swallow the cancellation, and an
+            # unbounded await here would keep the whole connector from stopping.
+            await asyncio.wait([reader], timeout=2.0)
 
     @staticmethod
     async def _drain(subscription: Subscription, inbox: _Inbox) -> None:
