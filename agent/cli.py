@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.config import ConfigError, json_schema, load_config
+from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
+from agent.config import json_schema
 
 app = typer.Typer(
     name="tieragent",
@@ -19,27 +20,12 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-EXIT_INVALID = 2
-
-
-def report_config_error(error: ConfigError) -> None:
-    err_console.print(f"[bold red]Invalid configuration[/] ({len(error.problems)} problem(s)):")
-    for problem in error.problems:
-        err_console.print(
-            f"  {problem.file}: [bold]{problem.key}[/]: {problem.message}", highlight=False
-        )
 
 
 @app.command("check-config")
 def check_config(file: Path = typer.Argument(..., help="Factory configuration YAML.")) -> None:
     """Validate a factory configuration and print every problem with its key."""
-    try:
-        config = load_config(file)
-    except ConfigError as error:
-        report_config_error(error)
-        raise typer.Exit(EXIT_INVALID) from None
+    config = load_config_or_exit(file)
     connected = sum(1 for d in config.devices if d.connection != "none")
     signals = sum(len(d.signals) for d in config.devices)
     console.print(

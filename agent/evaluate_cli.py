@@ -15,13 +15,11 @@ from agent.assess import (
     assess,
     load_policy_files,
 )
-from agent.config import ConfigError, load_config
+from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
 from agent.evaluation_view import evaluation_json, render_evaluation
 from agent.periods import PeriodError, period_bounds
 from agent.store.store import Store
 from indicators.policy import PolicyFileError
-
-EXIT_INVALID = 2
 
 
 def evaluate_command(
@@ -37,18 +35,14 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Evaluate the tier conditions for a period from the measured base measures."""
-    err = Console(stderr=True, soft_wrap=True)
+    config = load_config_or_exit(config_path)
+    err = err_console
     try:
-        config = load_config(config_path)
         loaded = load_policy_files(PolicyFiles(policy, benchmarks, declarations))
         start, end = period_bounds(period, config.factory.time_zone)
         baseline_bounds = (
             period_bounds(baseline, config.factory.time_zone) if baseline else None
         )
-    except ConfigError as error:
-        for problem in error.problems:
-            err.print(f"{problem}", highlight=False, markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
     except (PolicyFileError, PeriodError) as error:
         err.print(str(error), highlight=False, markup=False)
         raise typer.Exit(EXIT_INVALID) from None

@@ -19,17 +19,17 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import jsonschema
 import pandas as pd
 
 from agent.envelope import EnvelopeError, canonical_bytes, sha256_hex
 from agent.merkle import SEGMENTING_RULE, root
+from agent.periods import PeriodError, period_bounds
 from indicators.columns import (
     BASE_MEASURE_COLUMNS,
     COUNT_COLUMNS,
@@ -74,17 +74,12 @@ class Period:
 
     def bounds(self) -> tuple[int, int]:
         """[start, end) as epoch seconds of local midnights."""
-        first = self.first_day()
-        if self.kind == "day":
-            last = date.fromordinal(first.toordinal() + 1)
-        elif self.kind == "month":
-            last = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-        else:
-            last = date(first.year + 1, 1, 1)
-        zone = ZoneInfo(self.time_zone)
-        start = datetime(first.year, first.month, first.day, tzinfo=zone)
-        end = datetime(last.year, last.month, last.day, tzinfo=zone)
-        return int(start.timestamp()), int(end.timestamp())
+        self.first_day()  # the key must fit the kind (ReportError otherwise)
+        try:
+            start, end = period_bounds(self.key, self.time_zone)
+        except PeriodError as error:
+            raise ReportError(str(error)) from None
+        return int(start), int(end)
 
     def to_json(self) -> dict[str, Any]:
         start, end = self.bounds()

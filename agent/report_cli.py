@@ -32,6 +32,7 @@ from agent.keys import PRIVATE_NAME, KeyFileError, keys_app, load_private_key, r
 from agent.outbox import ACKED, Outbox, OutboxError, OutboxItem
 from agent.publish import Publisher, PublishError, PublisherSettings
 from agent.report import Period, ReportError, ReportMeta, build_report
+from agent.reporting import agent_version, file_sha256
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -50,7 +51,7 @@ def _file_digest(path: Path | None) -> str:
     if path is None:
         return sha256_hex(b"")
     try:
-        return sha256_hex(path.read_bytes())
+        return file_sha256(path)
     except OSError as error:
         _fail(f"{path}: cannot read ({error.strerror}).")
         raise
@@ -114,7 +115,7 @@ def report_build(
             factory_id=factory,
             enterprise_id=enterprise,
             bureau_id=bureau_id,
-            agent_version=_version(),
+            agent_version=agent_version(),
             kid=thumbprint(public_jwk(key)),
             config_sha256=_file_digest(config),
             policy_sha256=_file_digest(policy),
@@ -137,15 +138,6 @@ def report_build(
         _fail(str(error))
         return
     typer.echo(f"Queued report {item.report_id} seq {item.seq} ({item.state}).")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tieragent")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _bureau_keys(path: Path) -> tuple[dict[str, str], ...]:
@@ -252,16 +244,13 @@ def evidence_export(
     key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Key directory (public keys)."),
 ) -> None:
     """Write an audit bundle: the period's signed reports and the raw segments behind them."""
-    from agent.config import ConfigError, load_config
+    from agent.cli_support import load_config_or_exit
     from agent.reporting import segments_of_report
     from agent.store.store import Store, StoreError
 
+    config = load_config_or_exit(config_path)
     try:
-        config = load_config(config_path)
         store = Store.open(data_dir / "agent.db", config)
-    except ConfigError as error:
-        _fail(str(error))
-        return
     except StoreError as error:
         _fail(str(error))
         return

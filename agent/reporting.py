@@ -53,8 +53,8 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def file_sha256(path: Path | None) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "0" * 64
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def segments(raw: pd.DataFrame) -> Iterator[Segment]:
@@ -150,7 +150,7 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
     """Build, sign and commit the report of one period (day, month or year)."""
     config = context.config
     period = period_of(key, config.factory.time_zone)
-    start, end = period_bounds(key, config.factory.time_zone)
+    start, end = period.bounds()
     base = context.store.base_measures(start, end)
     inventory = context.store.inventory()
     evaluation = assess(config, base, inventory, context.policy).to_json() if not base.empty else {}
@@ -197,13 +197,3 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
 def days_between(first: date, last: date) -> list[str]:
     """Every local day from first to last inclusive, as 'YYYY-MM-DD'."""
     return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
-
-
-def days_with_data(store: Store, time_zone: str, start: float, end: float) -> list[str]:
-    """Local days between start and end that have base measures."""
-    base = store.base_measures(start, end)
-    if base.empty:
-        return []
-    stamps = pd.to_datetime(base["hour_start"].astype("int64"), unit="s", utc=True)
-    local = stamps.dt.tz_convert(time_zone).dt.strftime("%Y-%m-%d")
-    return sorted(cast(Iterable[str], local.unique()))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from agent.assess import DEFAULT_POLICY, PolicyFiles, load_policy_files
-from agent.config import ConfigError, load_config
+from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
 from agent.keys import KeyFileError, read_passphrase
 from agent.outbox import Outbox, OutboxError
 from agent.periods import PeriodError
@@ -16,8 +15,6 @@ from agent.report import ReportError
 from agent.reporting import ReportContext, build_period_report
 from agent.store.store import Store, StoreError
 from indicators.policy import PolicyFileError
-
-EXIT_INVALID = 2
 
 
 def report_from_store(
@@ -34,12 +31,12 @@ def report_from_store(
     """Build, sign and queue the report of a period (sub-commands: send, status, build)."""
     if ctx.invoked_subcommand is not None:
         return
-    err = Console(stderr=True, soft_wrap=True)
+    err = err_console
     if config_path is None or period is None:
         err.print("Give --config FILE and --period (2026-11-21, 2026-11 or 2026).")
         raise typer.Exit(EXIT_INVALID)
+    config = load_config_or_exit(config_path)
     try:
-        config = load_config(config_path)
         loaded = load_policy_files(PolicyFiles(policy=policy))
         store = Store.open(data_dir / "agent.db", config)
         outbox = Outbox(data_dir / "outbox.db")
@@ -49,10 +46,6 @@ def report_from_store(
             passphrase=read_passphrase(passphrase_file),
         )
         item = build_period_report(context, period, revision=revision)
-    except ConfigError as error:
-        for problem in error.problems:
-            err.print(str(problem), markup=False, highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
     except (PolicyFileError, PeriodError, ValueError, StoreError, OutboxError, KeyFileError,
             ReportError, OSError) as error:
         err.print(str(error), markup=False, highlight=False)

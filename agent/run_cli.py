@@ -16,28 +16,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.config import ConfigError, FactoryConfig, load_config
+from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
 from agent.store import Store, StoreError
 from indicators.columns import MEASURE_COLUMNS
 
 EXIT_FAILED = 1
-EXIT_INVALID = 2
 DB_NAME = "agent.db"
 
 console = Console()
-err_console = Console(stderr=True)
 log = logging.getLogger("tieragent.cli")
-
-
-def _config_or_exit(path: Path) -> FactoryConfig:
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        err_console.print(f"[bold red]Invalid configuration[/] ({len(error.problems)} problem(s)):")
-        for problem in error.problems:
-            err_console.print(f"  {problem.file}: [bold]{problem.key}[/]: {problem.message}",
-                              highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -66,7 +53,7 @@ def run(
     from agent.runtime import Runtime, build_connectors
 
     setup_logging(json_lines=log_json)
-    factory = _config_or_exit(config)
+    factory = load_config_or_exit(config)
     try:
         connectors = build_connectors(factory)
     except ValueError as exc:
@@ -120,7 +107,7 @@ def backfill(
     from agent.backfill import HistoryError
     from agent.backfill import backfill as run_backfill
 
-    factory = _config_or_exit(config)
+    factory = load_config_or_exit(config)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         task = progress.add_task("importing", total=None)
@@ -151,7 +138,7 @@ def measures(
     """Print the base measures of a period, summed per device and in total."""
     from agent.periods import PeriodError, period_bounds
 
-    factory = _config_or_exit(config)
+    factory = load_config_or_exit(config)
     try:
         start, end = period_bounds(period, factory.factory.time_zone)
     except PeriodError as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -41,6 +40,7 @@ from indicators.evaluate import (
     Policy,
     PolicyFileError,
     evaluate,
+    json_safe,
     load_benchmarks,
     load_declarations,
     load_policy,
@@ -189,7 +189,7 @@ class AnnualEvaluation:
 
     def to_json(self) -> dict[str, Any]:
         """Deterministic and JSON-safe (no NaN); the evidence folder stores exactly this."""
-        return _clean(
+        return json_safe(
             {
                 "format": FORMAT,
                 "factory_id": self.factory_id,
@@ -505,15 +505,3 @@ def _monthly(
 
 def indicator_unit(key: str) -> str:
     return INDICATORS[key].unit if key in INDICATORS else ""
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -82,16 +82,16 @@ class ConditionResult:
             "declared": self.declared,
             "level": self.level,
             "comparator": self.comparator,
-            "threshold": _clean(self.threshold),
+            "threshold": json_safe(self.threshold),
             "threshold_ref": self.threshold_ref,
-            "measured": _clean(self.measured),
+            "measured": json_safe(self.measured),
             "status": self.status,
             "source": self.source,
             "required": self.required,
             "policy_default": self.policy_default,
             "citation": self.citation,
             "reason": self.reason,
-            "evidence": _clean(self.evidence),
+            "evidence": json_safe(self.evidence),
         }
 
 
@@ -121,7 +121,10 @@ class Evaluation:
             "benchmarks": {"benchmark_id": self.benchmark_id, "example": self.benchmark_example},
             "tier_reached": self.tier_reached,
             "next_tier": self.next_tier,
-            "coverage": {"day_share": _clean(self.coverage), "min_day_share": self.coverage_bound},
+            "coverage": {
+                "day_share": json_safe(self.coverage),
+                "min_day_share": self.coverage_bound,
+            },
             "conditions": [c.to_json() for c in self.conditions],
             "gaps": [c.condition_id for c in self.gaps],
             "indicators": {
@@ -437,12 +440,12 @@ def _coverage(daily: pd.DataFrame, time_zone: str) -> float | None:
     return len(np.unique(day[with_data])) / span
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace NaN/inf by None and numpy scalars by Python numbers, recursively."""
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
