@@ -246,7 +246,10 @@ async def test_frozen_link_is_detected_and_recovered() -> None:
             await wait_until(lambda: recorder.latest("Count").value == 2, 8)  # type: ignore[union-attr]
     assert recorder.states()[-1] == LinkState.CONNECTED
     assert connector.stats.sessions >= 2
-    assert "lost" in recorder.links[-2].reason or "No data" in recorder.links[-2].reason
+    # The first disconnect is the detection of the frozen link; later ones may be refused
+    # reconnect attempts while the proxy resets (seen under load).
+    detected = next(e for e in recorder.links if e.state == LinkState.DISCONNECTED)
+    assert "lost" in detected.reason or "No data" in detected.reason
 
 
 async def test_malformed_node_id_is_refused_at_construction() -> None:
