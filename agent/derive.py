@@ -23,13 +23,10 @@ Rules (documented here because reports depend on them):
   drop is a reset and its delta is the new value. The first value ever seen is a
   baseline, and the last value persists across restarts, so nothing is counted twice.
 * Sample counts (required signals only), on a grid of slots k x interval (epoch based):
-  expected = slot starts inside the measured time (the union of the intervals),
-  received = slots holding at least one sample whose slot start is in the measured
-  time; the first sample of a slot decides on_time (has a protocol timestamp and
-  received_ts - source_ts <= realtime bound), with_source_ts and bad. A subscription
-  signal (OPC UA subscribe mode) whose value did not change still counts a slot as
-  received (with the flags of its last sample, not bad) while its connection was up and
-  its last sample was not bad: the server only notifies changes.
+  expected = slot starts inside the measured time (the union of the intervals);
+  received, on_time, with_source_ts and bad as `agent.slots` counts them. A sample is on
+  time when it has a protocol timestamp within the realtime bound of its receive time, on
+  either side: a source clock ahead of the gateway is as wrong as one behind it.
 """
 
 from __future__ import annotations
@@ -44,6 +41,16 @@ import numpy.typing as npt
 import pandas as pd
 
 from agent.config import COUNTER_ROLES, FactoryConfig, Role
+from agent.slots import (
+    NO_SLOT,
+    SignalGrid,
+    SlotCarry,
+    SlotRanges,
+    count_held,
+    count_samples,
+    expected_slots,
+    hour_of_start,
+)
 from agent.states import State
 from connectors.config import ModbusConnection, OpcUaConnection
 
@@ -111,6 +118,9 @@ class DevicePlan:
     signals: Mapping[str, SignalPlan]
     state_signal: str | None
     auto_signal: str | None
+    signal_ids: tuple[str, ...]  # the order of the slot arrays (`grid`, `SlotCarry`)
+    positions: Mapping[str, int]  # signal id -> index in `signal_ids`
+    grid: SignalGrid
 
 
 def plan_devices(
@@ -152,23 +162,28 @@ def plan_devices(
             )
         state = device.signal(Role.STATE)
         auto = device.signal(Role.AUTO_MODE)
+        ordered = list(signals.values())
         plans[device.id] = DevicePlan(
             device_id=device.id,
             connection=device.connection,
             signals=signals,
             state_signal=state.id if state else None,
             auto_signal=auto.id if auto else None,
+            signal_ids=tuple(signals),
+            positions={signal_id: i for i, signal_id in enumerate(signals)},
+            grid=SignalGrid(
+                interval_s=np.array([p.interval_s for p in ordered], np.float64),
+                counted=np.array([p.required for p in ordered], bool),
+                subscription=np.array([p.subscription for p in ordered], bool),
+            ),
         )
     return plans
 
 
 @dataclass(slots=True)
-class SignalCarry:
-    last_value: float | None = None
-    last_ts: float | None = None
-    last_slot: int | None = None
-    known: bool = False  # subscription value held (link up, last sample not bad)
-    known_source: bool = False  # the held value's sample had a protocol timestamp
+class CounterCarry:
+    last_value: float
+    last_ts: float
 
 
 @dataclass(slots=True)
@@ -178,41 +193,55 @@ class DeviceCarry:
     start: float  # measured since
     cursor: float  # derived up to here
     open_start: float  # start of the open interval
+    slots: SlotCarry
     state: int = UNKNOWN
     auto: int = 0
-    signals: dict[str, SignalCarry] = field(default_factory=dict)
+    counters: dict[str, CounterCarry] = field(default_factory=dict)
     dirty_hours: set[int] = field(default_factory=set)  # touched, not yet materialised
     state_seen: float | None = None  # last polled state sample, until it expires
     auto_seen: float | None = None
-
-    def signal(self, signal_id: str) -> SignalCarry:
-        carry = self.signals.get(signal_id)
-        if carry is None:
-            carry = self.signals[signal_id] = SignalCarry()
-        return carry
 
     def to_json(self) -> dict[str, Any]:
         return {
             "start": self.start, "cursor": self.cursor, "open_start": self.open_start,
             "state": self.state, "auto": self.auto, "dirty_hours": sorted(self.dirty_hours),
             "state_seen": self.state_seen, "auto_seen": self.auto_seen,
-            "signals": {
-                k: [s.last_value, s.last_ts, s.last_slot, s.known, s.known_source]
-                for k, s in self.signals.items()
-            },
+            "counters": {k: [c.last_value, c.last_ts] for k, c in self.counters.items()},
+            "slots": self.slots.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeviceCarry:
+        if "signals" in data:  # first format: [value, ts, slot, known, source] per signal
+            per_signal: dict[str, list[Any]] = data["signals"]
+            rows = list(per_signal.values())
+            counters = {
+                k: CounterCarry(v[0], v[1]) for k, v in per_signal.items() if v[0] is not None
+            }
+            slots = SlotCarry(
+                tuple(per_signal),
+                np.array([NO_SLOT if v[2] is None else v[2] for v in rows], np.int64),
+                np.array([bool(v[3]) for v in rows], bool),
+                np.array([bool(v[4]) for v in rows], bool),
+            )
+        else:
+            counters = {k: CounterCarry(*v) for k, v in data["counters"].items()}
+            slots = SlotCarry.from_json(data["slots"])
         return cls(
             start=data["start"], cursor=data["cursor"], open_start=data["open_start"],
-            state=data["state"], auto=data["auto"], dirty_hours=set(data["dirty_hours"]),
-            signals={k: SignalCarry(*v) for k, v in data["signals"].items()},
-            state_seen=data["state_seen"], auto_seen=data["auto_seen"],
+            slots=slots, state=data["state"], auto=data["auto"], counters=counters,
+            dirty_hours=set(data["dirty_hours"]), state_seen=data["state_seen"],
+            auto_seen=data["auto_seen"],
         )
 
     def copy(self) -> DeviceCarry:
-        return DeviceCarry.from_json(self.to_json())
+        return DeviceCarry(
+            start=self.start, cursor=self.cursor, open_start=self.open_start,
+            slots=self.slots.copy(), state=self.state, auto=self.auto,
+            counters={k: CounterCarry(c.last_value, c.last_ts) for k, c in self.counters.items()},
+            dirty_hours=set(self.dirty_hours), state_seen=self.state_seen,
+            auto_seen=self.auto_seen,
+        )
 
 
 COUNT_FIELDS = ("samples_expected", "samples_received", "samples_on_time",
@@ -267,10 +296,17 @@ class Derived:
         return summed.astype(np.int64).reset_index()
 
 
+def source_skew(cols: SampleColumns) -> FloatArray:
+    """source_ts - received_ts where a protocol timestamp is off by more than
+    MAX_SOURCE_SKEW_S (a skewed device clock), else 0."""
+    skew = np.where(cols.origin != O_RECEIVED, cols.source_ts - cols.received_ts, 0.0)
+    return np.where(np.abs(skew) > MAX_SOURCE_SKEW_S, skew, 0.0)
+
+
 def event_times(cols: SampleColumns) -> FloatArray:
-    has_source = cols.origin != O_RECEIVED
-    skew_ok = np.abs(cols.received_ts - cols.source_ts) <= MAX_SOURCE_SKEW_S
-    return np.where(has_source & skew_ok, cols.source_ts, cols.received_ts)
+    """Source timestamps, or the receive time where there is none or it is skewed."""
+    trusted = (cols.origin != O_RECEIVED) & (source_skew(cols) == 0)
+    return np.where(trusted, cols.source_ts, cols.received_ts)
 
 
 def as_float(values: npt.NDArray[Any]) -> FloatArray:
@@ -279,10 +315,6 @@ def as_float(values: npt.NDArray[Any]) -> FloatArray:
         return values.astype(np.float64)
     converted = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
     return np.asarray(converted.astype(np.float64).to_numpy(), dtype=np.float64)
-
-
-def _hour_of_start(ts: FloatArray) -> IntArray:
-    return (np.floor(ts / HOUR_S + _EPS) * HOUR_S).astype(np.int64)
 
 
 def _hour_of_end(ts: FloatArray) -> IntArray:
@@ -306,12 +338,30 @@ class Deriver:
         self.realtime_bound_s = realtime_bound_s
         self.carries: dict[str, DeviceCarry] = {}
         self.out = Derived()
+        self.changed: set[str] = set()  # devices whose carry changed since `take_changed`
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def begin(self, device_id: str, ts: float) -> None:
         """Start measuring a device that has no history yet."""
-        self.carries[device_id] = DeviceCarry(start=ts, cursor=ts, open_start=ts)
+        slots = SlotCarry.empty(self.plans[device_id].signal_ids)
+        self.carries[device_id] = DeviceCarry(start=ts, cursor=ts, open_start=ts, slots=slots)
+        self.changed.add(device_id)
+
+    def restore(self, device_id: str, data: Mapping[str, Any]) -> None:
+        """Load a device's persisted carry (ignored for a device no longer configured)."""
+        plan = self.plans.get(device_id)
+        if plan is None:
+            return
+        carry = DeviceCarry.from_json(data)
+        carry.slots = carry.slots.aligned(plan.signal_ids)
+        self.carries[device_id] = carry
+
+    def take_changed(self) -> dict[str, DeviceCarry]:
+        """The carries changed since the last call (what a commit must persist)."""
+        changed = {d: self.carries[d] for d in sorted(self.changed) if d in self.carries}
+        self.changed = set()
+        return changed
 
     def resume(self, ts: float) -> None:
         """After an agent (re)start: begin new devices, mark downtime of known ones unknown."""
@@ -346,7 +396,8 @@ class Deriver:
     def advance(self, device_id: str, until: float) -> None:
         """Extend the device's derived time to `until` with the current state."""
         plan, carry = self.plans[device_id], self.carries[device_id]
-        until = max(until, carry.cursor)
+        if until <= carry.cursor:
+            return  # every call that moved the cursor already derived up to it
         ev_ts, state_ev, auto_ev = self._with_expiry(
             plan, carry, np.empty(0), np.empty(0, np.int8), np.empty(0, np.int8), until
         )
@@ -417,37 +468,38 @@ class Deriver:
         et = et[order]
         cols = cols.take(order)
         codes, names = pd.factorize(cols.signal_id)
-        by_signal = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[by_signal], np.arange(len(names) + 1))
+        positions = np.array([plan.positions.get(name, -1) for name in names.tolist()], np.int64)
+        position = positions[codes]
         state_ev = np.full(len(et), -1, np.int8)
         auto_ev = np.full(len(et), -1, np.int8)
-        for code, signal_id in enumerate(names.tolist()):
-            signal = plan.signals.get(signal_id)
-            if signal is None:
+        # Counters, state and auto mode: a few signals per device, one at a time.
+        for code, name in enumerate(names.tolist()):
+            signal = plan.signals.get(name)
+            if signal is None or not (
+                signal.role in COUNTER_ROLES or signal.role in (Role.STATE, Role.AUTO_MODE)
+            ):
                 continue
-            index = by_signal[bounds[code]:bounds[code + 1]]
+            index = np.flatnonzero(codes == code)
             sub, sub_et = cols.take(index), et[index]
             if signal.role in COUNTER_ROLES:
-                self._counter(device_id, signal, carry.signal(signal_id), sub, sub_et)
-            if signal.role == Role.STATE:
+                self._counter(device_id, signal, carry, sub, sub_et)
+            elif signal.role == Role.STATE:
                 state_ev[index] = self._state_labels(signal, sub)
-            elif signal.role == Role.AUTO_MODE:
+            else:
                 auto_ev[index] = self._auto_values(sub)
-            if signal.required:
-                if count_until is not None:
-                    in_period = sub_et < count_until
-                    sub, sub_et = sub.take(np.flatnonzero(in_period)), sub_et[in_period]
-                if signal.subscription:
-                    self._held_counts(device_id, carry, signal, sub, sub_et)
-                else:
-                    self._polled_counts(device_id, carry, signal, sub, sub_et)
+        counted = position >= 0
+        counted[counted] = plan.grid.counted[position[counted]]
+        if count_until is not None:
+            counted &= et < count_until
+        if counted.any():
+            self._count_samples(device_id, plan, carry, position, cols, et, counted)
         ev_ts, state_ev, auto_ev = self._with_expiry(plan, carry, et, state_ev, auto_ev)
         self._timeline(device_id, ev_ts, state_ev, auto_ev, float(et[-1]))
 
     # --- derivations -------------------------------------------------------------------
 
     def _counter(
-        self, device_id: str, signal: SignalPlan, carry: SignalCarry,
+        self, device_id: str, signal: SignalPlan, device: DeviceCarry,
         cols: SampleColumns, et: FloatArray,
     ) -> None:
         good = cols.quality != Q_BAD
@@ -457,7 +509,8 @@ class Deriver:
         values, ts = values[finite], ts[finite]
         if len(values) == 0:
             return
-        if carry.last_value is None:
+        carry = device.counters.get(signal.signal_id)
+        if carry is None:
             prev_v, prev_t = values[:-1], ts[:-1]
             cur_v, cur_t = values[1:], ts[1:]
         else:
@@ -471,7 +524,7 @@ class Deriver:
             wrap = drop & (prev_v >= 0.75 * m) & (cur_v < 0.25 * m)
             delta = np.where(wrap, cur_v + m - prev_v, np.where(drop, cur_v, delta))
         keep = delta > 0
-        carry.last_value, carry.last_ts = float(values[-1]), float(ts[-1])
+        device.counters[signal.signal_id] = CounterCarry(float(values[-1]), float(ts[-1]))
         if not keep.any():
             return
         starts, ends, amounts = prev_t[keep], cur_t[keep], delta[keep]
@@ -509,96 +562,34 @@ class Deriver:
         on = np.isfinite(values) & (values != 0)
         return (on & (cols.quality != Q_BAD)).astype(np.int8)
 
-    def _slot_flags(self, cols: SampleColumns) -> tuple[IntArray, IntArray, IntArray]:
-        with_source = (cols.origin != O_RECEIVED).astype(np.int64)
-        latency = cols.received_ts - cols.source_ts
-        on_time = (with_source == 1) & (latency <= self.realtime_bound_s)
-        return on_time.astype(np.int64), with_source, (cols.quality == Q_BAD).astype(np.int64)
-
-    def _add_slots(
-        self, device_id: str, slots: IntArray, interval_s: float,
-        flags: tuple[IntArray, IntArray, IntArray],
+    def _count_samples(
+        self, device_id: str, plan: DevicePlan, carry: DeviceCarry, position: IntArray,
+        cols: SampleColumns, et: FloatArray, counted: npt.NDArray[np.bool_],
     ) -> None:
-        if len(slots) == 0:
-            return
-        hours = _hour_of_start((slots * interval_s).astype(np.float64))
-        self.out.add_counts(
-            device_id, hours, (1, 2, 3, 4), (np.ones(len(slots), np.int64), *flags)
+        with_source = cols.origin[counted] != O_RECEIVED
+        latency = cols.received_ts[counted] - cols.source_ts[counted]
+        on_time = with_source & (np.abs(latency) <= self.realtime_bound_s)
+        ranges = count_samples(
+            plan.grid, carry.slots, carry.start, position[counted], et[counted],
+            on_time, with_source, cols.quality[counted] == Q_BAD,
         )
-        # Live ingest adds one or a few slots of one hour per call: skip np.unique there.
-        one_hour = len(hours) == 1 or bool((hours == hours[0]).all())
-        self._touch(device_id, hours[:1] if one_hour else np.unique(hours))
+        self._add_ranges(device_id, ranges)
 
-    def _polled_counts(
-        self, device_id: str, carry: DeviceCarry, signal: SignalPlan,
-        cols: SampleColumns, et: FloatArray,
-    ) -> None:
-        interval = signal.interval_s
-        sc = carry.signal(signal.signal_id)
-        slots = np.floor(et / interval + _EPS).astype(np.int64)
-        first_slot = math.ceil(carry.start / interval - _EPS)
-        valid = slots >= first_slot
-        if sc.last_slot is not None:
-            valid &= slots > sc.last_slot
-        if not valid.any():
-            return
-        index = np.flatnonzero(valid)
-        kept = slots[index]  # sorted, because event times are
-        first = np.flatnonzero(np.concatenate([[True], kept[1:] != kept[:-1]]))
-        uniq, chosen = kept[first], index[first]
-        flags = tuple(f[chosen] for f in self._slot_flags(cols))
-        self._add_slots(device_id, uniq, interval, flags)  # type: ignore[arg-type]
-        sc.last_slot = int(uniq[-1])
-
-    def _held_counts(
-        self, device_id: str, carry: DeviceCarry, signal: SignalPlan,
-        cols: SampleColumns, et: FloatArray,
-    ) -> None:
-        # Subscriptions notify changes only, so this walks samples one by one; they are few.
-        sc = carry.signal(signal.signal_id)
-        on_time, with_source, bad = self._slot_flags(cols)
-        interval = signal.interval_s
-        first_slot = math.ceil(carry.start / interval - _EPS)
-        for i, ts in enumerate(et.tolist()):
-            self._fill_held(device_id, sc, interval, first_slot, ts)
-            slot = math.floor(ts / interval + _EPS)
-            if slot >= first_slot and (sc.last_slot is None or slot > sc.last_slot):
-                flags = (np.array([on_time[i]]), np.array([with_source[i]]), np.array([bad[i]]))
-                self._add_slots(device_id, np.array([slot], np.int64), interval, flags)
-                sc.last_slot = slot
-            sc.known = bool(bad[i] == 0)
-            sc.known_source = bool(with_source[i] == 1)
-
-    def _fill_held(
-        self, device_id: str, sc: SignalCarry, interval: float, first_slot: int, until: float
-    ) -> None:
-        """Count slots starting before `until` during which a subscription value was held."""
-        if not sc.known or sc.last_slot is None:
-            return
-        last = math.ceil(until / interval - _EPS) - 1
-        start = max(sc.last_slot + 1, first_slot)
-        if last < start:
-            return
-        slots = np.arange(start, last + 1, dtype=np.int64)
-        flag = np.full(len(slots), int(sc.known_source), np.int64)
-        self._add_slots(device_id, slots, interval, (flag, flag, np.zeros(len(slots), np.int64)))
-        sc.last_slot = last
+    def _add_ranges(self, device_id: str, ranges: SlotRanges) -> None:
+        hours, sums = ranges.by_hour()
+        if len(hours):
+            self.out.add_counts(device_id, hours, (1, 2, 3, 4), tuple(sums))
+            self._touch(device_id, hours.tolist())
 
     def _fill_all_held(self, device_id: str, carry: DeviceCarry, until: float) -> None:
-        plan = self.plans[device_id]
-        for signal in plan.signals.values():
-            if signal.required and signal.subscription and signal.signal_id in carry.signals:
-                first_slot = math.ceil(carry.start / signal.interval_s - _EPS)
-                self._fill_held(
-                    device_id, carry.signals[signal.signal_id], signal.interval_s, first_slot, until
-                )
+        grid = self.plans[device_id].grid
+        self._add_ranges(device_id, count_held(grid, carry.slots, carry.start, until))
 
     def _link_down(self, device_id: str, ts: float) -> None:
         carry = self.carries[device_id]
         ts = max(ts, carry.cursor)
         self._fill_all_held(device_id, carry, ts)
-        for sc in carry.signals.values():
-            sc.known = False
+        carry.slots.known[:] = False
         carry.state_seen = carry.auto_seen = None
         self._timeline(
             device_id, np.array([ts]), np.array([UNKNOWN], np.int8), np.array([0], np.int8), ts
@@ -610,7 +601,17 @@ class Deriver:
     ) -> None:
         """Apply state/auto events (sorted, >= cursor) and close intervals up to `until`."""
         carry = self.carries[device_id]
+        self.changed.add(device_id)
         end = max(until, carry.cursor)
+        if (
+            math.floor(end / HOUR_S) <= math.floor(carry.open_start / HOUR_S)
+            and bool(((ev_state < 0) | (ev_state == carry.state)).all())
+            and bool(((ev_auto < 0) | (ev_auto == carry.auto)).all())
+        ):
+            # Live ingest of unchanged states inside the open interval's hour: nothing closes.
+            self._fill_all_held(device_id, carry, end)
+            carry.cursor = end
+            return
         states = _ffill(ev_state, carry.state)
         autos = _ffill(ev_auto, carry.auto)
         prev_states = np.concatenate([[carry.state], states])[:-1]
@@ -656,13 +657,11 @@ class Deriver:
             zip([device_id] * len(starts), starts.tolist(), ends.tolist(), names,
                 autos.tolist(), strict=True)
         )
-        hours = _hour_of_start(starts)
-        for signal in self.plans[device_id].signals.values():
-            if signal.required:
-                interval = signal.interval_s
-                slots = np.ceil(ends / interval - _EPS) - np.ceil(starts / interval - _EPS)
-                self.out.add_counts(device_id, hours, (0,), (slots.astype(np.int64),))
-        self._touch(device_id, np.unique(hours))
+        hours = hour_of_start(starts)
+        self.out.add_counts(
+            device_id, hours, (0,), (expected_slots(self.plans[device_id].grid, starts, ends),)
+        )
+        self._touch(device_id, np.unique(hours).tolist())
 
     def _touch(self, device_id: str, hours: Iterable[int]) -> None:
         self.carries[device_id].dirty_hours.update(int(h) for h in hours)
@@ -685,7 +684,8 @@ def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:
         source_ts=np.array([s.source_ts for s in samples], dtype=np.float64),
         received_ts=np.array([s.received_ts for s in samples], dtype=np.float64),
         value=values,
-        quality=np.array([quality_code[s.quality.value] for s in samples], dtype=np.uint8),
+        # Quality and origin are StrEnums: a str lookup is much faster than `.value`.
+        quality=np.array([quality_code[s.quality] for s in samples], dtype=np.uint8),
         status=np.array([s.status for s in samples], dtype=np.int64),
-        origin=np.array([origin_code[s.ts_origin.value] for s in samples], dtype=np.uint8),
+        origin=np.array([origin_code[s.ts_origin] for s in samples], dtype=np.uint8),
     )

@@ -11,6 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from agent.derive import MAX_SOURCE_SKEW_S
+
 StartResponse = Callable[..., Any]
 
 
@@ -24,6 +26,16 @@ class AgentMetrics:
                                ["device"], registry=r)
         self.samples_bad = Counter("tieragent_samples_bad", "Committed samples of bad quality.",
                                    ["device"], registry=r)
+        self.samples_skewed = Counter(
+            "tieragent_samples_skewed",
+            f"Committed samples whose source timestamp was off the receive time by more than "
+            f"{MAX_SOURCE_SKEW_S:.0f} s (kept, flagged uncertain, derived on the receive time).",
+            ["device"], registry=r)
+        self.source_skew = Gauge(
+            "tieragent_source_skew_seconds",
+            "Source minus receive time of the most skewed sample in the last batch that had "
+            "skewed samples (positive: the device clock is ahead).",
+            ["device"], registry=r)
         self.samples_dropped = Counter(
             "tieragent_samples_dropped", "Samples lost (disk full / I/O error), counted as gaps.",
             ["reason"], registry=r)

@@ -245,6 +245,10 @@ class Runtime:
             self.metrics.samples.labels(device).inc(count)
         for device, count in result.bad_by_device.items():
             self.metrics.samples_bad.labels(device).inc(count)
+        for device, count in result.skewed_by_device.items():
+            self.metrics.samples_skewed.labels(device).inc(count)
+        for device, skew in result.worst_skew_by_device.items():
+            self.metrics.source_skew.labels(device).set(skew)
         if lag > LAG_WARNING_S and done - self._last_lag_warning > 10.0:
             self._last_lag_warning = done
             log.warning("Store is falling behind the connectors.", extra={"fields": {

@@ -114,15 +114,15 @@ class TrustList:
         except ServiceError as exc:
             status = ua.StatusCode(ua.UInt32(exc.code))
             saved = self.reject(certificate)
-            problem = (
-                "is not trusted"
-                if exc.code == ua.StatusCodes.BadCertificateUntrusted
-                else f"is not acceptable ({status.name})"
-            )
+            if exc.code == ua.StatusCodes.BadCertificateUntrusted:
+                problem, fix = "is not trusted", f"to trust it, move it to {self.trusted}/"
+            else:
+                # Expired, wrong application URI, bad key usage: trusting it cannot help.
+                problem = f"is not acceptable ({status.name})"
+                fix = "the server needs a valid certificate for its application URI"
             raise UntrustedServerCertificate(
                 f"The server certificate of {endpoint} ({_subject(certificate)}, SHA-256 "
-                f"{_thumbprint(certificate)[:16]}) {problem}. It was saved to {saved}; "
-                f"to trust it, move it to {self.trusted}/.",
+                f"{_thumbprint(certificate)[:16]}) {problem}. It was saved to {saved}; {fix}.",
                 saved,
             ) from None
 

@@ -65,7 +65,7 @@ def to_sample(binding: SignalBinding, value: ua.DataValue, received: float) -> S
     status = value.StatusCode.value if value.StatusCode is not None else 0
     quality = quality_of(status)
     source = epoch_seconds(value.SourceTimestamp)
-    server = epoch_seconds(value.ServerTimestamp)
+    server = None if source is not None else epoch_seconds(value.ServerTimestamp)
     if source is not None:
         ts, origin = source, TimestampOrigin.SOURCE
     elif server is not None:

@@ -20,21 +20,25 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from agent.config import FactoryConfig
 from agent.derive import (
     COUNT_FIELDS,
     HOUR_S,
-    MAX_SOURCE_SKEW_S,
+    Q_BAD,
+    Q_GOOD,
+    Q_UNCERTAIN,
     Derived,
     Deriver,
-    DeviceCarry,
     SampleColumns,
     columns_from_samples,
     plan_devices,
+    source_skew,
 )
 from agent.store.sqlite import StoreError, is_space_error, open_database
 from connectors.base import LinkEvent, LinkState
@@ -67,6 +71,10 @@ class IngestResult:
     error: str | None = None
     stored_by_device: dict[str, int] = field(default_factory=dict)
     bad_by_device: dict[str, int] = field(default_factory=dict)
+    # Samples whose protocol timestamp is off the receive time by more than
+    # MAX_SOURCE_SKEW_S, and per device the worst such skew (source - received, s).
+    skewed_by_device: dict[str, int] = field(default_factory=dict)
+    worst_skew_by_device: dict[str, float] = field(default_factory=dict)
 
 
 _SAMPLE_INSERT = (
@@ -90,8 +98,7 @@ class Store:
         self.deriver = deriver
         self._pending_loss: list[float] = []  # first_ts, last_ts, samples, of unrecorded losses
         for device_id, state in conn.execute("SELECT device_id, state FROM carry"):
-            if device_id in deriver.plans:
-                deriver.carries[device_id] = DeviceCarry.from_json(json.loads(state))
+            deriver.restore(device_id, json.loads(state))
 
     @classmethod
     def open(
@@ -130,41 +137,59 @@ class Store:
 
     def ingest(self, items: Sequence[IngestItem], advance_to: float | None = None) -> IngestResult:
         """Store and derive one batch in one transaction; see the module docstring."""
-        samples = [item for item in items if isinstance(item, Sample)]
-        result = IngestResult()
-        for sample in samples:
-            result.stored_by_device[sample.device_id] = (
-                result.stored_by_device.get(sample.device_id, 0) + 1
-            )
-            if sample.quality.value == "bad":
-                result.bad_by_device[sample.device_id] = (
-                    result.bad_by_device.get(sample.device_id, 0) + 1
-                )
+        samples: list[Sample] = []
+        links: list[tuple[int, LinkItem]] = []  # (samples before it, link event)
+        for item in items:
+            if isinstance(item, LinkItem):
+                links.append((len(samples), item))
+            else:
+                samples.append(item)
+        cols = columns_from_samples(samples)
+        devices = np.array([s.device_id for s in samples], dtype=object)
+        device_codes, device_names = pd.factorize(devices)
+        skew = source_skew(cols)
+        result = IngestResult(
+            stored_by_device=_per_device(device_names, device_codes, None),
+            bad_by_device=_per_device(device_names, device_codes, cols.quality == Q_BAD),
+            skewed_by_device=_per_device(device_names, device_codes, skew != 0),
+            worst_skew_by_device=_worst_per_device(device_names, device_codes, skew),
+        )
+
+        def feed(first: int, end: int) -> None:
+            codes = device_codes[first:end]
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(device_names) + 1))
+            for code, device_id in enumerate(device_names.tolist()):
+                index = order[bounds[code]:bounds[code + 1]]
+                if len(index):
+                    self.deriver.feed(device_id, cols.take(first + index))
 
         def work() -> None:
-            segment: list[Sample] = []
-            for item in items:
-                if isinstance(item, LinkItem):
-                    self._feed_samples(segment)
-                    segment = []
-                    self._link(item)
-                else:
-                    segment.append(item)
-            self._feed_samples(segment)
-            self._insert_raw(
-                [s.device_id for s in samples], np.array([s.source_ts for s in samples]),
-                (_sample_row(s) for s in samples),
+            done = 0
+            for at, link in links:
+                feed(done, at)
+                self._link(link)
+                done = at
+            feed(done, len(samples))
+            # A skewed device clock (RELIABILITY C3): the timestamp is kept verbatim but the
+            # sample is flagged uncertain; derivations already use the receive time for it.
+            quality = np.where((skew != 0) & (cols.quality == Q_GOOD), Q_UNCERTAIN, cols.quality)
+            rows = zip(
+                devices.tolist(), cols.signal_id.tolist(), cols.source_ts.tolist(),
+                cols.received_ts.tolist(), cols.value.tolist(), quality.tolist(),
+                cols.status.tolist(), cols.origin.tolist(), strict=True,
             )
+            self._insert_raw(devices, cols.source_ts, rows)
             if advance_to is not None:
                 for device_id in self.deriver.carries:
                     self.deriver.advance(device_id, advance_to)
 
-        error = self._transaction(work, samples=len(samples), span=_span(samples))
+        span = (float(cols.received_ts.min()), float(cols.received_ts.max())) if samples else None
+        error = self._transaction(work, samples=len(samples), span=span)
         if error is None:
             result.stored = len(samples)
         else:
-            result.dropped, result.error = len(samples), error
-            result.stored_by_device, result.bad_by_device = {}, {}
+            result = IngestResult(dropped=len(samples), error=error)
         return result
 
     def ingest_columns(
@@ -186,7 +211,8 @@ class Store:
             raise StoreError(f"{self.path}: import of {device_id!r} failed: {error}")
 
     def _insert_raw(
-        self, device_ids: Sequence[str], source_ts: np.ndarray, rows: Iterable[tuple[object, ...]]
+        self, device_ids: Sequence[str] | npt.NDArray[Any], source_ts: npt.NDArray[np.float64],
+        rows: Iterable[tuple[object, ...]],
     ) -> None:
         """Append raw samples and record each device-hour's rowid range in sample_index."""
         if len(device_ids) == 0:
@@ -210,13 +236,6 @@ class Store:
             ((d, int(h), int(lo), int(hi)) for (d, h), lo, hi in zip(
                 ranges.index, ranges["min"], ranges["max"], strict=True)),
         )
-
-    def _feed_samples(self, samples: Sequence[Sample]) -> None:
-        by_device: dict[str, list[Sample]] = {}
-        for sample in samples:
-            by_device.setdefault(sample.device_id, []).append(sample)
-        for device_id, group in by_device.items():
-            self.deriver.feed(device_id, columns_from_samples(group))
 
     def _link(self, item: LinkItem) -> None:
         event = item.event
@@ -299,7 +318,7 @@ class Store:
         self._conn.executemany(
             "INSERT INTO carry (device_id, state) VALUES (?, ?) "
             "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state",
-            ((d, json.dumps(c.to_json())) for d, c in self.deriver.carries.items()),
+            ((d, json.dumps(c.to_json())) for d, c in self.deriver.take_changed().items()),
         )
 
     def _materialise_closed(self) -> None:
@@ -308,6 +327,7 @@ class Store:
             if hours:
                 self._materialise(device_id, hours[0], hours[-1] + HOUR_S)
                 carry.dirty_hours.difference_update(hours)
+                self.deriver.changed.add(device_id)
 
     def _materialise(self, device_id: str, start: int, end: int) -> None:
         from indicators.timemodel import base_measures
@@ -471,24 +491,20 @@ def inventory_frame(config: FactoryConfig) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=list(INVENTORY_COLUMNS))
 
 
-def _sample_row(sample: Sample) -> tuple[object, ...]:
-    value = sample.value
-    if isinstance(value, bool):
-        value = int(value)
-    quality = {"good": 0, "uncertain": 1, "bad": 2}[sample.quality.value]
-    origin = {"source": 0, "server": 1, "received": 2}[sample.ts_origin.value]
-    if quality == 0 and origin != 2 and (
-        abs(sample.received_ts - sample.source_ts) > MAX_SOURCE_SKEW_S
-    ):
-        # A skewed device clock (RELIABILITY C3): the timestamp is kept verbatim but the
-        # sample is flagged; derivations already use the receive time for it.
-        quality = 1
-    return (sample.device_id, sample.signal_id, sample.source_ts, sample.received_ts, value,
-            quality, sample.status, origin)
+def _per_device(
+    names: npt.NDArray[Any], codes: npt.NDArray[np.intp], where: npt.NDArray[np.bool_] | None
+) -> dict[str, int]:
+    """Samples per device (only those `where` is true), devices with none left out."""
+    counts = np.bincount(codes, weights=where, minlength=len(names)).astype(np.int64)
+    return {name: int(n) for name, n in zip(names.tolist(), counts.tolist(), strict=True) if n}
 
 
-def _span(samples: Sequence[Sample]) -> tuple[float, float] | None:
-    if not samples:
-        return None
-    times = [s.received_ts for s in samples]
-    return min(times), max(times)
+def _worst_per_device(
+    names: npt.NDArray[Any], codes: npt.NDArray[np.intp], skew: npt.NDArray[np.float64]
+) -> dict[str, float]:
+    """Per device with skewed samples, the skew of largest magnitude (signed)."""
+    worst: dict[str, float] = {}
+    for code in np.unique(codes[skew != 0]).tolist():
+        mine = skew[codes == code]
+        worst[names[code]] = float(mine[np.argmax(np.abs(mine))])
+    return worst

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -151,3 +152,24 @@ def test_subscription_value_without_change_counts_as_received(tmp_path: Path) ->
     row = store.base_measures(T0 + 3600, T0 + 7200).iloc[0]
     assert row["samples_expected"] == 120 and row["samples_received"] == 2 * 1
     assert row["unk_s"] == pytest.approx(3590)
+
+
+def test_source_clock_ahead_is_not_on_time(tmp_path: Path) -> None:
+    """If a device stamps samples ahead of the gateway's receive time by more than the
+    realtime bound (8 s, or 2 h: a skewed clock), then those slots are received but not on
+    time; a clock 3 s ahead is within the bound and on time."""
+    store = _open(tmp_path, interval_s=10.0)
+    items = []
+    for k in range(360):
+        t = T0 + 10 * k + 1
+        energy_ahead = 3.0 if k < 180 else 8.0  # still inside the same 10 s slot
+        items += [
+            sample("state", t, 1), sample("auto", t, True), sample("good", t, k),
+            replace(sample("energy", t, 0.5 * k), source_ts=t + energy_ahead),
+            replace(sample("reject", t, 0), source_ts=t + 7200.0),
+        ]
+    store.ingest(items, advance_to=T0 + 3600 + 5)
+    row = store.base_measures(T0, T0 + 3600).iloc[0]
+    assert row["samples_expected"] == 1800 and row["samples_received"] == 1800
+    assert row["samples_with_source_ts"] == 1800
+    assert row["samples_on_time"] == 1800 - 180 - 360

@@ -32,6 +32,7 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
             return
         if not line and proc.poll() is not None:
             break
+    proc.kill()  # reading stderr of a running process would block
     raise AssertionError(f"worker did not start: {proc.stderr.read() if proc.stderr else ''}")
 
 

@@ -120,13 +120,18 @@ def test_run_exits_0_within_10_s_on_sigterm(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 30
         health = None
+        # Until the store writer runs, /healthz answers 503: wait for 200.
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 health = _get(f"http://127.0.0.1:{port}/healthz")
-                break
+                if health[0] == 200:
+                    break
             except OSError:
-                time.sleep(0.2)
-        assert health is not None and health[0] == 200, proc.stderr.read() if proc.stderr else ""
+                pass
+            time.sleep(0.2)
+        if health is None or health[0] != 200:
+            proc.kill()  # reading stderr of a running process would block
+            pytest.fail(f"no healthy /healthz within 30 s ({health}): {proc.communicate(10)[1]}")
         started = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=10)

@@ -20,10 +20,13 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 NS_URI = "urn:tieragent:test"
+# The ApplicationUri of a test server with a certificate; its certificate should name it.
+SERVER_URI = "urn:tieragent:test:server"
 LIMIT_NODE = {
     "read": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
     "monitored": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
@@ -32,12 +35,39 @@ LIMIT_NODE = {
 Limits = dict[str, int]
 
 
-def make_certificate(folder: Path, name: str, uri: str, server: bool) -> tuple[Path, Path]:
-    """A self-signed OPC UA application certificate (DER) and its key (PEM) in `folder`."""
+def make_certificate(
+    folder: Path,
+    name: str,
+    uri: str,
+    server: bool,
+    *,
+    not_valid_before: datetime | None = None,
+    not_valid_after: datetime | None = None,
+) -> tuple[Path, Path]:
+    """A self-signed OPC UA application certificate (DER) and its key (PEM) in `folder`.
+
+    By default it is valid from now for a year; `not_valid_before`/`not_valid_after`
+    (timezone-aware) override that, e.g. to make a certificate that has already expired.
+    """
     key = cert_gen.generate_private_key()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     names = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]
     cert = cert_gen.generate_self_signed_app_certificate(key, name, {}, names, [usage])
+    if not_valid_before is not None or not_valid_after is not None:
+        # cert_gen always starts the validity now, so re-sign the same content (subject,
+        # key, extensions) with the requested period.
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(cert.subject)
+            .issuer_name(cert.issuer)
+            .public_key(cert.public_key())
+            .serial_number(cert.serial_number)
+            .not_valid_before(not_valid_before or cert.not_valid_before_utc)
+            .not_valid_after(not_valid_after or cert.not_valid_after_utc)
+        )
+        for extension in cert.extensions:
+            builder = builder.add_extension(extension.value, extension.critical)
+        cert = builder.sign(key, hashes.SHA256())
     folder.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = folder / f"{name}.der", folder / f"{name}.pem"
     cert_path.write_bytes(cert.public_bytes(Encoding.DER))
@@ -117,7 +147,7 @@ class OpcUaTestServer:
         server.set_endpoint(self.endpoint)
         server.set_server_name("tieragent test server")
         if self.certificate is not None:
-            await server.set_application_uri("urn:tieragent:test:server")
+            await server.set_application_uri(SERVER_URI)
             await server.load_certificate(str(self.certificate[0]))
             await server.load_private_key(str(self.certificate[1]))
         if self.policies is not None:

@@ -1,10 +1,12 @@
 """OPC UA security: every secure policy and mode connects, the trust list refuses unknown
-server certificates until an operator approves them, and nothing falls back to None."""
+server certificates until an operator approves them, expired or wrong-URI certificates are
+refused even when trusted, and nothing falls back to None."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 import pytest_asyncio
 from asyncua import ua
 from connector_helpers import Recorder, free_port, running, wait_until
-from connector_opcua_server import OpcUaTestServer, make_certificate
+from connector_opcua_server import SERVER_URI, OpcUaTestServer, make_certificate
 
 from connectors.base import LinkState, SignalBinding
 from connectors.config import (
@@ -50,7 +52,7 @@ class Pki:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.server_cert, self.server_key = make_certificate(
-            root / "server", "server", "urn:tieragent:test:server", server=True
+            root / "server", "server", SERVER_URI, server=True
         )
         self.client_cert, self.client_key = make_certificate(
             root / "client", "client", "urn:tieragent:test:client", server=False
@@ -170,6 +172,77 @@ async def test_unknown_server_certificate_is_refused_until_approved(
         await wait_until(lambda: recorder.latest("speed") is not None, 10)
     assert recorder.states()[-1] == LinkState.CONNECTED
     assert recorder.latest("speed").value == 42.0  # type: ignore[union-attr]
+
+
+# What is wrong with the server certificate -> (is it itself in trusted/, why it is refused).
+# The expired and wrong-URI ones are trusted, so only their flaw can be the reason.
+BAD_CERTIFICATES = {
+    "unknown": (False, "is not trusted"),
+    "expired": (True, "is not acceptable (BadCertificateTimeInvalid)"),
+    "wrong-uri": (True, "is not acceptable (BadCertificateUriInvalid)"),
+}
+
+
+def _bad_certificate(folder: Path, flaw: str) -> tuple[Path, Path]:
+    name = f"server-{flaw}"
+    if flaw == "expired":
+        now = datetime.now(UTC)
+        return make_certificate(
+            folder,
+            name,
+            SERVER_URI,
+            server=True,
+            not_valid_before=now - timedelta(days=30),
+            not_valid_after=now - timedelta(days=1),
+        )
+    if flaw == "wrong-uri":
+        return make_certificate(folder, name, "urn:tieragent:test:elsewhere", server=True)
+    return make_certificate(folder, name, SERVER_URI, server=True)
+
+
+@pytest.mark.parametrize("flaw", list(BAD_CERTIFICATES))
+async def test_bad_server_certificate_is_refused_and_saved(pki: Pki, flaw: str) -> None:
+    """If the server presents an unknown certificate, or a trusted one that has expired or
+    whose SubjectAltName URI is not the server's ApplicationUri, then every attempt is
+    refused with the reason, the certificate is saved to rejected/ byte for byte and no
+    sample flows (S2: 3/3 refused, files saved)."""
+    in_trusted, why = BAD_CERTIFICATES[flaw]
+    cert, key = _bad_certificate(pki.root / f"bad-{flaw}", flaw)
+    # trusted/ is never empty: it holds the good server certificate, so "unknown" goes
+    # through the real trust store rather than the trust-nothing one.
+    pki_dir = pki.trusting(f"pki-{flaw}")
+    if in_trusted:
+        shutil.copy(cert, pki_dir / "trusted" / cert.name)
+    server = OpcUaTestServer(
+        free_port(),
+        {"Speed": 42.0},
+        policies=[ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt],
+        certificate=(cert, key),
+        users=USERS,
+    )
+    security = pki.security(pki_dir, OpcUaPolicy.BASIC256SHA256, OpcUaMode.SIGN_AND_ENCRYPT)
+    # The namespace URI form: node_id() needs the namespace index of a started server.
+    binding = SignalBinding(
+        "CNC-01", "speed", 1.0, opcua=OpcUaAddress(node=OpcUaTestServer.nsu_id("Speed"))
+    )
+    connector = OpcUaConnector("cnc", _conn(server.endpoint, security), [binding])
+    recorder = Recorder()
+    async with server, running(connector, recorder):
+        await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 10)
+        rejected = list((pki_dir / "rejected").glob("*.der"))
+        assert len(rejected) == 1
+        # Retries failing the same way emit no new link event; a retry shows as the file
+        # saved again: the next attempt is refused as well.
+        rejected[0].unlink()
+        await wait_until(rejected[0].exists, 10)
+    assert list((pki_dir / "rejected").glob("*.der")) == rejected
+    assert rejected[0].read_bytes() == cert.read_bytes()
+    assert recorder.states() == [LinkState.CONNECTING, LinkState.DISCONNECTED]
+    reason = recorder.links[-1].reason
+    assert why in reason and str(rejected[0]) in reason
+    # Moving a certificate to trusted/ only helps when it is merely unknown.
+    assert ("move it to" in reason) == (not in_trusted)
+    assert connector.stats.sessions == 0 and recorder.samples == []
 
 
 async def test_untrusted_certificate_error_from_open_client(

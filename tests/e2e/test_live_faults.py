@@ -157,14 +157,15 @@ async def test_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
     """If the OPC UA server's source timestamps jump +2 h (one device -2 h), then every
     such sample is stored with its source timestamp verbatim but flagged uncertain, the
     derivations use the receive time instead (nothing lands in the future or the past),
-    and no interval is negative (RELIABILITY C3)."""
+    no interval is negative, and the skew metric counts them per device with the sign of
+    the skew (RELIABILITY C3)."""
     factory = demo_factory()
     db = tmp_path / "agent.db"
     sim = demo_server(factory, None)
     async with sim:
         config = parse_config(agent_config(factory, sim))
         opcua = {d.id for d in config.devices if d.connection == "sim-opcua"}
-        async with running_agent(config, db):
+        async with running_agent(config, db) as runtime:
             await wait_until(lambda: _connected_since(db, "sim-opcua", 0), 15)
             await asyncio.sleep(2)
             skewed_at = time.time()
@@ -172,6 +173,12 @@ async def test_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
             sim.faults.skew_timestamps(-7200.0, device_id="CNC-01")
             await asyncio.sleep(6)
         ended = time.time()
+        registry = runtime.metrics.registry
+        skew_metric = {
+            d: (registry.get_sample_value("tieragent_samples_skewed_total", {"device": d}),
+                registry.get_sample_value("tieragent_source_skew_seconds", {"device": d}))
+            for d in opcua
+        }
         store = Store.open(db, config)
         try:
             raw = store.raw_samples(0, 4e9)
@@ -190,6 +197,12 @@ async def test_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
     assert (skewed["quality"] == 1).all(), skewed["quality"].value_counts()
     sane = raw.drop(skewed.index)
     assert not (sane["quality"] == 1).any()
+    # The skew metric counts every skewed sample and shows which way each clock is off.
+    per_device = skewed.groupby("device_id").size()
+    for device_id, (count, worst) in skew_metric.items():
+        assert count == per_device[device_id], device_id
+        assert worst is not None
+        assert abs(worst - (-7200.0 if device_id == "CNC-01" else 7200.0)) < 10.0, device_id
     # Derivations ran on receive times: a +2 h source time would have moved them ahead.
     assert (intervals["end"] >= intervals["start"]).all()
     assert intervals["end"].max() <= ended + 1
