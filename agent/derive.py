@@ -120,6 +120,7 @@ class DevicePlan:
     auto_signal: str | None
     signal_ids: tuple[str, ...]  # the order of the slot arrays (`grid`, `SlotCarry`)
     positions: Mapping[str, int]  # signal id -> index in `signal_ids`
+    special_positions: tuple[int, ...]  # counters, state and auto mode: derived one by one
     grid: SignalGrid
 
 
@@ -171,6 +172,10 @@ def plan_devices(
             auto_signal=auto.id if auto else None,
             signal_ids=tuple(signals),
             positions={signal_id: i for i, signal_id in enumerate(signals)},
+            special_positions=tuple(
+                i for i, p in enumerate(ordered)
+                if p.role in COUNTER_ROLES or p.role in (Role.STATE, Role.AUTO_MODE)
+            ),
             grid=SignalGrid(
                 interval_s=np.array([p.interval_s for p in ordered], np.float64),
                 counted=np.array([p.required for p in ordered], bool),
@@ -467,19 +472,16 @@ class Deriver:
         order = np.argsort(et, kind="stable")
         et = et[order]
         cols = cols.take(order)
-        codes, names = pd.factorize(cols.signal_id)
-        positions = np.array([plan.positions.get(name, -1) for name in names.tolist()], np.int64)
-        position = positions[codes]
+        get = plan.positions.get
+        position = np.array([get(name, -1) for name in cols.signal_id.tolist()], np.int64)
         state_ev = np.full(len(et), -1, np.int8)
         auto_ev = np.full(len(et), -1, np.int8)
         # Counters, state and auto mode: a few signals per device, one at a time.
-        for code, name in enumerate(names.tolist()):
-            signal = plan.signals.get(name)
-            if signal is None or not (
-                signal.role in COUNTER_ROLES or signal.role in (Role.STATE, Role.AUTO_MODE)
-            ):
+        for signal_position in plan.special_positions:
+            index = np.flatnonzero(position == signal_position)
+            if len(index) == 0:
                 continue
-            index = np.flatnonzero(codes == code)
+            signal = plan.signals[plan.signal_ids[signal_position]]
             sub, sub_et = cols.take(index), et[index]
             if signal.role in COUNTER_ROLES:
                 self._counter(device_id, signal, carry, sub, sub_et)

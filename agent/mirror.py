@@ -30,7 +30,7 @@ def sample_line(sample: Sample) -> str | None:
     value = sample.value
     if isinstance(value, bool):
         value = int(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     point = (
         Point(MEASUREMENT)

@@ -6,9 +6,11 @@
 * A bounded channel between connectors and the writer. A connector's `await sink(batch)`
   returns once the batch is queued (not yet durable) and blocks while the channel is full:
   that is the backpressure. Link events are never blocked or dropped (they are rare).
-* One writer task: every ~200 ms (or when a batch is ready) it takes up to
-  `BATCH_MAX` items and commits them with `Store.ingest` in a worker thread. A sample is
-  acknowledged once that commit returns. If the store falls behind, the queue depth and
+* One writer task: it takes what is queued (up to `BATCH_MAX` items) and commits it with
+  `Store.ingest` in a worker thread, at most once per `COMMIT_INTERVAL_S` unless a full
+  batch is waiting: group commit, so each commit's fixed cost (fsync, per-device
+  derivation state) is shared by more samples. A sample is acknowledged once that commit
+  returns, so within about half a second of arriving. If the store falls behind, the queue depth and
   store lag metrics show it and a warning is logged (at most every 10 s).
 * Stop (SIGTERM / SIGINT / duration): connectors are cancelled, the channel is flushed
   into the store, the store is closed.
@@ -36,6 +38,7 @@ log = logging.getLogger("tieragent.runtime")
 
 BATCH_MAX = 5000
 FLUSH_INTERVAL_S = 0.2
+COMMIT_INTERVAL_S = 0.5
 LAG_WARNING_S = 5.0
 PURGE_EVERY_S = 3600.0
 
@@ -45,27 +48,36 @@ class Mirror(Protocol):
 
 
 class Channel:
-    """Bounded FIFO of samples and link events; `put_samples` waits while full."""
+    """Bounded FIFO of samples and link events; `put_samples` waits while full.
+
+    Kept as whole batches (one entry per `put_samples`), not one entry per sample: the
+    channel is on the path of every sample.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: collections.deque[tuple[float, IngestItem]] = collections.deque()
+        # (queued at, items, are they samples); a link event is an entry of its own.
+        self._entries: collections.deque[tuple[float, list[IngestItem], bool]] = (
+            collections.deque()
+        )
         self._samples = 0
+        self._length = 0
         self._changed = asyncio.Condition()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._length
 
     async def put_samples(self, batch: Sequence[Sample]) -> None:
         async with self._changed:
             await self._changed.wait_for(lambda: self._samples < self.capacity)
-            now = time.monotonic()
-            self._items.extend((now, s) for s in batch)
+            self._entries.append((time.monotonic(), list(batch), True))
             self._samples += len(batch)
+            self._length += len(batch)
             self._changed.notify_all()
 
     def put_link(self, item: LinkItem) -> None:
-        self._items.append((time.monotonic(), item))
+        self._entries.append((time.monotonic(), [item], False))
+        self._length += 1
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
@@ -75,17 +87,25 @@ class Channel:
     async def take(self, limit: int, timeout: float) -> tuple[list[IngestItem], float]:
         """Up to `limit` items (waiting at most `timeout`) and the oldest one's queue time."""
         async with self._changed:
-            if not self._items:
+            if not self._entries:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self._items)),
-                                           timeout)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: bool(self._entries)), timeout
+                    )
             items: list[IngestItem] = []
-            oldest = self._items[0][0] if self._items else time.monotonic()
-            while self._items and len(items) < limit:
-                _, item = self._items.popleft()
-                items.append(item)
-                if isinstance(item, Sample):
-                    self._samples -= 1
+            oldest = self._entries[0][0] if self._entries else time.monotonic()
+            while self._entries and len(items) < limit:
+                queued, chunk, samples = self._entries[0]
+                room = limit - len(items)
+                if len(chunk) > room:
+                    self._entries[0] = (queued, chunk[room:], samples)
+                    chunk = chunk[:room]
+                else:
+                    self._entries.popleft()
+                items.extend(chunk)
+                self._length -= len(chunk)
+                if samples:
+                    self._samples -= len(chunk)
             self._changed.notify_all()
             return items, oldest
 
@@ -213,9 +233,14 @@ class Runtime:
         try:
             while True:
                 items, oldest = await self.channel.take(BATCH_MAX, FLUSH_INTERVAL_S)
+                started = time.monotonic()
                 await self._commit(items, oldest)
                 if stop.is_set() and not len(self.channel):
                     break
+                rest = COMMIT_INTERVAL_S - (time.monotonic() - started)
+                if rest > 0 and len(self.channel) < BATCH_MAX and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), rest)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY_S
                     deleted = await asyncio.to_thread(self.store.purge_raw, self.clock())

@@ -304,16 +304,9 @@ class ModbusConnector:
 
     def _sample(self, key: int, value: Any, quality: Quality, now: float, status: int) -> Sample:
         binding = self._bindings[key]
-        return Sample(
-            device_id=binding.device_id,
-            signal_id=binding.signal_id,
-            value=value,
-            quality=quality,
-            source_ts=now,
-            received_ts=now,
-            status=status,
-            ts_origin=TimestampOrigin.RECEIVED,
-        )
+        # Positional: this runs for every register of every poll.
+        return Sample(binding.device_id, binding.signal_id, value, quality, now, now, status,
+                      TimestampOrigin.RECEIVED)
 
     def _where(self, key: int) -> str:
         binding = self._bindings[key]

@@ -17,7 +17,7 @@ from agent_testkit import cli, free_port, modbus_config, sample
 
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.runtime import Channel, Runtime
-from agent.store import Store
+from agent.store import LinkItem, Store
 from connectors.base import LinkEvent, LinkSink, LinkState, SampleSink
 from connectors.sample import Sample
 
@@ -104,6 +104,24 @@ async def test_channel_blocks_producers_when_full() -> None:
     assert len(items) == 60
     await asyncio.wait_for(blocked, 2)
     assert len(channel) == 90
+
+
+async def test_channel_keeps_samples_and_link_events_in_order() -> None:
+    """If link events arrive between sample batches, then `take` returns everything in
+    arrival order, splitting a batch at the limit and counting what is left."""
+    channel = Channel(capacity=100)
+    first = [sample("good", 1.0, i) for i in range(3)]
+    second = [sample("good", 2.0, i) for i in range(3, 6)]
+    link = LinkItem("plc", LinkEvent(LinkState.DISCONNECTED, 1.5))
+    await channel.put_samples(first)
+    channel.put_link(link)
+    await channel.put_samples(second)
+    assert len(channel) == 7
+    items, _ = await channel.take(5, 0.1)
+    assert items == [*first, link, second[0]]
+    assert len(channel) == 2
+    rest, _ = await channel.take(10, 0.1)
+    assert rest == second[1:] and len(channel) == 0
 
 
 def test_run_exits_0_within_10_s_on_sigterm(tmp_path: Path) -> None:
