@@ -40,10 +40,17 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agent.config import COUNTER_ROLES, FactoryConfig, Role
+from agent.config import COUNTER_ROLES, Role
+from agent.device_plans import OFFLINE, STATE_LABELS, UNKNOWN, DevicePlan, SignalPlan
+from agent.sample_columns import (
+    O_RECEIVED,
+    Q_BAD,
+    SampleColumns,
+    as_float,
+    event_times,
+)
 from agent.slots import (
     NO_SLOT,
-    SignalGrid,
     SlotCarry,
     SlotRanges,
     count_held,
@@ -51,21 +58,9 @@ from agent.slots import (
     expected_slots,
     hour_of_start,
 )
-from agent.states import State
-from connectors.config import ModbusConnection, OpcUaConnection
 
 HOUR_S = 3600
-MAX_SOURCE_SKEW_S = 600.0
 _EPS = 1e-9
-
-# State labels as small integers inside arrays; `unknown` is ours, not a device state.
-STATE_LABELS: tuple[str, ...] = (*(s.value for s in State), "unknown")
-UNKNOWN = STATE_LABELS.index("unknown")
-OFFLINE = STATE_LABELS.index(State.OFFLINE.value)
-
-# Quality and timestamp-origin codes used in columns (history files use the same).
-Q_GOOD, Q_UNCERTAIN, Q_BAD = 0, 1, 2
-O_SOURCE, O_SERVER, O_RECEIVED = 0, 1, 2
 
 # Status codes meaning "the device is unreachable" rather than "no data": OPC UA
 # BadNotConnected, BadDeviceFailure, BadCommunicationError, BadServerNotConnected,
@@ -76,113 +71,6 @@ UNREACHABLE_STATUS = frozenset(
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True, slots=True)
-class SampleColumns:
-    """One device's samples as parallel arrays (quality and origin as codes above)."""
-
-    signal_id: npt.NDArray[Any]
-    source_ts: FloatArray
-    received_ts: FloatArray
-    value: npt.NDArray[Any]
-    quality: npt.NDArray[np.uint8]
-    status: IntArray
-    origin: npt.NDArray[np.uint8]
-
-    def __len__(self) -> int:
-        return len(self.source_ts)
-
-    def take(self, index: npt.NDArray[Any]) -> SampleColumns:
-        return SampleColumns(
-            self.signal_id[index], self.source_ts[index], self.received_ts[index],
-            self.value[index], self.quality[index], self.status[index], self.origin[index],
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SignalPlan:
-    signal_id: str
-    role: Role
-    required: bool
-    interval_s: float
-    modulus: float  # counter wrap modulus in engineering units
-    subscription: bool
-    state_map: Mapping[int, int] | None  # state code -> label index
-
-
-@dataclass(frozen=True, slots=True)
-class DevicePlan:
-    device_id: str
-    connection: str
-    signals: Mapping[str, SignalPlan]
-    state_signal: str | None
-    auto_signal: str | None
-    signal_ids: tuple[str, ...]  # the order of the slot arrays (`grid`, `SlotCarry`)
-    positions: Mapping[str, int]  # signal id -> index in `signal_ids`
-    special_positions: tuple[int, ...]  # counters, state and auto mode: derived one by one
-    grid: SignalGrid
-
-
-def plan_devices(
-    config: FactoryConfig, *, interval_s: float | None = None, polled: bool = False
-) -> dict[str, DevicePlan]:
-    """Static per-device derivation settings from the config.
-
-    `interval_s` overrides every signal's interval (backfill uses the history's declared
-    sampling interval); `polled` treats every signal as polled (no held slots).
-    """
-    plans: dict[str, DevicePlan] = {}
-    for device in config.devices:
-        if device.connection == "none":
-            continue
-        connection = config.connections[device.connection]
-        subscription = not polled and (
-            isinstance(connection, OpcUaConnection) and connection.mode == "subscribe"
-        )
-        signals: dict[str, SignalPlan] = {}
-        for signal in device.signals:
-            bits = signal.counter_bits or config.collection.counter_bits
-            scale = 1.0
-            if isinstance(connection, ModbusConnection) and signal.modbus is not None:
-                scale = signal.modbus.scale
-            state_map = None
-            if signal.role == Role.STATE and signal.state_map is not None:
-                state_map = {
-                    code: STATE_LABELS.index(state.value)
-                    for code, state in config.state_map(signal.state_map).items()
-                }
-            signals[signal.id] = SignalPlan(
-                signal_id=signal.id,
-                role=signal.role,
-                required=signal.required,
-                interval_s=interval_s or config.interval_of(signal),
-                modulus=float(2**bits) * abs(scale),
-                subscription=subscription,
-                state_map=state_map,
-            )
-        state = device.signal(Role.STATE)
-        auto = device.signal(Role.AUTO_MODE)
-        ordered = list(signals.values())
-        plans[device.id] = DevicePlan(
-            device_id=device.id,
-            connection=device.connection,
-            signals=signals,
-            state_signal=state.id if state else None,
-            auto_signal=auto.id if auto else None,
-            signal_ids=tuple(signals),
-            positions={signal_id: i for i, signal_id in enumerate(signals)},
-            special_positions=tuple(
-                i for i, p in enumerate(ordered)
-                if p.role in COUNTER_ROLES or p.role in (Role.STATE, Role.AUTO_MODE)
-            ),
-            grid=SignalGrid(
-                interval_s=np.array([p.interval_s for p in ordered], np.float64),
-                counted=np.array([p.required for p in ordered], bool),
-                subscription=np.array([p.subscription for p in ordered], bool),
-            ),
-        )
-    return plans
 
 
 @dataclass(slots=True)
@@ -205,6 +93,9 @@ class DeviceCarry:
     dirty_hours: set[int] = field(default_factory=set)  # touched, not yet materialised
     state_seen: float | None = None  # last polled state sample, until it expires
     auto_seen: float | None = None
+    # Latest event time seen per counter / state / auto signal, before clamping to the
+    # cursor: a sample older than that describes the past and is skipped (see `feed`).
+    latest: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,7 +103,7 @@ class DeviceCarry:
             "state": self.state, "auto": self.auto, "dirty_hours": sorted(self.dirty_hours),
             "state_seen": self.state_seen, "auto_seen": self.auto_seen,
             "counters": {k: [c.last_value, c.last_ts] for k, c in self.counters.items()},
-            "slots": self.slots.to_json(),
+            "slots": self.slots.to_json(), "latest": self.latest,
         }
 
     @classmethod
@@ -236,7 +127,7 @@ class DeviceCarry:
             start=data["start"], cursor=data["cursor"], open_start=data["open_start"],
             slots=slots, state=data["state"], auto=data["auto"], counters=counters,
             dirty_hours=set(data["dirty_hours"]), state_seen=data["state_seen"],
-            auto_seen=data["auto_seen"],
+            auto_seen=data["auto_seen"], latest=dict(data.get("latest", {})),
         )
 
     def copy(self) -> DeviceCarry:
@@ -245,7 +136,7 @@ class DeviceCarry:
             slots=self.slots.copy(), state=self.state, auto=self.auto,
             counters={k: CounterCarry(c.last_value, c.last_ts) for k, c in self.counters.items()},
             dirty_hours=set(self.dirty_hours), state_seen=self.state_seen,
-            auto_seen=self.auto_seen,
+            auto_seen=self.auto_seen, latest=dict(self.latest),
         )
 
 
@@ -299,27 +190,6 @@ class Derived:
         frame = pd.DataFrame(data)
         summed = frame.groupby(["device_id", "hour_start"], sort=True)[list(COUNT_FIELDS)].sum()
         return summed.astype(np.int64).reset_index()
-
-
-def source_skew(cols: SampleColumns) -> FloatArray:
-    """source_ts - received_ts where a protocol timestamp is off by more than
-    MAX_SOURCE_SKEW_S (a skewed device clock), else 0."""
-    skew = np.where(cols.origin != O_RECEIVED, cols.source_ts - cols.received_ts, 0.0)
-    return np.where(np.abs(skew) > MAX_SOURCE_SKEW_S, skew, 0.0)
-
-
-def event_times(cols: SampleColumns) -> FloatArray:
-    """Source timestamps, or the receive time where there is none or it is skewed."""
-    trusted = (cols.origin != O_RECEIVED) & (source_skew(cols) == 0)
-    return np.where(trusted, cols.source_ts, cols.received_ts)
-
-
-def as_float(values: npt.NDArray[Any]) -> FloatArray:
-    """Numeric view of sample values: bools as 0/1, anything non-numeric as NaN."""
-    if values.dtype != object:
-        return values.astype(np.float64)
-    converted = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    return np.asarray(converted.astype(np.float64).to_numpy(), dtype=np.float64)
 
 
 def _hour_of_end(ts: FloatArray) -> IntArray:
@@ -468,9 +338,10 @@ class Deriver:
         carry = self.carries.get(device_id)
         if plan is None or carry is None or len(cols) == 0:
             return
-        et = np.maximum(event_times(cols), carry.cursor)
+        unclamped = event_times(cols)
+        et = np.maximum(unclamped, carry.cursor)
         order = np.argsort(et, kind="stable")
-        et = et[order]
+        et, unclamped = et[order], unclamped[order]
         cols = cols.take(order)
         get = plan.positions.get
         position = np.array([get(name, -1) for name in cols.signal_id.tolist()], np.int64)
@@ -478,10 +349,12 @@ class Deriver:
         auto_ev = np.full(len(et), -1, np.int8)
         # Counters, state and auto mode: a few signals per device, one at a time.
         for signal_position in plan.special_positions:
-            index = np.flatnonzero(position == signal_position)
+            signal = plan.signals[plan.signal_ids[signal_position]]
+            index = self._in_order(
+                carry, signal.signal_id, np.flatnonzero(position == signal_position), unclamped
+            )
             if len(index) == 0:
                 continue
-            signal = plan.signals[plan.signal_ids[signal_position]]
             sub, sub_et = cols.take(index), et[index]
             if signal.role in COUNTER_ROLES:
                 self._counter(device_id, signal, carry, sub, sub_et)
@@ -499,6 +372,23 @@ class Deriver:
         self._timeline(device_id, ev_ts, state_ev, auto_ev, float(et[-1]))
 
     # --- derivations -------------------------------------------------------------------
+
+    @staticmethod
+    def _in_order(
+        carry: DeviceCarry, signal_id: str, index: IntArray, unclamped: FloatArray
+    ) -> IntArray:
+        """The samples of a counter / state / auto signal that are not older than one
+        already seen. A server can deliver an older value after a newer one (a queued
+        notification after a reconnect's initial value); as a counter it would read as a
+        reset and count the pieces again, as a state it would flip back for an instant.
+        Skipping it loses nothing: counters are cumulative, the next sample has it all."""
+        if len(index) == 0:
+            return index
+        times = unclamped[index]
+        latest = carry.latest.get(signal_id, -math.inf)
+        before = np.maximum.accumulate(np.concatenate([[latest], times]))[:-1]
+        carry.latest[signal_id] = max(latest, float(times.max()))
+        return index[times >= before]
 
     def _counter(
         self, device_id: str, signal: SignalPlan, device: DeviceCarry,
@@ -672,22 +562,3 @@ class Deriver:
         """Touched hours that are complete (their end is at or before the cursor)."""
         carry = self.carries[device_id]
         return sorted(h for h in carry.dirty_hours if h + HOUR_S <= carry.cursor)
-
-
-def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:
-    """Build columns from `connectors.sample.Sample` objects (values kept as objects)."""
-    n = len(samples)
-    quality_code = {"good": Q_GOOD, "uncertain": Q_UNCERTAIN, "bad": Q_BAD}
-    origin_code = {"source": O_SOURCE, "server": O_SERVER, "received": O_RECEIVED}
-    values = np.empty(n, dtype=object)
-    values[:] = [s.value for s in samples]
-    return SampleColumns(
-        signal_id=np.array([s.signal_id for s in samples], dtype=object),
-        source_ts=np.array([s.source_ts for s in samples], dtype=np.float64),
-        received_ts=np.array([s.received_ts for s in samples], dtype=np.float64),
-        value=values,
-        # Quality and origin are StrEnums: a str lookup is much faster than `.value`.
-        quality=np.array([quality_code[s.quality] for s in samples], dtype=np.uint8),
-        status=np.array([s.status for s in samples], dtype=np.int64),
-        origin=np.array([origin_code[s.ts_origin] for s in samples], dtype=np.uint8),
-    )

@@ -29,6 +29,7 @@ import queue
 import random
 import sqlite3
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -124,6 +125,13 @@ def make_client(
     Shared with the bureau receiver so both ends configure transport the same way.
     """
     host, port, tls = parse_broker_url(settings.broker_url)
+    tls_files = [f for f in (settings.ca_file, settings.cert_file, settings.key_file) if f]
+    if tls_files and not tls:
+        # TLS files with an mqtt:// URL would silently connect in plaintext.
+        raise PublishError(
+            f"TLS files are set but the broker URL {settings.broker_url!r} is not mqtts://; "
+            "use mqtts://host:port."
+        )
     v5 = settings.protocol == "5"
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -132,13 +140,17 @@ def make_client(
         clean_session=None if v5 else False,
     )
     if tls:
-        client.tls_set(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None,
-            certfile=str(settings.cert_file) if settings.cert_file else None,
-            keyfile=str(settings.key_file) if settings.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        try:
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except OSError as error:  # missing/unreadable file, or a key that is not the cert's
+            files = ", ".join(str(f) for f in tls_files)
+            raise PublishError(f"Cannot load the MQTT TLS files ({files}): {error}.") from None
         client.tls_insecure_set(False)
     password = _password(settings)
     if settings.username or password:
@@ -162,6 +174,17 @@ def make_client(
             client.connect_async(host, port, settings.keepalive_s)
 
     return client, connect
+
+
+def connect_error() -> str:
+    """The cause of a failed connection attempt; call it only inside `on_connect_fail`.
+
+    paho calls `on_connect_fail` from its `except OSError` block without passing the
+    exception, so the exception being handled is the cause (a refused port, a broker
+    certificate that does not verify, ...). Without it an operator sees no reason at all.
+    """
+    error = sys.exc_info()[1]
+    return f"{type(error).__name__}: {error}" if error is not None else "unknown cause"
 
 
 def _password(settings: PublisherSettings) -> str | None:
@@ -194,6 +217,8 @@ class Publisher:
         self._connected_at = 0.0
         self._stopping = False
         self._client: mqtt.Client | None = None
+        self.last_connect_error: str | None = None  # cause of the latest failed attempt
+        self._socket_error: str | None = None  # paho's last error log line (network thread)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -237,6 +262,7 @@ class Publisher:
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_log
         self._client = client
         self._mids.clear()
         connect()
@@ -260,14 +286,21 @@ class Publisher:
 
     def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         try:
-            self._events.put(("connect_failed",))
+            self._events.put(("connect_failed", connect_error()))
             self._schedule_reconnect(client)
         except Exception:
             log.exception("MQTT on_connect_fail handler failed.")
 
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
+        # paho reports why a socket died (a TLS alert such as "certificate required", a
+        # reset) only as an error log line; on_disconnect just gets "Unspecified error".
+        if level == mqtt.MQTT_LOG_ERR:
+            self._socket_error = buf
+
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
-            self._events.put(("disconnected", str(rc)))
+            cause, self._socket_error = self._socket_error, None
+            self._events.put(("disconnected", str(rc) if cause is None else f"{rc}: {cause}"))
             self._schedule_reconnect(client)
         except Exception:
             log.exception("MQTT on_disconnect handler failed.")
@@ -357,6 +390,7 @@ class Publisher:
         if kind == "connected":
             self._connected, self._subscribed, self._sub_mid = True, False, event[1]
             self._connected_at = time.monotonic()
+            self.last_connect_error = None
             self.metrics["connects_total"] += 1
             log.info("Connected to the MQTT broker.")
         elif kind == "subscribed":
@@ -369,6 +403,11 @@ class Publisher:
             if self._connected:
                 self.metrics["reconnects_total"] += 1
                 log.warning("Disconnected from the MQTT broker.", extra={"reason": event[1:]})
+            else:  # no CONNACK yet: the attempt failed (TLS, refused port, credentials)
+                self.metrics["connect_failures_total"] += 1
+                if event[1] != self.last_connect_error:  # once per cause, not per retry
+                    log.error("Cannot connect to the MQTT broker: %s", event[1])
+                self.last_connect_error = event[1]
             self._connected = self._subscribed = False
             self._mids.clear()
         elif kind == "puback":

@@ -1,6 +1,7 @@
 """`tieragent bureau`: run the receiver and manage enrolled keys.
 
 tieragent bureau serve --db bureau.db --broker mqtt://127.0.0.1:1883 [--share-group G]
+    [--ca-file CA.pem --cert-file CLIENT.pem --key-file CLIENT-KEY.pem]  (with mqtts://)
 tieragent bureau enroll --db bureau.db --factory F --jwk agent-key.jwk.json
 tieragent bureau revoke --db bureau.db --kid KID
 tieragent bureau rotate --db bureau.db --statement rotation-KID.json
@@ -58,6 +59,9 @@ def serve(
     protocol: str = typer.Option("5", "--protocol", help="MQTT protocol: 5 or 3.1.1."),
     client_id: str = typer.Option("tieragent-bureau", "--client-id"),
     reorder_timeout_s: float = typer.Option(86_400.0, help="Alert when a chain gap stays open."),
+    ca_file: Path | None = typer.Option(None, "--ca-file", help="CA of the broker (mqtts://)."),
+    cert_file: Path | None = typer.Option(None, "--cert-file", help="TLS client certificate."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="TLS client key."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Receive reports, verify, store, and answer each one with a signed receipt."""
@@ -81,6 +85,9 @@ def serve(
         share_group=share_group,
         protocol=protocol,
         reorder_timeout_s=reorder_timeout_s,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
     )
     try:
         receiver = Receiver(settings, signing_key)
@@ -94,7 +101,12 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    receiver.start()
+    try:
+        receiver.start()
+    except PublishError as error:  # unreadable TLS files, or TLS files with mqtt://
+        receiver.stop()
+        _fail(str(error))
+        return
     typer.echo(f"Bureau {bureau_id} receiving on {broker} (db {db}).", err=True)
     while not stop.wait(1.0):
         receiver.tick()

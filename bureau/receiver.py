@@ -24,7 +24,7 @@ from joserfc.jwk import OKPKey
 
 from agent.crashpoint import crash_point
 from agent.envelope import sha256_hex
-from agent.publish import PublisherSettings, make_client
+from agent.publish import PublisherSettings, connect_error, make_client
 from agent.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt
 from bureau.registry import KeyRegistry, RegistryError
@@ -48,6 +48,10 @@ class ReceiverSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     reorder_timeout_s: float = 86_400.0
     check_indicators: bool = True
+    # TLS (mqtts:// only), configured exactly like the agent's publisher (agent/publish.py).
+    ca_file: Path | None = None  # CA that signed the broker certificate (default: system CAs)
+    cert_file: Path | None = None  # client certificate, when the broker requires one
+    key_file: Path | None = None
 
 
 class Receiver:
@@ -70,6 +74,8 @@ class Receiver:
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
+        self.last_connect_error: str | None = None  # cause of the latest failed attempt
+        self._socket_error: str | None = None  # paho's last error log line (network thread)
 
     # ---- MQTT -------------------------------------------------------------------------
 
@@ -87,11 +93,16 @@ class Receiver:
             reconnect_min_s=0.2,
             reconnect_max_s=5.0,
             window=64,
+            ca_file=self.settings.ca_file,
+            cert_file=self.settings.cert_file,
+            key_file=self.settings.key_file,
         )
         client, connect = make_client(mqtt_settings, self.settings.client_id)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_log = self._on_log
         self._client = client
         connect()
         client.loop_start()
@@ -110,13 +121,38 @@ class Receiver:
                 return
             for topic in self._filters():
                 client.subscribe(topic, qos=1)
+            self.last_connect_error = None
             self.connected.set()
             log.info("Bureau receiver connected.")
         except Exception:
             log.exception("Bureau on_connect handler failed.")
 
+    def _connect_failed(self, cause: str) -> None:
+        self.metrics["connect_failures_total"] += 1
+        if cause != self.last_connect_error:  # once per cause, not per retry
+            log.error("The bureau cannot connect to the MQTT broker: %s", cause)
+        self.last_connect_error = cause
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        try:
+            self._connect_failed(connect_error())
+        except Exception:
+            log.exception("Bureau on_connect_fail handler failed.")
+
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
+        # As in the publisher: a TLS alert (e.g. "certificate required") reaches us only here.
+        if level == mqtt.MQTT_LOG_ERR:
+            self._socket_error = buf
+
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self.connected.clear()
+        try:
+            cause, self._socket_error = self._socket_error, None
+            if self.connected.is_set():
+                self.connected.clear()
+            else:  # closed before CONNACK: a failed attempt, not a lost connection
+                self._connect_failed(str(rc) if cause is None else f"{rc}: {cause}")
+        except Exception:
+            log.exception("Bureau on_disconnect handler failed.")
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -27,17 +27,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from agent.config import FactoryConfig
-from agent.derive import (
-    COUNT_FIELDS,
-    HOUR_S,
+from agent.derive import COUNT_FIELDS, HOUR_S, Derived, Deriver
+from agent.device_plans import plan_devices
+from agent.sample_columns import (
     Q_BAD,
     Q_GOOD,
     Q_UNCERTAIN,
-    Derived,
-    Deriver,
     SampleColumns,
     columns_from_samples,
-    plan_devices,
     source_skew,
 )
 from agent.store.sqlite import StoreError, is_space_error, open_database

@@ -62,6 +62,24 @@ def test_restart_neither_loses_nor_double_counts(tmp_path: Path) -> None:
     assert downtime["start"].min() == T0 + 2
 
 
+def test_a_late_older_sample_is_neither_a_reset_nor_a_state_flip(tmp_path: Path) -> None:
+    """If a server delivers an older value after a newer one (seen after an OPC UA server
+    restart: the current value, then a queued older notification), then the older counter
+    value is not taken for a reset that counts the pieces again, and the older state does
+    not come back for an instant; nothing is lost either."""
+    store = _open(tmp_path)
+    store.ingest([sample("good", T0 + 10, 1), sample("state", T0 + 10, 1)])
+    store.ingest([sample("good", T0 + 30, 12), sample("state", T0 + 30, 2)])
+    store.ingest([sample("good", T0 + 20, 11), sample("state", T0 + 20, 1)])  # late, older
+    store.ingest([sample("good", T0 + 30, 12), sample("good", T0 + 40, 14),
+                  sample("state", T0 + 40, 2)], advance_to=T0 + 50)
+    assert _delta_sum(store, "good_count") == 13
+    intervals = store.intervals(T0, T0 + 100)
+    after = intervals[intervals["end"] > T0 + 30]
+    # Idle from T0 + 30 on (unknown where the polled state went stale), never running again.
+    assert "running" not in set(after["state"]) and "idle" in set(after["state"]), after
+
+
 def test_energy_meter_deltas_are_exact(tmp_path: Path) -> None:
     """If the meter grows by fractions of a kWh, then the deltas add up to the growth."""
     store = _open(tmp_path)

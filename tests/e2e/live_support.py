@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from agent.config import FactoryConfig
-from agent.derive import STATE_LABELS
+from agent.device_plans import STATE_LABELS
 from agent.metrics import AgentMetrics
 from agent.runtime import Runtime, build_connectors
 from agent.states import PRESETS

@@ -35,7 +35,8 @@ from live_support import (
 )
 
 from agent.config import parse_config
-from agent.derive import MAX_SOURCE_SKEW_S, UNKNOWN
+from agent.device_plans import UNKNOWN
+from agent.sample_columns import MAX_SOURCE_SKEW_S
 from agent.store import Store
 from connectors.opcua import OpcUaConnector
 from simulator.live import LiveFactory

@@ -1,0 +1,104 @@
+"""Static per-device derivation settings, from the config: which signal is the state,
+the counters, the slot grid of each required signal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.config import COUNTER_ROLES, FactoryConfig, Role
+from agent.slots import SignalGrid
+from agent.states import State
+from connectors.config import ModbusConnection, OpcUaConnection
+
+# State labels as small integers inside arrays; `unknown` is ours, not a device state.
+STATE_LABELS: tuple[str, ...] = (*(s.value for s in State), "unknown")
+UNKNOWN = STATE_LABELS.index("unknown")
+OFFLINE = STATE_LABELS.index(State.OFFLINE.value)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalPlan:
+    signal_id: str
+    role: Role
+    required: bool
+    interval_s: float
+    modulus: float  # counter wrap modulus in engineering units
+    subscription: bool
+    state_map: Mapping[int, int] | None  # state code -> label index
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    device_id: str
+    connection: str
+    signals: Mapping[str, SignalPlan]
+    state_signal: str | None
+    auto_signal: str | None
+    signal_ids: tuple[str, ...]  # the order of the slot arrays (`grid`, `SlotCarry`)
+    positions: Mapping[str, int]  # signal id -> index in `signal_ids`
+    special_positions: tuple[int, ...]  # counters, state and auto mode: derived one by one
+    grid: SignalGrid
+
+
+def plan_devices(
+    config: FactoryConfig, *, interval_s: float | None = None, polled: bool = False
+) -> dict[str, DevicePlan]:
+    """Static per-device derivation settings from the config.
+
+    `interval_s` overrides every signal's interval (backfill uses the history's declared
+    sampling interval); `polled` treats every signal as polled (no held slots).
+    """
+    plans: dict[str, DevicePlan] = {}
+    for device in config.devices:
+        if device.connection == "none":
+            continue
+        connection = config.connections[device.connection]
+        subscription = not polled and (
+            isinstance(connection, OpcUaConnection) and connection.mode == "subscribe"
+        )
+        signals: dict[str, SignalPlan] = {}
+        for signal in device.signals:
+            bits = signal.counter_bits or config.collection.counter_bits
+            scale = 1.0
+            if isinstance(connection, ModbusConnection) and signal.modbus is not None:
+                scale = signal.modbus.scale
+            state_map = None
+            if signal.role == Role.STATE and signal.state_map is not None:
+                state_map = {
+                    code: STATE_LABELS.index(state.value)
+                    for code, state in config.state_map(signal.state_map).items()
+                }
+            signals[signal.id] = SignalPlan(
+                signal_id=signal.id,
+                role=signal.role,
+                required=signal.required,
+                interval_s=interval_s or config.interval_of(signal),
+                modulus=float(2**bits) * abs(scale),
+                subscription=subscription,
+                state_map=state_map,
+            )
+        state = device.signal(Role.STATE)
+        auto = device.signal(Role.AUTO_MODE)
+        ordered = list(signals.values())
+        plans[device.id] = DevicePlan(
+            device_id=device.id,
+            connection=device.connection,
+            signals=signals,
+            state_signal=state.id if state else None,
+            auto_signal=auto.id if auto else None,
+            signal_ids=tuple(signals),
+            positions={signal_id: i for i, signal_id in enumerate(signals)},
+            special_positions=tuple(
+                i for i, p in enumerate(ordered)
+                if p.role in COUNTER_ROLES or p.role in (Role.STATE, Role.AUTO_MODE)
+            ),
+            grid=SignalGrid(
+                interval_s=np.array([p.interval_s for p in ordered], np.float64),
+                counted=np.array([p.required for p in ordered], bool),
+                subscription=np.array([p.subscription for p in ordered], bool),
+            ),
+        )
+    return plans
