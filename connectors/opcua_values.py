@@ -23,14 +23,14 @@ _NO_TIME_BEFORE = datetime(1601, 1, 2)
 _EPOCH = datetime(1970, 1, 1)
 
 
+# Quality by the two severity bits; a tuple lookup, as this runs for every notification.
+_QUALITY_BY_SEVERITY = (Quality.GOOD, Quality.UNCERTAIN, Quality.BAD, Quality.BAD)
+_BAD, _SOURCE = Quality.BAD, TimestampOrigin.SOURCE
+
+
 def quality_of(status: int) -> Quality:
     """Quality from the StatusCode severity bits."""
-    severity = (status >> 30) & 0b11
-    if severity == 0:
-        return Quality.GOOD
-    if severity == 1:
-        return Quality.UNCERTAIN
-    return Quality.BAD
+    return _QUALITY_BY_SEVERITY[(status >> 30) & 0b11]
 
 
 def epoch_seconds(moment: datetime | None) -> float | None:
@@ -70,22 +70,16 @@ def to_sample(binding: SignalBinding, value: ua.DataValue, received: float) -> S
     source = epoch_seconds(value.SourceTimestamp)
     server = None if source is not None else epoch_seconds(value.ServerTimestamp)
     if source is not None:
-        ts, origin = source, TimestampOrigin.SOURCE
+        ts, origin = source, _SOURCE
     elif server is not None:
         ts, origin = server, TimestampOrigin.SERVER
     else:
         ts, origin = received, TimestampOrigin.RECEIVED
     payload = value.Value.Value if value.Value is not None else None
-    return Sample(
-        device_id=binding.device_id,
-        signal_id=binding.signal_id,
-        value=None if quality == Quality.BAD else plain_value(payload),
-        quality=quality,
-        source_ts=ts,
-        received_ts=received,
-        status=status,
-        ts_origin=origin,
-    )
+    # Positional: this runs for every notification.
+    return Sample(binding.device_id, binding.signal_id,
+                  None if quality is _BAD else plain_value(payload), quality, ts, received,
+                  status, origin)
 
 
 def bad_sample(binding: SignalBinding, status: int, received: float) -> Sample:
