@@ -50,6 +50,8 @@ from agent.sample_columns import (
     event_times,
 )
 from agent.slots import (
+    EPS,
+    HOUR_S,
     NO_SLOT,
     SlotCarry,
     SlotRanges,
@@ -58,9 +60,6 @@ from agent.slots import (
     expected_slots,
     hour_of_start,
 )
-
-HOUR_S = 3600
-_EPS = 1e-9
 
 # Status codes meaning "the device is unreachable" rather than "no data": OPC UA
 # BadNotConnected, BadDeviceFailure, BadCommunicationError, BadServerNotConnected,
@@ -194,7 +193,7 @@ class Derived:
 
 def _hour_of_end(ts: FloatArray) -> IntArray:
     """A delta observed at `end` belongs to the hour h with h < end <= h + 1h."""
-    return ((np.ceil(ts / HOUR_S - _EPS) - 1) * HOUR_S).astype(np.int64)
+    return ((np.ceil(ts / HOUR_S - EPS) - 1) * HOUR_S).astype(np.int64)
 
 
 def _ffill(values: npt.NDArray[np.int8], initial: int) -> npt.NDArray[np.int64]:

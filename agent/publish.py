@@ -187,6 +187,34 @@ def connect_error() -> str:
     return f"{type(error).__name__}: {error}" if error is not None else "unknown cause"
 
 
+class ConnectFailures:
+    """Why connection attempts fail, kept the same way by the publisher and the bureau
+    receiver: the cause is remembered (`last`), counted, and logged once per cause, not on
+    every retry. paho reports why a socket died (a TLS alert such as "certificate
+    required", a reset) only as an error log line, so `on_log` keeps that line for the
+    disconnect that follows; on_disconnect itself just gets "Unspecified error"."""
+
+    def __init__(self, metrics: Counter[str], logger: logging.Logger, message: str) -> None:
+        self.last: str | None = None
+        self._socket_error: str | None = None  # paho's last error line (network thread)
+        self._metrics, self._logger, self._message = metrics, logger, message
+
+    def on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._socket_error = buf
+
+    def disconnect_reason(self, rc: Any) -> str:
+        """The reason code, with paho's error line if one came just before."""
+        cause, self._socket_error = self._socket_error, None
+        return str(rc) if cause is None else f"{rc}: {cause}"
+
+    def failed(self, cause: str) -> None:
+        self._metrics["connect_failures_total"] += 1
+        if cause != self.last:
+            self._logger.error(self._message, cause)
+        self.last = cause
+
+
 def _password(settings: PublisherSettings) -> str | None:
     if settings.password_file is not None:
         try:
@@ -217,8 +245,9 @@ class Publisher:
         self._connected_at = 0.0
         self._stopping = False
         self._client: mqtt.Client | None = None
-        self.last_connect_error: str | None = None  # cause of the latest failed attempt
-        self._socket_error: str | None = None  # paho's last error log line (network thread)
+        self.failures = ConnectFailures(
+            self.metrics, log, "Cannot connect to the MQTT broker: %s"
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -262,7 +291,7 @@ class Publisher:
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        client.on_log = self.failures.on_log
         self._client = client
         self._mids.clear()
         connect()
@@ -291,16 +320,9 @@ class Publisher:
         except Exception:
             log.exception("MQTT on_connect_fail handler failed.")
 
-    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
-        # paho reports why a socket died (a TLS alert such as "certificate required", a
-        # reset) only as an error log line; on_disconnect just gets "Unspecified error".
-        if level == mqtt.MQTT_LOG_ERR:
-            self._socket_error = buf
-
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
-            cause, self._socket_error = self._socket_error, None
-            self._events.put(("disconnected", str(rc) if cause is None else f"{rc}: {cause}"))
+            self._events.put(("disconnected", self.failures.disconnect_reason(rc)))
             self._schedule_reconnect(client)
         except Exception:
             log.exception("MQTT on_disconnect handler failed.")
@@ -385,12 +407,17 @@ class Publisher:
     def ready(self) -> bool:
         return self._connected and self._subscribed
 
+    @property
+    def last_connect_error(self) -> str | None:
+        """The cause of the latest failed connection attempt (None once connected)."""
+        return self.failures.last
+
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "connected":
             self._connected, self._subscribed, self._sub_mid = True, False, event[1]
             self._connected_at = time.monotonic()
-            self.last_connect_error = None
+            self.failures.last = None
             self.metrics["connects_total"] += 1
             log.info("Connected to the MQTT broker.")
         elif kind == "subscribed":
@@ -404,10 +431,7 @@ class Publisher:
                 self.metrics["reconnects_total"] += 1
                 log.warning("Disconnected from the MQTT broker.", extra={"reason": event[1:]})
             else:  # no CONNACK yet: the attempt failed (TLS, refused port, credentials)
-                self.metrics["connect_failures_total"] += 1
-                if event[1] != self.last_connect_error:  # once per cause, not per retry
-                    log.error("Cannot connect to the MQTT broker: %s", event[1])
-                self.last_connect_error = event[1]
+                self.failures.failed(event[1])
             self._connected = self._subscribed = False
             self._mids.clear()
         elif kind == "puback":

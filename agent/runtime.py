@@ -10,8 +10,8 @@
   `Store.ingest` in a worker thread, at most once per `COMMIT_INTERVAL_S` unless a full
   batch is waiting: group commit, so each commit's fixed cost (fsync, per-device
   derivation state) is shared by more samples. A sample is acknowledged once that commit
-  returns, so within about half a second of arriving. If the store falls behind, the queue depth and
-  store lag metrics show it and a warning is logged (at most every 10 s).
+  returns, so within about half a second of arriving. If the store falls behind, the
+  queue depth and store lag metrics show it and a warning is logged (at most every 10 s).
 * Stop (SIGTERM / SIGINT / duration): connectors are cancelled, the channel is flushed
   into the store, the store is closed.
 """

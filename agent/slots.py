@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-HOUR_S = 3600
-EPS = 1e-9
+from indicators.timemodel import HOUR_S
+
+EPS = 1e-9  # float slack when a timestamp sits exactly on a slot or hour boundary
 NO_SLOT = -1  # "no slot yet"; real slots are >= 0 (event times after 1970)
 
 FloatArray = npt.NDArray[np.float64]
@@ -183,7 +184,7 @@ def count_samples(
     group_last[:-1] = group_start[1:]
 
     interval = grid.interval_s[signal]
-    first_slot = np.ceil(start / interval - EPS).astype(np.int64)
+    first_slot = grid.first_slots(start)[signal]
     slot = np.floor(ts / interval + EPS).astype(np.int64)
     held_end = np.ceil(ts / interval - EPS).astype(np.int64) - 1  # last slot starting before ts
     initial = carry.last_slot[signal]
@@ -231,8 +232,7 @@ def count_held(grid: SignalGrid, carry: SlotCarry, start: float, until: float) -
     )
     interval = grid.interval_s[active]
     last = np.ceil(until / interval - EPS).astype(np.int64) - 1
-    first_slot = np.ceil(start / interval - EPS).astype(np.int64)
-    first = np.maximum(carry.last_slot[active] + 1, first_slot)
+    first = np.maximum(carry.last_slot[active] + 1, grid.first_slots(start)[active])
     count = last - first + 1
     keep = count > 0
     active, interval, first, count, last = (

@@ -24,7 +24,7 @@ from joserfc.jwk import OKPKey
 
 from agent.crashpoint import crash_point
 from agent.envelope import sha256_hex
-from agent.publish import PublisherSettings, connect_error, make_client
+from agent.publish import ConnectFailures, PublisherSettings, connect_error, make_client
 from agent.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt
 from bureau.registry import KeyRegistry, RegistryError
@@ -74,8 +74,9 @@ class Receiver:
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
-        self.last_connect_error: str | None = None  # cause of the latest failed attempt
-        self._socket_error: str | None = None  # paho's last error log line (network thread)
+        self.failures = ConnectFailures(
+            self.metrics, log, "The bureau cannot connect to the MQTT broker: %s"
+        )
 
     # ---- MQTT -------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class Receiver:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_log = self._on_log
+        client.on_log = self.failures.on_log
         self._client = client
         connect()
         client.loop_start()
@@ -121,36 +122,30 @@ class Receiver:
                 return
             for topic in self._filters():
                 client.subscribe(topic, qos=1)
-            self.last_connect_error = None
+            self.failures.last = None
             self.connected.set()
             log.info("Bureau receiver connected.")
         except Exception:
             log.exception("Bureau on_connect handler failed.")
 
-    def _connect_failed(self, cause: str) -> None:
-        self.metrics["connect_failures_total"] += 1
-        if cause != self.last_connect_error:  # once per cause, not per retry
-            log.error("The bureau cannot connect to the MQTT broker: %s", cause)
-        self.last_connect_error = cause
+    @property
+    def last_connect_error(self) -> str | None:
+        """The cause of the latest failed connection attempt (None once connected)."""
+        return self.failures.last
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         try:
-            self._connect_failed(connect_error())
+            self.failures.failed(connect_error())
         except Exception:
             log.exception("Bureau on_connect_fail handler failed.")
 
-    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
-        # As in the publisher: a TLS alert (e.g. "certificate required") reaches us only here.
-        if level == mqtt.MQTT_LOG_ERR:
-            self._socket_error = buf
-
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
-            cause, self._socket_error = self._socket_error, None
+            reason = self.failures.disconnect_reason(rc)
             if self.connected.is_set():
                 self.connected.clear()
             else:  # closed before CONNACK: a failed attempt, not a lost connection
-                self._connect_failed(str(rc) if cause is None else f"{rc}: {cause}")
+                self.failures.failed(reason)
         except Exception:
             log.exception("Bureau on_disconnect handler failed.")
 

@@ -171,12 +171,7 @@ class Store:
             # A skewed device clock (RELIABILITY C3): the timestamp is kept verbatim but the
             # sample is flagged uncertain; derivations already use the receive time for it.
             quality = np.where((skew != 0) & (cols.quality == Q_GOOD), Q_UNCERTAIN, cols.quality)
-            rows = zip(
-                devices.tolist(), cols.signal_id.tolist(), cols.source_ts.tolist(),
-                cols.received_ts.tolist(), cols.value.tolist(), quality.tolist(),
-                cols.status.tolist(), cols.origin.tolist(), strict=True,
-            )
-            self._insert_raw(devices, cols.source_ts, rows)
+            self._insert_raw(devices.tolist(), cols, quality)
             if advance_to is not None:
                 for device_id in self.deriver.carries:
                     self.deriver.advance(device_id, advance_to)
@@ -194,12 +189,7 @@ class Store:
     ) -> None:
         """Backfill path: one device's columns, derived up to `until`, one transaction."""
         def work() -> None:
-            rows = zip(
-                [device_id] * len(cols), cols.signal_id.tolist(), cols.source_ts.tolist(),
-                cols.received_ts.tolist(), cols.value.tolist(), cols.quality.tolist(),
-                cols.status.tolist(), cols.origin.tolist(), strict=True,
-            )
-            self._insert_raw([device_id] * len(cols), cols.source_ts, rows)
+            self._insert_raw([device_id] * len(cols), cols, cols.quality)
             self.deriver.feed(device_id, cols, count_until=count_until)
             self.deriver.advance(device_id, until)
 
@@ -208,12 +198,17 @@ class Store:
             raise StoreError(f"{self.path}: import of {device_id!r} failed: {error}")
 
     def _insert_raw(
-        self, device_ids: Sequence[str] | npt.NDArray[Any], source_ts: npt.NDArray[np.float64],
-        rows: Iterable[tuple[object, ...]],
+        self, device_ids: list[str], cols: SampleColumns, quality: npt.NDArray[np.uint8]
     ) -> None:
-        """Append raw samples and record each device-hour's rowid range in sample_index."""
+        """Append raw samples (with `quality` as stored) and record each device-hour's
+        rowid range in sample_index."""
         if len(device_ids) == 0:
             return
+        rows = zip(
+            device_ids, cols.signal_id.tolist(), cols.source_ts.tolist(),
+            cols.received_ts.tolist(), cols.value.tolist(), quality.tolist(),
+            cols.status.tolist(), cols.origin.tolist(), strict=True,
+        )
         base = self._conn.execute("SELECT coalesce(max(rowid), 0) FROM samples").fetchone()[0]
         self._conn.executemany(_SAMPLE_INSERT, rows)
         top = self._conn.execute("SELECT max(rowid) FROM samples").fetchone()[0]
@@ -221,7 +216,7 @@ class Store:
             raise StoreError(f"{self.path}: sample rowids are not consecutive; refusing to index")
         frame = pd.DataFrame({
             "device_id": device_ids,
-            "hour_start": (np.floor(source_ts / HOUR_S) * HOUR_S).astype(np.int64),
+            "hour_start": (np.floor(cols.source_ts / HOUR_S) * HOUR_S).astype(np.int64),
             "rowid": np.arange(base + 1, top + 1, dtype=np.int64),
         })
         ranges = frame.groupby(["device_id", "hour_start"], sort=False)["rowid"].agg(["min", "max"])
