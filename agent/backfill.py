@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import FactoryConfig
-from agent.sample_columns import O_SOURCE, SampleColumns
+from agent.derive.sample_columns import O_SOURCE, SampleColumns
 from agent.store import Store, StoreError
 
 Progress = Callable[[str, int, int], None]  # device_id, done, total

@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.states import PRESETS, State
 from connectors.config import (
     Connection,
     ModbusAddress,
@@ -27,6 +26,7 @@ from connectors.config import (
     OpcUaAddress,
     OpcUaConnection,
 )
+from indicators.vocabulary import PRESETS, State
 
 SCHEMA_ID = "tieragent/config/v1"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")

@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from agent.sample_columns import MAX_SOURCE_SKEW_S
+from agent.derive.sample_columns import MAX_SOURCE_SKEW_S
 
 StartResponse = Callable[..., Any]
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.crashpoint import crash_point
-from agent.envelope import canonical_bytes, sha256_hex
-from agent.report import genesis_sha256
+from agent.protocol.crashpoint import crash_point
+from agent.protocol.envelope import canonical_bytes, sha256_hex
+from agent.protocol.report import genesis_sha256
 
 PENDING, INFLIGHT, ACKED, REJECTED = "pending", "inflight", "acked", "rejected"
 UNACKED = (PENDING, INFLIGHT)
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     report_id TEXT PRIMARY KEY,
     factory_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    period_key TEXT NOT NULL,
+    period_slot TEXT NOT NULL,
     jws TEXT NOT NULL,
     payload_sha256 TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending','inflight','acked','rejected')),
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     acked_at REAL,
     receipt_jws TEXT,
     UNIQUE (factory_id, seq),
-    UNIQUE (factory_id, period_key)
+    UNIQUE (factory_id, period_slot)
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (factory_id, state, seq);
 """
@@ -66,7 +66,7 @@ class OutboxItem:
     report_id: str
     factory_id: str
     seq: int
-    period_key: str
+    period_slot: str
     jws: str
     payload_sha256: str
     state: str
@@ -77,7 +77,7 @@ class OutboxItem:
 
 
 _COLUMNS = (
-    "report_id, factory_id, seq, period_key, jws, payload_sha256, state, attempts, "
+    "report_id, factory_id, seq, period_slot, jws, payload_sha256, state, attempts, "
     "next_attempt_at_mono, last_error, receipt_jws"
 )
 
@@ -94,6 +94,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._assert_durability()
+            self._rename_legacy_columns()
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "UPDATE outbox SET next_attempt_at_mono = 0 WHERE state IN ('pending','inflight')"
@@ -103,6 +104,13 @@ class Outbox:
                 f"{path}: the outbox database cannot be opened ({error}). It was not modified; "
                 "move it aside and restore from backup, or contact support."
             ) from None
+
+    def _rename_legacy_columns(self) -> None:
+        """Outboxes written before 0.2 called the slot `period_key`, the bureau's word for
+        the bare period; the rename keeps their rows and their uniqueness constraint."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "period_key" in columns:
+            self._db.execute("ALTER TABLE outbox RENAME COLUMN period_key TO period_slot")
 
     def _check_integrity(self) -> None:
         row = self._db.execute("PRAGMA quick_check").fetchone()
@@ -137,11 +145,11 @@ class Outbox:
     def commit_report(
         self,
         factory_id: str,
-        period_key: str,
+        period_slot: str,
         build: Callable[[int, str], Mapping[str, Any]],
         sign: Callable[[bytes], str],
     ) -> OutboxItem:
-        """Create, sign and commit the next report of `factory_id`, once per period_key.
+        """Create, sign and commit the next report of `factory_id`, once per period_slot.
 
         `build(seq, prev_sha256)` returns the report dict; `sign(payload)` the compact JWS.
         If the period already has a row, that row is returned and nothing is rebuilt.
@@ -149,8 +157,8 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             existing = self._db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE factory_id = ? AND period_key = ?",
-                (factory_id, period_key),
+                f"SELECT {_COLUMNS} FROM outbox WHERE factory_id = ? AND period_slot = ?",
+                (factory_id, period_slot),
             ).fetchone()
             if existing:
                 self._db.execute("ROLLBACK")
@@ -165,9 +173,9 @@ class Outbox:
             crash_point("after_sign")
             digest = sha256_hex(payload)
             self._db.execute(
-                "INSERT INTO outbox (report_id, factory_id, seq, period_key, jws, payload_sha256,"
+                "INSERT INTO outbox (report_id, factory_id, seq, period_slot, jws, payload_sha256,"
                 " state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                (report["report_id"], factory_id, seq + 1, period_key, token, digest, time.time()),
+                (report["report_id"], factory_id, seq + 1, period_slot, token, digest, time.time()),
             )
             self._db.execute(
                 "INSERT INTO chain_head (factory_id, seq, payload_sha256) VALUES (?, ?, ?) "

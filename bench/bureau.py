@@ -6,8 +6,8 @@
 The store is generated once and cached at --db (delete the file to rebuild): every factory gets
 its own Ed25519 key, enrolled in the registry, and `days` daily reports of 2025 that are real
 signed reports (canonical JSON, compact JWS) chained by seq/prev_sha256. To sign fast, the report
-bodies are built with `agent.report.build_report` for a few templates (synthetic hourly base
-measures) and specialised per factory (ids, key, chain), then canonicalised and signed; rows go
+bodies are built with `agent.protocol.report.build_report` for a few templates (synthetic hourly
+base measures) and specialised per factory (ids, key, chain), then canonicalised and signed; rows go
 straight into the store through its API (no MQTT). The benchmark then runs
 `evaluate_from_store` (default policy, example benchmarks and declarations) for every factory,
 and prints the total and per-factory time and the process's peak RSS (getrusage).
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from joserfc.jwk import OKPKey  # noqa: E402
 
-from agent.envelope import (  # noqa: E402
+from agent.protocol.envelope import (  # noqa: E402
     Kind,
     canonical_bytes,
     public_jwk,
@@ -40,12 +40,13 @@ from agent.envelope import (  # noqa: E402
     sign_compact,
     thumbprint,
 )
-from agent.report import Period, ReportMeta, build_report, genesis_sha256, report_id  # noqa: E402
-from bureau.annual import EvaluationFiles  # noqa: E402
+from agent.protocol.period import Period  # noqa: E402
+from agent.protocol.report import ReportMeta, build_report, genesis_sha256, report_id  # noqa: E402
 from bureau.evidence_export import evaluate_from_store  # noqa: E402
 from bureau.registry import KeyRegistry  # noqa: E402
 from bureau.store import SqliteReportStore, StoredReport  # noqa: E402
 from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS  # noqa: E402
+from indicators.policy import PolicyFiles  # noqa: E402
 
 TZ = "Asia/Shanghai"
 YEAR = 2025
@@ -257,7 +258,7 @@ def main() -> None:
         build_store(db, args.factories, args.days, args.devices, args.workers)
     else:
         print(f"using cached store {db}")
-    files = EvaluationFiles(POLICY, BENCHMARKS, DECLARATIONS)
+    files = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
     store = SqliteReportStore(db)
     started = time.perf_counter()
     slowest = 0.0

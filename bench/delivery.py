@@ -28,10 +28,12 @@ sys.path.insert(0, str(_HERE.parent / "tests"))
 from delivery_support import FACTORY, TZ, Broker, make_report, start_bureau  # noqa: E402
 from joserfc.jwk import OKPKey  # noqa: E402
 
-from agent.envelope import Kind, canonical_bytes, sha256_hex, sign_compact  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
-from agent.publish import Publisher, PublisherSettings  # noqa: E402
-from agent.report import Period, genesis_sha256  # noqa: E402
+from agent.protocol.envelope import Kind, canonical_bytes, sha256_hex, sign_compact  # noqa: E402
+from agent.protocol.mqtt import report_topic  # noqa: E402
+from agent.protocol.period import Period  # noqa: E402
+from agent.protocol.report import genesis_sha256  # noqa: E402
+from agent.publisher import Publisher, PublisherSettings  # noqa: E402
 
 
 def _prebuilt(report: dict[str, Any], _seq: int, _prev: str) -> dict[str, Any]:
@@ -84,8 +86,8 @@ def main() -> None:
                 return sign_compact(payload, key, Kind.REPORT)
 
             for report in reports:
-                period_key = f"day/{report['period']['key']}/0"
-                outbox.commit_report(FACTORY, period_key, partial(_prebuilt, report), sign)
+                period_slot = f"day/{report['period']['key']}/0"
+                outbox.commit_report(FACTORY, period_slot, partial(_prebuilt, report), sign)
             commit_s = time.perf_counter() - t0
             with Publisher(settings, outbox) as publisher:
                 t1 = time.perf_counter()
@@ -96,7 +98,7 @@ def main() -> None:
 
             verify_bureau = start_bureau(tmp / "verify.db", None, {FACTORY: key})
             tokens = [item.jws.encode() for item in outbox.items(FACTORY)]
-            topic = f"tieragent/v1/{FACTORY}/report"
+            topic = report_topic(FACTORY)
             t2 = time.perf_counter()
             for token in tokens:
                 verify_bureau.receiver.verifier.check(topic, token)

@@ -8,7 +8,7 @@ asyncua subscription client receiving the same OPC UA notifications.
 Processes (each started here and stopped by PID): one simulator OPC UA face per server
 (`scale_tags`, synthetic Double tags each changing once a second), one simulator Modbus face
 (uint16 holding registers, 100 per unit id, each changing once a second), the agent
-(`python -m agent.cli run` on a generated configuration with every tag as a `process`
+(`python -m tieragent run` on a generated configuration with every tag as a `process`
 signal; `--profile` runs it under cProfile instead) and a bare asyncua client
 subscribing to the same OPC UA nodes with the connector's parameters and only counting.
 
@@ -193,7 +193,7 @@ def main() -> None:
                 argv = [python, SUPPORT, "agent", "--profile", str(args.profile.resolve()),
                         "--", *run_argv]
             else:
-                argv = [python, "-m", "agent.cli", *run_argv]
+                argv = [python, "-m", "tieragent", *run_argv]
             agent = start("agent", argv, False, tmp / "agent.log")
             procs.append(agent)
             bare = None

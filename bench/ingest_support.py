@@ -28,7 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from simulator.api import ModbusSpec, SignalSpec, SignalValue  # noqa: E402
 
-TAGS_PER_DEVICE = 100  # = simulator.opcua_face.SYNTHETIC_GROUP: one device per tag folder
+TAGS_PER_DEVICE = 100  # = simulator.opcua_nodes.SYNTHETIC_GROUP: one device per tag folder
 FACTORY_ID = "example-001"
 
 
@@ -36,7 +36,7 @@ FACTORY_ID = "example-001"
 
 
 def opcua_tag_path(index: int) -> str:
-    from simulator.opcua_face import synthetic_path
+    from simulator.opcua_nodes import synthetic_path
 
     return synthetic_path(index)
 
@@ -190,7 +190,7 @@ async def bare_client(endpoint: str, tags: int, handler: bool) -> None:
     from asyncua import Client, ua
     from asyncua.common.subscription import DataChangeEvent, OverflowPolicy
 
-    from simulator.opcua_face import string_node
+    from simulator.opcua_nodes import string_node
 
     # A generous watchdog: the default 1 s probe timeout drops the session whenever the
     # shared machine stalls the server for a second, and this client does not reconnect.
@@ -243,8 +243,8 @@ def profiled_agent(out: Path, argv: list[str]) -> None:
     import io
     import pstats
 
-    from agent.cli import main
     from agent.store import Store
+    from tieragent.cli import main
 
     loop_profile, writer_profile = cProfile.Profile(), cProfile.Profile()
     ingest = Store.ingest

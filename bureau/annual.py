@@ -12,7 +12,7 @@ with an accepted report is below the policy's bound for the period or for any si
 measured condition is insufficient_data (its measured value is still shown): a month withheld
 must not hide inside a good year.
 
-`evaluate_year` is pure (no I/O apart from reading the policy files named in `EvaluationFiles`),
+`evaluate_year` is pure (no I/O apart from reading the policy files named in `PolicyFiles`),
 so the offline verifier of an evidence folder runs exactly the same computation.
 """
 
@@ -24,8 +24,6 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,19 +32,14 @@ import pandas as pd
 from bureau.store import ACCEPTED, PENDING_LINK, REJECTED, YearEntry
 from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS
 from indicators.evaluate import (
-    Benchmarks,
-    Declarations,
     Evaluation,
     Policy,
-    PolicyFileError,
     evaluate,
     json_safe,
-    load_benchmarks,
-    load_declarations,
-    load_policy,
     tier_outcome,
 )
 from indicators.kpi import INDICATORS, IndicatorValue, Params, compute, daily_measures, improvement
+from indicators.policy import PolicyFileError, PolicyFiles
 
 FORMAT = "tieragent-annual-evaluation/v1"
 COVERAGE_REASON = "coverage_below_bound"
@@ -122,52 +115,6 @@ def jws_payload_sha256(jws: str) -> str:
     return hashlib.sha256(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class EvaluationFiles:
-    """The policy, benchmark and declarations files an evaluation depends on."""
-
-    policy: Path
-    benchmarks: Path | None = None
-    declarations: Path | None = None
-
-    def load(self) -> tuple[Policy, Benchmarks | None, Declarations | None]:
-        """Raises AnnualError naming the file and every problem."""
-        try:
-            policy = _cached(self.policy, "policy")
-            benchmarks = _cached(self.benchmarks, "benchmarks") if self.benchmarks else None
-            declarations = (
-                _cached(self.declarations, "declarations") if self.declarations else None
-            )
-        except PolicyFileError as error:
-            raise AnnualError(str(error)) from None
-        except OSError as error:
-            raise AnnualError(f"{error.filename}: cannot read ({error.strerror}).") from None
-        return policy, benchmarks, declarations
-
-    def digests(self) -> dict[str, str | None]:
-        def digest(path: Path | None) -> str | None:
-            return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
-
-        return {
-            "policy_sha256": digest(self.policy),
-            "benchmarks_sha256": digest(self.benchmarks),
-            "declarations_sha256": digest(self.declarations),
-        }
-
-
-def _cached(path: Path, kind: str) -> Any:
-    stat = path.stat()
-    return _load_file(str(path), kind, stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=32)
-def _load_file(path: str, kind: str, _mtime_ns: int, _size: int) -> Any:
-    """Parsed policy files (frozen models), reused while the file is unchanged: evaluating many
-    factories must not parse the same YAML for each."""
-    loader = {"policy": load_policy, "benchmarks": load_benchmarks}.get(kind, load_declarations)
-    return loader(path)
-
-
 @dataclass(frozen=True)
 class AnnualEvaluation:
     """The year's aggregate, coverage, chain and tier evaluation; `to_json` is its record."""
@@ -226,7 +173,7 @@ def evaluate_year(
     factory_id: str,
     year: int,
     entries: Sequence[DayEntry],
-    files: EvaluationFiles,
+    files: PolicyFiles,
     *,
     baseline_entries: Sequence[DayEntry] = (),
     baseline_year: int | None = None,
@@ -239,7 +186,11 @@ def evaluate_year(
     a file is unusable."""
     if baseline_year is not None and baseline_year >= year:
         raise AnnualError(f"The baseline year {baseline_year} must lie before {year}.")
-    policy, benchmarks, declarations = files.load()
+    try:
+        loaded = files.load()
+    except PolicyFileError as error:
+        raise AnnualError(str(error)) from None
+    policy, benchmarks, declarations = loaded.policy, loaded.benchmarks, loaded.declarations
     first, last = year_days(year, through)
     in_period = [e for e in entries if _day_in(e.period_key, first, last)]
     chosen = _chosen(in_period)

@@ -29,12 +29,12 @@ from bureau.annual import (
     AnnualError,
     AnnualEvaluation,
     DayEntry,
-    EvaluationFiles,
     evaluate_year,
 )
 from bureau.html_report import render_html
 from bureau.registry import KeyRegistry
 from bureau.store import ACCEPTED, REJECTED, SqliteReportStore
+from indicators.policy import PolicyFiles
 
 EVIDENCE_FORMAT = "tieragent-annual-evidence/v1"
 INPUT_NAMES = {
@@ -67,7 +67,7 @@ def evaluate_from_store(
     store: SqliteReportStore,
     factory_id: str,
     year: int,
-    files: EvaluationFiles,
+    files: PolicyFiles,
     *,
     baseline_year: int | None = None,
     through: date | None = None,
@@ -97,7 +97,7 @@ def export_evidence(
     factory_id: str,
     year: int,
     out: Path,
-    files: EvaluationFiles,
+    files: PolicyFiles,
     *,
     baseline_year: int | None = None,
     through: date | None = None,

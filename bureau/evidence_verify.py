@@ -29,11 +29,12 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from agent.envelope import EnvelopeError, Kind, peek_compact, thumbprint, verify_compact
-from bureau.annual import AnnualError, DayEntry, EvaluationFiles, evaluate_year
+from agent.protocol.envelope import EnvelopeError, Kind, peek_compact, thumbprint, verify_compact
+from bureau.annual import AnnualError, DayEntry, evaluate_year
 from bureau.evidence_export import EVIDENCE_FORMAT, INPUT_NAMES, manifest_bytes
 from bureau.html_report import format_value
 from bureau.store import REJECTED
+from indicators.policy import PolicyFiles
 
 MAX_LISTED = 25  # differences named one by one before summarising the rest
 _LIST_KEYS = ("condition_id", "month", "seq", "period_key", "id")
@@ -240,7 +241,7 @@ def _check_recompute(
             str(manifest.get("factory_id")),
             int(manifest.get("year", 0)),
             entries,
-            EvaluationFiles(policy, input_path("benchmarks"), input_path("declarations")),
+            PolicyFiles(policy, input_path("benchmarks"), input_path("declarations")),
             baseline_entries=baseline,
             baseline_year=manifest.get("baseline_year"),
             through=date.fromisoformat(through) if through else None,

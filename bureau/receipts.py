@@ -16,8 +16,8 @@ from typing import Any
 
 from joserfc.jwk import OKPKey
 
-from agent.envelope import Kind, canonical_bytes, sign_compact
-from agent.keys import load_private_key, public_record, read_passphrase, save_private_key
+from agent.protocol.envelope import Kind, canonical_bytes, sign_compact
+from agent.protocol.keys import load_private_key, public_record, read_passphrase, save_private_key
 
 RECEIPT_TYPE = "tieragent-receipt/v1"
 
@@ -62,7 +62,7 @@ def load_or_create_bureau_key(path: Path, passphrase_file: Path | None = None) -
     """The bureau's receipt-signing key (0600 PKCS#8 file), created on first use."""
     passphrase = read_passphrase(passphrase_file)
     if not path.exists():
-        from agent.keys import generate_key
+        from agent.protocol.keys import generate_key
 
         save_private_key(path, generate_key(), passphrase)
     return load_private_key(path, passphrase)

@@ -22,18 +22,24 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from joserfc.jwk import OKPKey
 
-from agent.crashpoint import crash_point
-from agent.envelope import sha256_hex
-from agent.publish import ConnectFailures, PublisherSettings, connect_error, make_client
-from agent.report import IndicatorFn
+from agent.protocol.crashpoint import crash_point
+from agent.protocol.envelope import sha256_hex
+from agent.protocol.mqtt import (
+    REPORT_FILTER,
+    ROTATE_FILTER,
+    BrokerSettings,
+    ConnectFailures,
+    connect_error,
+    make_client,
+    receipt_topic,
+)
+from agent.protocol.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt
 from bureau.registry import KeyRegistry, RegistryError
 from bureau.store import Rejection, SqliteReportStore, StoredReport
 from bureau.verify import DEFAULT_MAX_BYTES, Decision, Verifier
 
 log = logging.getLogger("tieragent.bureau")
-REPORT_FILTER = "tieragent/v1/+/report"
-ROTATE_FILTER = "tieragent/v1/+/keyrotate"
 
 
 @dataclass(frozen=True)
@@ -85,20 +91,17 @@ class Receiver:
         return [f"$share/{group}/{f}" if group else f for f in (REPORT_FILTER, ROTATE_FILTER)]
 
     def start(self) -> None:
-        mqtt_settings = PublisherSettings(
+        mqtt_settings = BrokerSettings(
             broker_url=self.settings.broker_url,
-            factory_id="bureau",
-            bureau_keys=(),
             protocol="3.1.1" if self.settings.protocol == "3.1.1" else "5",
             keepalive_s=self.settings.keepalive_s,
             reconnect_min_s=0.2,
             reconnect_max_s=5.0,
-            window=64,
             ca_file=self.settings.ca_file,
             cert_file=self.settings.cert_file,
             key_file=self.settings.key_file,
         )
-        client, connect = make_client(mqtt_settings, self.settings.client_id)
+        client, connect = make_client(mqtt_settings, self.settings.client_id, inflight=64)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -178,7 +181,7 @@ class Receiver:
             factory = decision.factory_id
             if factory is None:
                 return None  # no factory topic to answer on; counted and quarantined
-            return f"tieragent/v1/{factory}/receipt", receipt
+            return receipt_topic(factory), receipt
 
     def _apply(self, topic: str, message: bytes, decision: Decision, now: float) -> str:
         bureau_id = self.settings.bureau_id

@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agent.envelope import EnvelopeError, Kind, public_okp, strict_loads, thumbprint, verify_general
+from agent.protocol.envelope import (
+    EnvelopeError,
+    Kind,
+    public_okp,
+    strict_loads,
+    thumbprint,
+    verify_general,
+)
 
 
 class RegistryError(Exception):

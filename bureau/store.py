@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.envelope import strict_loads
+from agent.protocol.envelope import strict_loads
 
 ACCEPTED, PENDING_LINK, REJECTED = "accepted", "pending-link", "rejected"
 QUARANTINE_LIMIT = 10_000

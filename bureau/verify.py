@@ -15,13 +15,20 @@ indicators.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.envelope import EnvelopeError, Kind, Verified, peek_compact, sha256_hex, verify_compact
-from agent.report import (
+from agent.protocol.envelope import (
+    EnvelopeError,
+    Kind,
+    Verified,
+    peek_compact,
+    sha256_hex,
+    verify_compact,
+)
+from agent.protocol.mqtt import report_topic_factory
+from agent.protocol.report import (
     IndicatorFn,
     genesis_sha256,
     indicator_mismatches,
@@ -33,7 +40,6 @@ from bureau.store import ACCEPTED, PENDING_LINK, ReportStore, StoredReport
 
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
 FUTURE_SKEW_S = 300.0
-_TOPIC = re.compile(r"^tieragent/v1/([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})/report$")
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,6 @@ class Decision:
     payload: dict[str, Any] = field(default_factory=dict)
     original: StoredReport | None = None
     relink: str | None = None  # report_id of a pending-link successor this report links
-
-
-def topic_factory(topic: str) -> str | None:
-    match = _TOPIC.match(topic)
-    return match.group(1) if match else None
 
 
 class Verifier:
@@ -79,7 +80,7 @@ class Verifier:
 
     def check(self, topic: str, message: bytes, now: float | None = None) -> Decision:
         now = time.time() if now is None else now
-        factory_id = topic_factory(topic)
+        factory_id = report_topic_factory(topic)
         message_sha = sha256_hex(message)
 
         def reject(reason: str, detail: str, sha: str = message_sha, **extra: Any) -> Decision:

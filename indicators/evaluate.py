@@ -33,10 +33,10 @@ from indicators.policy import (
     Declarations,
     Policy,
     PolicyFileError,
+    file_sha256,
     load_benchmarks,
     load_declarations,
     load_policy,
-    policy_digest,
 )
 
 Status = Literal["pass", "fail", "insufficient_data", "declared_pass", "declared_fail"]
@@ -462,8 +462,8 @@ __all__ = [
     "Policy",
     "PolicyFileError",
     "evaluate",
+    "file_sha256",
     "load_benchmarks",
     "load_declarations",
     "load_policy",
-    "policy_digest",
 ]

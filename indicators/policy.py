@@ -1,14 +1,18 @@
 """Tier policy, industry benchmarks and declarations: versioned YAML files and their models.
 
 The only I/O in `indicators/`: reading these three files. A malformed file raises
-`PolicyFileError` whose text lists every problem as `file: key: message`.
+`PolicyFileError` whose text lists every problem as `file: key: message`. The default tier
+policy and the example benchmarks and declarations ship in `indicators/data/` (the copies
+under `config/` are the same files, for users to read and copy).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,6 +27,12 @@ TierId = Literal["basic", "advanced", "excellent", "leading"]
 TIER_ORDER: tuple[str, ...] = ("basic", "advanced", "excellent", "leading")
 _BENCHMARK_REF = re.compile(r"^(province|national|international)\.(avg|p75)$")
 _PARAM_NAMES = frozenset(f.name for f in fields(Params))
+
+
+_DATA = files("indicators") / "data"
+DEFAULT_POLICY = Path(str(_DATA / "policies" / "default-2026.yaml"))
+EXAMPLE_BENCHMARKS = Path(str(_DATA / "benchmarks" / "example-2026.yaml"))  # not statistics
+EXAMPLE_DECLARATIONS = Path(str(_DATA / "declarations.example.yaml"))  # another factory's
 
 
 class PolicyFileError(Exception):
@@ -272,6 +282,61 @@ def load_declarations(path: Path | str) -> Declarations:
     return _load(path, Declarations)
 
 
-def policy_digest(path: Path | str) -> str:
-    """sha256 (hex) of the policy file's bytes, as carried in reports."""
+def file_sha256(path: Path | str) -> str:
+    """sha256 (hex) of a file's bytes: how reports and evaluations name the files they used."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A tier policy with the benchmarks and declarations evaluated against it."""
+
+    files: PolicyFiles
+    policy: Policy
+    benchmarks: Benchmarks | None
+    declarations: Declarations | None
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """The policy, benchmark and declarations files an evaluation depends on."""
+
+    policy: Path = DEFAULT_POLICY
+    benchmarks: Path | None = None
+    declarations: Path | None = None
+
+    def load(self) -> PolicySet:
+        """Raises PolicyFileError naming the file and every problem."""
+        return PolicySet(
+            files=self,
+            policy=_cached(self.policy, load_policy),
+            benchmarks=_cached(self.benchmarks, load_benchmarks) if self.benchmarks else None,
+            declarations=(
+                _cached(self.declarations, load_declarations) if self.declarations else None
+            ),
+        )
+
+    def digests(self) -> dict[str, str | None]:
+        def digest(path: Path | None) -> str | None:
+            return None if path is None else file_sha256(path)
+
+        return {
+            "policy_sha256": digest(self.policy),
+            "benchmarks_sha256": digest(self.benchmarks),
+            "declarations_sha256": digest(self.declarations),
+        }
+
+
+def _cached(path: Path, loader: Any) -> Any:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise PolicyFileError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    return _load_file(str(path), loader, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=32)
+def _load_file(path: str, loader: Any, _mtime_ns: int, _size: int) -> Any:
+    """Parsed policy files (frozen models), reused while the file is unchanged: evaluating many
+    factories must not parse the same YAML for each."""
+    return loader(path)

@@ -18,14 +18,8 @@ from typing import Any
 
 import yaml
 
-from simulator.model import (
-    COUNT_ROLES,
-    FactoryError,
-    SignalDef,
-    SimDevice,
-    SimFactory,
-    load_factory,
-)
+from simulator.device_model import COUNT_ROLES, SignalDef, SimDevice
+from simulator.model import FactoryError, SimFactory, load_factory
 
 OPCUA_NAMESPACE_URI = "urn:tieragent:simulator"
 OPCUA_NAMESPACE_INDEX = 2

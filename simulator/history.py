@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simulator.device_model import SimDevice
 from simulator.ledger import device_hourly, device_intervals, write_ledger_frames
-from simulator.model import SimDevice, SimFactory
+from simulator.model import SimFactory
 from simulator.signals import change_times, values_many
 from simulator.timeline import F64, DeviceTimeline, device_rng, generate_device_timeline
 

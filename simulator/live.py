@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from simulator.api import SignalSpec, SignalValue
+from simulator.device_model import COUNT_ROLES, SignalDef, SimDevice
 from simulator.ledger import write_ledger
-from simulator.model import COUNT_ROLES, SignalDef, SimDevice, SimFactory
+from simulator.model import SimFactory
 from simulator.signals import signal_specs, state_code_table
 from simulator.timeline import (
     UNPLANNED_STOP,

@@ -2,15 +2,16 @@
 
 Address space: Objects/Factory/<line>/<device>/<signal>, string NodeIds
 `ns=2;s=Factory/<line>/<device>/<signal>` in namespace `urn:tieragent:simulator`
-(registered first, so its index is 2). Every tick the face asks the source for all
-values and writes only those that changed, as DataValues whose SourceTimestamp is the
-moment the value became true (`SignalValue.changed_at`).
+(see `simulator.opcua_nodes`). Every tick the face asks the source for all values and
+writes only those that changed, as DataValues whose SourceTimestamp is the moment the
+value became true (`SignalValue.changed_at`).
 
 Beyond asyncua's defaults the face adds what a collection test needs from a real
 server: advertised *and enforced* operation limits (BadTooManyOperations), a strict
-security mode offering only the configured endpoints and identity tokens, and fault
-hooks (bad status codes, timestamp skew, suspended notifications, dropped connections,
-restart on the same port). The hooks are driven by `simulator.faults.FaultController`.
+security mode offering only the configured endpoints and identity tokens (both enforced
+by the server subclasses in `simulator.opcua_server`), and fault hooks (bad status
+codes, timestamp skew, suspended notifications, dropped connections, restart on the
+same port). The hooks are driven by `simulator.faults.FaultController`.
 
 Values are written straight into the address space (no client-side write service), so
 one process serves 5,000 tags changing at 1 Hz to a subscribing client with about 36 %
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import socket
@@ -34,19 +34,22 @@ from pathlib import Path
 from typing import Any, cast
 
 from asyncua import Server, ua
-from asyncua.common.utils import ServiceError
-from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.internal_server import InternalServer
-from asyncua.server.internal_session import InternalSession
-from asyncua.server.user_managers import UserManager
 
 from simulator.api import LiveSource, SignalSpec, SignalValue
 from simulator.certs import SERVER_APPLICATION_URI
-
-NAMESPACE_URI = "urn:tieragent:simulator"
-NAMESPACE_INDEX = 2
-SYNTHETIC_LINE = "Synthetic"
-SYNTHETIC_GROUP = 100  # tags per folder: asyncua adds a child in O(siblings)
+from simulator.opcua_nodes import (
+    NAMESPACE_INDEX,
+    NAMESPACE_URI,
+    SYNTHETIC_LINE,
+    coerce_value,
+    object_item,
+    opcua_path_of,
+    string_node,
+    synthetic_path,
+    variable_item,
+    variant_type_of,
+)
+from simulator.opcua_server import OperationLimits, SimInternalServer, advertise_operation_limits
 
 _log = logging.getLogger(__name__)
 
@@ -68,19 +71,6 @@ IDENTITY_TOKENS: dict[str, type] = {
 
 
 @dataclass(frozen=True, slots=True)
-class OperationLimits:
-    """Per-request limits, advertised in Server/ServerCapabilities/OperationLimits.
-
-    0 means unlimited (the OPC UA convention). A larger request is refused as a whole
-    with BadTooManyOperations, as real servers do.
-    """
-
-    max_nodes_per_read: int = 0
-    max_monitored_items_per_call: int = 0
-    max_nodes_per_browse: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class OpcUaFaceConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0 = a free port chosen at the first start and kept across restarts
@@ -91,7 +81,7 @@ class OpcUaFaceConfig:
     strict: bool = False  # refuse NoSecurity and Anonymous altogether (RELIABILITY S4)
     certificate: Path | None = None  # server certificate (DER or PEM)
     private_key: Path | None = None
-    limits: OperationLimits = OperationLimits()
+    limits: OperationLimits = field(default_factory=OperationLimits)
     scale_tags: int = 0  # synthetic Double tags under Factory/Synthetic, each changing at 1 Hz
     application_uri: str = SERVER_APPLICATION_URI
 
@@ -147,148 +137,9 @@ class _Tag:
     written: tuple[Any, ...] | None = None  # (value, changed_at, status, skew) last written
 
 
-def string_node(path: str) -> ua.NodeId:
-    """`ns=2;s=<path>`. (asyncua types its constructors with NewTypes, hence the wraps.)"""
-    return ua.NodeId(ua.String(path), ua.Int16(NAMESPACE_INDEX))
-
-
-def standard_node(identifier: int) -> ua.NodeId:
-    return ua.NodeId(ua.Int32(identifier))
-
-
 def _utc(epoch: float) -> ua.DateTime:
     # asyncua's DateTime is a datetime subclass for typing only; it encodes any aware one.
     return cast(ua.DateTime, datetime.fromtimestamp(epoch, UTC))
-
-
-def variant_type_of(spec: SignalSpec) -> ua.VariantType:
-    """The OPC UA built-in type a signal is served as.
-
-    Counters are unsigned with the width of their wrap (`counter_bits`), the way PLC
-    counters are usually exposed; other integers (state codes) are Int32.
-    """
-    if spec.value_type == "bool":
-        return ua.VariantType.Boolean
-    if spec.value_type == "float":
-        return ua.VariantType.Double
-    if spec.value_type == "str":
-        return ua.VariantType.String
-    return {16: ua.VariantType.UInt16, 32: ua.VariantType.UInt32, 64: ua.VariantType.UInt64}.get(
-        spec.counter_bits or 0, ua.VariantType.Int32
-    )
-
-
-def synthetic_path(index: int) -> str:
-    """Path of synthetic tag `index`: Factory/Synthetic/G000/Tag00000 (100 per folder)."""
-    return f"Factory/{SYNTHETIC_LINE}/G{index // SYNTHETIC_GROUP:03d}/Tag{index:05d}"
-
-
-def opcua_path_of(spec: SignalSpec) -> str:
-    return spec.opcua_path or f"Factory/{spec.line}/{spec.device_id}/{spec.signal_id}"
-
-
-def _coerce(
-    value: bool | int | float | str, variant_type: ua.VariantType
-) -> bool | int | float | str:
-    if variant_type == ua.VariantType.Boolean:
-        return bool(value)
-    if variant_type == ua.VariantType.Double:
-        return float(value)
-    if variant_type == ua.VariantType.String:
-        return str(value)
-    # Out-of-range integers wrap as they would in a PLC register instead of failing the
-    # whole tick's encoding.
-    bits = {ua.VariantType.UInt16: 16, ua.VariantType.UInt32: 32, ua.VariantType.UInt64: 64}
-    if variant_type in bits:
-        return int(value) % (1 << bits[variant_type])
-    wrapped = int(value) % (1 << 32)
-    return wrapped - (1 << 32) if wrapped >= 1 << 31 else wrapped
-
-
-class _UserManager(UserManager):
-    """Accepts anonymous/certificate tokens (already filtered by the offered token types)
-    and username tokens whose password matches."""
-
-    def __init__(self, users: Mapping[str, str]) -> None:
-        self._users = dict(users)
-
-    def get_user(
-        self,
-        iserver: InternalServer,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: Any = None,
-    ) -> User | None:
-        if username is None:
-            return User(role=UserRole.User)
-        expected = self._users.get(username)
-        if expected is None or not hmac.compare_digest(
-            expected.encode(), (password or "").encode()
-        ):
-            return None
-        return User(role=UserRole.User, name=username)
-
-
-class _LimitedSession(InternalSession):
-    """A client session that enforces the operation limits and, in strict mode, refuses
-    activation over an unsecured channel (asyncua otherwise lets a NoSecurity channel
-    through for discovery and then for sessions too)."""
-
-    sim_limits: OperationLimits = OperationLimits()
-    refuse_unsecured: bool = False
-
-    @staticmethod
-    def _check(count: int, limit: int) -> None:
-        if limit and count > limit:
-            raise ServiceError(ua.StatusCodes.BadTooManyOperations)
-
-    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
-        self._check(len(params.NodesToRead), self.sim_limits.max_nodes_per_read)
-        return await super().read(params)
-
-    async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
-        self._check(len(params.NodesToBrowse), self.sim_limits.max_nodes_per_browse)
-        return await super().browse(params)
-
-    async def create_monitored_items(
-        self, params: ua.CreateMonitoredItemsParameters
-    ) -> list[ua.MonitoredItemCreateResult]:
-        self._check(len(params.ItemsToCreate), self.sim_limits.max_monitored_items_per_call)
-        return await super().create_monitored_items(params)
-
-    def activate_session(
-        self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
-    ) -> ua.ActivateSessionResult:
-        if self.refuse_unsecured and not peer_certificate:
-            raise ServiceError(ua.StatusCodes.BadSecurityModeRejected)
-        return super().activate_session(params, peer_certificate)
-
-
-class _SimInternalServer(InternalServer):
-    def __init__(self, limits: OperationLimits, refuse_unsecured: bool, users: Mapping[str, str]):
-        super().__init__(user_manager=_UserManager(users))
-        self._sim_limits = limits
-        self._refuse_unsecured = refuse_unsecured
-
-    def create_session(
-        self, name: str, user: User = User(role=UserRole.Anonymous), external: bool = False
-    ) -> InternalSession:
-        session = _LimitedSession(
-            self, self.aspace, self.subscription_service, name, user=user, external=external
-        )
-        session.sim_limits = self._sim_limits
-        session.refuse_unsecured = self._refuse_unsecured
-        return session
-
-    async def stop(self) -> None:
-        # asyncua waits for its 1 s clock loop to wake up; cancelling it makes a restart
-        # fault (and every test teardown) a second shorter.
-        if self.time_task is not None:
-            self.time_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.time_task
-            self.time_task = None
-        await super().stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -476,7 +327,7 @@ class OpcUaFace:
 
     async def _build_server(self) -> Server:
         cfg = self._config
-        iserver = _SimInternalServer(cfg.limits, refuse_unsecured=cfg.strict, users=cfg.users)
+        iserver = SimInternalServer(cfg.limits, refuse_unsecured=cfg.strict, users=cfg.users)
         server = Server(iserver=iserver)
         await server.init()
         server.set_endpoint(f"opc.tcp://{cfg.host}:{self._port}")
@@ -492,7 +343,7 @@ class OpcUaFace:
         server.set_security_policy([SECURITY_ENDPOINTS[name] for name in cfg.endpoints])
         server.set_identity_tokens([IDENTITY_TOKENS[name] for name in cfg.identity_tokens])
         await self._populate(server)
-        await self._advertise_limits(server)
+        await advertise_operation_limits(server, cfg.limits)
         return server
 
     async def _populate(self, server: Server) -> None:
@@ -508,23 +359,23 @@ class OpcUaFace:
                 folder = "/".join(parts[:depth])
                 if folder not in objects:
                     parent = "/".join(parts[: depth - 1]) or None
-                    objects[folder] = _object_item(folder, parent)
+                    objects[folder] = object_item(folder, parent)
             vtype = variant_type_of(spec)
             nodeid = string_node(path)
             parent_path = "/".join(parts[:-1])
-            variables.append(_variable_item(nodeid, parts[-1], parent_path, vtype))
+            variables.append(variable_item(nodeid, parts[-1], parent_path, vtype))
             self._tags[(spec.device_id, spec.signal_id)] = _Tag(spec, nodeid, vtype)
         self._synthetic = []
         self._synthetic_slot = None
         if self._config.scale_tags:
             for folder, parent in (("Factory", None), (f"Factory/{SYNTHETIC_LINE}", "Factory")):
-                objects.setdefault(folder, _object_item(folder, parent))
+                objects.setdefault(folder, object_item(folder, parent))
             for i in range(self._config.scale_tags):
                 path = synthetic_path(i)
                 folder, name = path.rsplit("/", 1)
-                objects.setdefault(folder, _object_item(folder, f"Factory/{SYNTHETIC_LINE}"))
+                objects.setdefault(folder, object_item(folder, f"Factory/{SYNTHETIC_LINE}"))
                 nodeid = string_node(path)
-                variables.append(_variable_item(nodeid, name, folder, ua.VariantType.Double))
+                variables.append(variable_item(nodeid, name, folder, ua.VariantType.Double))
                 self._synthetic.append(nodeid)
         for items in (list(objects.values()), variables):
             if not items:
@@ -537,27 +388,6 @@ class OpcUaFace:
                     )
         for tag in self._tags.values():
             tag.written = None
-
-    async def _advertise_limits(self, server: Server) -> None:
-        limits = self._config.limits
-        ids = ua.ObjectIds
-        for node, value in (
-            (
-                ids.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
-                limits.max_nodes_per_read,
-            ),
-            (
-                ids.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
-                limits.max_nodes_per_browse,
-            ),
-            (
-                ids.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
-                limits.max_monitored_items_per_call,
-            ),
-        ):
-            await server.write_attribute_value(
-                standard_node(node), ua.DataValue(ua.Variant(value, ua.VariantType.UInt32))
-            )
 
     async def _run(self) -> None:
         tick = self._config.tick_s
@@ -607,7 +437,7 @@ class OpcUaFace:
             if state == tag.written:
                 continue
             datavalue = ua.DataValue(
-                Value=ua.Variant(_coerce(current.value, tag.variant_type), tag.variant_type),
+                Value=ua.Variant(coerce_value(current.value, tag.variant_type), tag.variant_type),
                 StatusCode=ua.StatusCode(ua.UInt32(status)),
                 SourceTimestamp=_utc(current.changed_at + skew),
                 ServerTimestamp=now_dt,
@@ -650,48 +480,6 @@ class OpcUaFace:
                 if writes % 500 == 0:
                     await asyncio.sleep(0)
         return writes
-
-
-def _object_item(path: str, parent: str | None) -> ua.AddNodesItem:
-    name = path.rsplit("/", 1)[-1]
-    item = ua.AddNodesItem()
-    item.RequestedNewNodeId = string_node(path)
-    item.BrowseName = ua.QualifiedName(name, NAMESPACE_INDEX)
-    item.NodeClass = ua.NodeClass.Object
-    item.ParentNodeId = (
-        standard_node(ua.ObjectIds.ObjectsFolder) if parent is None else string_node(parent)
-    )
-    item.ReferenceTypeId = standard_node(ua.ObjectIds.Organizes)
-    item.TypeDefinition = standard_node(ua.ObjectIds.FolderType)
-    attrs = ua.ObjectAttributes()
-    attrs.EventNotifier = 0
-    attrs.DisplayName = ua.LocalizedText(name)
-    attrs.Description = ua.LocalizedText(name)
-    item.NodeAttributes = attrs
-    return item
-
-
-def _variable_item(
-    nodeid: ua.NodeId, name: str, parent_path: str, variant_type: ua.VariantType
-) -> ua.AddNodesItem:
-    item = ua.AddNodesItem()
-    item.RequestedNewNodeId = nodeid
-    item.BrowseName = ua.QualifiedName(name, NAMESPACE_INDEX)
-    item.NodeClass = ua.NodeClass.Variable
-    item.ParentNodeId = string_node(parent_path)
-    item.ReferenceTypeId = standard_node(ua.ObjectIds.HasComponent)
-    item.TypeDefinition = standard_node(ua.ObjectIds.BaseDataVariableType)
-    attrs = ua.VariableAttributes()
-    attrs.DisplayName = ua.LocalizedText(name)
-    attrs.Description = ua.LocalizedText(name)
-    attrs.DataType = standard_node(variant_type.value)
-    attrs.ValueRank = ua.ValueRank.Scalar
-    attrs.Value = ua.Variant(None, ua.VariantType.Null)
-    attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
-    attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
-    attrs.Historizing = False
-    item.NodeAttributes = attrs
-    return item
 
 
 async def _quietly_stop(server: Server) -> None:

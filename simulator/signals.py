@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from simulator.api import ModbusSpec, SignalSpec, ValueType
-from simulator.model import COUNT_ROLES, STATE_CODES, SignalDef, SimDevice, SimFactory
+from simulator.device_model import COUNT_ROLES, STATE_CODES, SignalDef, SimDevice
+from simulator.model import SimFactory
 from simulator.timeline import F64, STATES, UNPLANNED_STOP, DeviceTimeline
 
 _VALUE_TYPES: dict[str, ValueType] = {

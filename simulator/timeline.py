@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from simulator.model import Calendar, Duration, Profile, SimDevice, SimFactory
+from simulator.device_model import Calendar, Duration, Profile, SimDevice
+from simulator.model import SimFactory
 
 STATES: tuple[str, ...] = ("running", "idle", "setup", "planned_stop", "unplanned_stop")
 RUNNING, IDLE, SETUP, PLANNED_STOP, UNPLANNED_STOP = range(5)

@@ -29,10 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc.jwk import OKPKey
 
-from agent.envelope import Kind, public_jwk, sign_compact, thumbprint
-from agent.merkle import Segment, ordered_digests
 from agent.outbox import Outbox, OutboxItem
-from agent.report import Period, ReportMeta, build_report
+from agent.protocol.envelope import Kind, public_jwk, sign_compact, thumbprint
+from agent.protocol.merkle import Segment, ordered_digests
+from agent.protocol.period import Period
+from agent.protocol.report import ReportMeta, build_report
 from bureau.receiver import Receiver, ReceiverSettings
 from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS
 
@@ -418,7 +419,7 @@ def commit_days(
         def build(seq: int, prev: str, period: Period = period) -> dict[str, Any]:
             return make_report(key, period, seq, prev, factory=factory, devices=devices)
 
-        items.append(outbox.commit_report(factory, f"day/{period.key}/0", build, sign))
+        items.append(outbox.commit_report(factory, period.slot(0), build, sign))
     return items
 
 

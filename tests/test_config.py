@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.config import ConfigError, json_schema, load_config, parse_config
 from connectors.config import Secret
+from tieragent.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example-minimal.yaml"

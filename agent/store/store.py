@@ -27,9 +27,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from agent.config import FactoryConfig
-from agent.derive import COUNT_FIELDS, HOUR_S, Derived, Deriver
-from agent.device_plans import plan_devices
-from agent.sample_columns import (
+from agent.derive.device_plans import plan_devices
+from agent.derive.engine import COUNT_FIELDS, HOUR_S, Derived, Deriver
+from agent.derive.sample_columns import (
     Q_BAD,
     Q_GOOD,
     Q_UNCERTAIN,

@@ -75,15 +75,7 @@ def sample(signal: str, ts: float, value: Any, *, device: str = "M1", quality: s
                   ts_origin=TimestampOrigin.SOURCE)
 
 
-# The agent commands as `tieragent` will expose them once agent/cli.py registers them.
-CLI_CODE = (
-    "import typer; from agent.run_cli import register; "
-    "app = typer.Typer(pretty_exceptions_enable=False, add_completion=False); "
-    "register(app); app()"
-)
-
-
 def cli(*args: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-c", CLI_CODE, *args]
+    return [sys.executable, "-m", "tieragent", *args]

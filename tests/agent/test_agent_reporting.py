@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-from agent.cli import _register_subcommands, app
-from agent.merkle import ordered_digests
 from agent.outbox import Outbox
-from agent.reporting import period_of, segment_digests, segments
+from agent.protocol.merkle import ordered_digests
+from agent.reporter import segment_digests, segments
 from bureau.store import jws_payload
+from tieragent.cli import _register_subcommands, app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,12 +43,6 @@ def test_vectorised_digests_equal_per_segment_bytes() -> None:
         changed = raw.copy()
         changed.loc[17, "value"] = 1e9
         assert segment_digests(changed) != slow
-
-
-def test_period_kinds() -> None:
-    assert period_of("2026", "Asia/Shanghai").kind == "year"
-    assert period_of("2026-11", "Asia/Shanghai").kind == "month"
-    assert period_of("2026-11-21", "Asia/Shanghai").kind == "day"
 
 
 def test_report_from_backfilled_store(tmp_path: Path) -> None:

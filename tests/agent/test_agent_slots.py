@@ -1,4 +1,4 @@
-"""Slot counting: the vectorised `agent.slots` against the scalar rules in its docstring."""
+"""Slot counting: the vectorised `agent.derive.slots` against the scalar rules in its docstring."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.slots import (
+from agent.derive.slots import (
     EPS,
     HOUR_S,
     NO_SLOT,

@@ -26,11 +26,12 @@ from simdata import (
 )
 
 from agent.outbox import Outbox
-from bureau.annual import EvaluationFiles
+from agent.protocol.mqtt import report_topic
 from bureau.evidence_export import export_evidence
 from bureau.store import SqliteReportStore
+from indicators.policy import PolicyFiles
 
-TOPIC = f"tieragent/v1/{FACTORY}/report"
+TOPIC = report_topic(FACTORY)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 def evidence(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("evidence") / "2025"
     store = SqliteReportStore(scenario.db)
-    export_evidence(store, FACTORY, 2025, out, EvaluationFiles(POLICY, BENCHMARKS, DECLARATIONS),
+    export_evidence(store, FACTORY, 2025, out, PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS),
                     baseline_year=2024, through=date(2025, 2, 28))
     store.close()
     return out

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from joserfc.jwk import OKPKey
 
-from agent.envelope import Kind, public_jwk, sign_compact, thumbprint
 from agent.outbox import Outbox, OutboxItem
-from agent.report import Period, ReportMeta, build_report
+from agent.protocol.envelope import Kind, public_jwk, sign_compact, thumbprint
+from agent.protocol.period import Period
+from agent.protocol.report import ReportMeta, build_report
 from indicators.columns import INVENTORY_COLUMNS
 from indicators.evaluate import load_policy
 from indicators.kpi import Params
@@ -177,7 +178,7 @@ def day_report(sim: SimPeriod, key: OKPKey, day: date, seq: int, prev: str,
 def commit_day(outbox: Outbox, sim: SimPeriod, key: OKPKey, day: date,
                tamper: Callable[[dict[str, Any]], None] | None = None) -> OutboxItem:
     return outbox.commit_report(
-        FACTORY, f"day/{day.isoformat()}/0",
+        FACTORY, Period.day(day, TZ).slot(0),
         lambda seq, prev: day_report(sim, key, day, seq, prev, tamper),
         lambda payload: sign_compact(payload, key, Kind.REPORT),
     )

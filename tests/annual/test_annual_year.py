@@ -27,11 +27,11 @@ from simdata import (
 )
 
 from agent.outbox import ACKED, INFLIGHT, PENDING, REJECTED, Outbox
-from agent.publish import Publisher, PublisherSettings
-from bureau.annual import EvaluationFiles
+from agent.publisher import Publisher, PublisherSettings
 from bureau.evidence_export import evaluate_from_store
 from bureau.store import SqliteReportStore, jws_payload
 from indicators.kpi import Params, compute
+from indicators.policy import PolicyFiles
 from simulator.ledger import load_ledger
 
 YEAR = 2025
@@ -54,7 +54,7 @@ def _values(indicators: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 
 def _cli(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", *map(str, args)]
+    return [sys.executable, "-m", "tieragent", *map(str, args)]
 
 
 def agent_year_report(history: Path, work: Path) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def test_a_year_of_daily_reports_evaluates_to_the_ledgers_indicators(
 
     store = SqliteReportStore(tmp_path / "bureau.db")
     result, _, _ = evaluate_from_store(
-        store, FACTORY, YEAR, EvaluationFiles(POLICY, BENCHMARKS, DECLARATIONS),
+        store, FACTORY, YEAR, PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS),
         baseline_year=YEAR - 1,
     )
     assert len(store.reports(FACTORY)) == DAYS

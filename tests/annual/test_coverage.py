@@ -8,13 +8,14 @@ from datetime import date
 from annual_scenario import REJECTED_DAY, UNDELIVERED, Scenario
 from simdata import BENCHMARKS, DECLARATIONS, FACTORY, POLICY, report_params
 
-from bureau.annual import AnnualEvaluation, EvaluationFiles
+from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store
 from bureau.html_report import render_html
 from bureau.store import SqliteReportStore
 from indicators.kpi import Params, improvement
+from indicators.policy import PolicyFiles
 
-FILES = EvaluationFiles(POLICY, BENCHMARKS, DECLARATIONS)
+FILES = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
 
 
 def _evaluate(scenario: Scenario, through: date) -> AnnualEvaluation:

@@ -13,9 +13,9 @@ from simdata import BENCHMARKS, DECLARATIONS, FACTORY
 from typer import Typer
 from typer.testing import CliRunner
 
-from bureau.annual_cli import register
 from bureau.evidence_verify import is_evidence_dir, verify_evidence_dir
 from bureau.store import SqliteReportStore
+from tieragent.commands.bureau_annual import register
 
 CONDITION = "basic.oee_above_province_avg"
 

@@ -14,7 +14,7 @@ import pytest
 from delivery_support import BUREAU, FACTORY, Bureau, day, make_report, start_bureau
 from joserfc.jwk import OKPKey
 
-from agent.envelope import (
+from agent.protocol.envelope import (
     Kind,
     canonical_bytes,
     public_jwk,
@@ -22,10 +22,10 @@ from agent.envelope import (
     sign_compact,
     verify_compact,
 )
-from agent.report import genesis_sha256
-from bureau.verify import topic_factory
+from agent.protocol.mqtt import report_topic, report_topic_factory
+from agent.protocol.report import genesis_sha256
 
-TOPIC = f"tieragent/v1/{FACTORY}/report"
+TOPIC = report_topic(FACTORY)
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_topic_and_audience_binding(bureau: Bureau, agent_key: OKPKey) -> None:
     as_b = {**report, "kid": other.thumbprint()}
     assert check(b_topic, _signed(other, as_b)).reason == "topic"
     assert check("tieragent/v1/../report", _signed(agent_key, report)).reason == "topic"
-    assert topic_factory("tieragent/v1/+/report") is None
+    assert report_topic_factory("tieragent/v1/+/report") is None
     assert check(TOPIC, _signed(agent_key, {**report, "aud": "bureau-x"})).reason == "aud"
     future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     assert check(TOPIC, _signed(agent_key, {**report, "issued_at": future})).reason == "future"

@@ -10,12 +10,12 @@ from delivery_support import commit_days, segments
 from joserfc.jwk import OKPKey
 from typer.testing import CliRunner
 
-from agent.envelope import public_jwk
-from agent.evidence import BundleReport, export_bundle, verify_bundle
-from agent.merkle import Segment
+from agent.audit_bundle import BundleReport, export_bundle, verify_bundle
 from agent.outbox import Outbox
-from agent.report import Period
-from agent.report_cli import evidence_app, verify_command
+from agent.protocol.envelope import public_jwk
+from agent.protocol.merkle import Segment
+from agent.protocol.period import Period
+from tieragent.commands.report import evidence_app, verify_command
 
 
 def _segments_for(report: Mapping[str, Any]) -> Iterable[Segment]:

@@ -38,10 +38,11 @@ from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 from test_delivery_mqtt import RawClient, check_invariants, settings
 
-from agent.envelope import Kind, public_jwk, sha256_hex, sign_compact, verify_compact
 from agent.outbox import ACKED, Outbox, OutboxItem
-from agent.publish import Publisher, report_topic
-from agent.report import Period
+from agent.protocol.envelope import Kind, public_jwk, sha256_hex, sign_compact, verify_compact
+from agent.protocol.mqtt import report_topic
+from agent.protocol.period import Period
+from agent.publisher import Publisher
 from bureau.receiver import Receiver
 
 Emitted = list[tuple[str, str, bytes]]  # (report_id, receipt status, receipt bytes)
@@ -223,7 +224,7 @@ def _commit_many(outbox: Outbox, key: OKPKey, count: int) -> None:
         def build(seq: int, prev: str, period: Period = period) -> dict[str, Any]:
             return make_report(key, period, seq, prev, devices=1)
 
-        outbox.commit_report(FACTORY, f"day/{period.key}/0", build, sign)
+        outbox.commit_report(FACTORY, period.slot(0), build, sign)
 
 
 def _sys_value(broker: Broker, topic: str) -> int:

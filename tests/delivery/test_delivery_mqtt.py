@@ -31,10 +31,11 @@ from delivery_support import (
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.envelope import Kind, canonical_bytes, public_jwk, sign_compact, verify_compact
 from agent.outbox import ACKED, Outbox
-from agent.publish import Publisher, PublisherSettings
-from agent.report import genesis_sha256
+from agent.protocol.envelope import Kind, canonical_bytes, public_jwk, sign_compact, verify_compact
+from agent.protocol.mqtt import receipt_topic, report_topic
+from agent.protocol.report import genesis_sha256
+from agent.publisher import Publisher, PublisherSettings
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ class RawClient:
         self.client.on_subscribe = lambda *_a: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(f"tieragent/v1/{factory}/receipt", qos=1)
+        self.client.subscribe(receipt_topic(factory), qos=1)
         assert subscribed.wait(5)
 
     def publish(self, topic: str, payload: bytes) -> None:
@@ -137,7 +138,7 @@ def test_bad_reports_get_rejection_receipts_over_mqtt(tmp_path: Path, mosquitto:
     key = OKPKey.generate_key("Ed25519")
     bureau = start_bureau(tmp_path / "bureau.db", mosquitto.url, {FACTORY: key})
     raw = RawClient(mosquitto.url)
-    topic = f"tieragent/v1/{FACTORY}/report"
+    topic = report_topic(FACTORY)
     r1 = make_report(key, day(1), 1, genesis_sha256(FACTORY), devices=1)
     good = sign_compact(canonical_bytes(r1), key, Kind.REPORT)
     header, _, signature = good.split(".")
@@ -193,7 +194,7 @@ def _send_cmd(tmp_path: Path, url: str, bureau: Bureau, timeout_s: float) -> lis
     return [
         sys.executable,
         "-m",
-        "agent.report_cli",
+        "tieragent",
         "report",
         "send",
         "--outbox",
@@ -263,7 +264,7 @@ def test_forged_receipts_ack_nothing(tmp_path: Path, mosquitto: Broker) -> None:
     assert wait_until(lambda: _stepped(publisher) and publisher.ready, 10)
     raw = RawClient(mosquitto.url)
     wrong_key = OKPKey.generate_key("Ed25519")
-    topic = f"tieragent/v1/{FACTORY}/receipt"
+    topic = receipt_topic(FACTORY)
     for n in range(1000):
         item = items[n % 2]
         body = {
@@ -341,7 +342,7 @@ def test_bureau_killed_between_commit_and_receipt(tmp_path: Path, mosquitto: Bro
     bureau_key_file = tmp_path / "bureau-key.pem"
     jwk_file = tmp_path / "agent.jwk.json"
     jwk_file.write_text(json.dumps(public_jwk(key)))
-    cli = [sys.executable, "-m", "agent.report_cli", "bureau"]
+    cli = [sys.executable, "-m", "tieragent", "bureau"]
     db = ["--db", str(tmp_path / "bureau.db")]
     subprocess.run(
         [*cli, "enroll", "--factory", FACTORY, "--jwk", str(jwk_file), *db],

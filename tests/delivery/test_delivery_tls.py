@@ -34,9 +34,10 @@ from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 from test_delivery_mqtt import check_invariants, settings
 
-from agent.envelope import public_jwk
 from agent.outbox import ACKED, PENDING, Outbox
-from agent.publish import Publisher, PublishError, PublisherSettings, make_client
+from agent.protocol.envelope import public_jwk
+from agent.protocol.mqtt import BrokerError, make_client
+from agent.publisher import Publisher, PublisherSettings
 from bureau.receipts import load_or_create_bureau_key
 from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry
@@ -176,16 +177,16 @@ def test_untrusted_broker_certificate_is_refused(
 
 def test_tls_files_need_mqtts_and_must_load(tmp_path: Path) -> None:
     """If TLS files are given with an mqtt:// URL, or a TLS file cannot be loaded, then
-    building the client fails with a PublishError naming the problem instead of
+    building the client fails with a BrokerError naming the problem instead of
     connecting in plaintext or without the file."""
     pki = make_pki(tmp_path / "pki")
     base = {"factory_id": FACTORY, "bureau_keys": ()}
     plain = PublisherSettings(broker_url="mqtt://127.0.0.1:1883", ca_file=pki.ca, **base)
-    with pytest.raises(PublishError, match="not mqtts://"):
+    with pytest.raises(BrokerError, match="not mqtts://"):
         make_client(plain, "c")
     missing = tmp_path / "missing-ca.pem"
     absent = PublisherSettings(broker_url="mqtts://127.0.0.1:8883", ca_file=missing, **base)
-    with pytest.raises(PublishError, match=r"missing-ca\.pem"):
+    with pytest.raises(BrokerError, match=r"missing-ca\.pem"):
         make_client(absent, "c")
     mismatched = PublisherSettings(
         broker_url="mqtts://127.0.0.1:8883",
@@ -194,7 +195,7 @@ def test_tls_files_need_mqtts_and_must_load(tmp_path: Path) -> None:
         key_file=pki.server_key,  # not the certificate's key
         **base,
     )
-    with pytest.raises(PublishError, match="Cannot load the MQTT TLS files"):
+    with pytest.raises(BrokerError, match="Cannot load the MQTT TLS files"):
         make_client(mismatched, "c")
 
 
@@ -220,7 +221,7 @@ def test_broker_requiring_client_certificates(
     with running(Broker(tmp_path, tls=pki, require_certificate=True)) as broker:
         serve = subprocess.Popen(
             [
-                sys.executable, "-m", "agent.report_cli", "bureau", "serve",
+                sys.executable, "-m", "tieragent", "bureau", "serve",
                 "--db", str(tmp_path / "bureau.db"),
                 "--broker", broker.url,
                 "--key", str(bureau_key_file),

@@ -18,7 +18,7 @@ from joserfc.jwk import OKPKey
 from jwcrypto import jwk as jwc_jwk
 from jwcrypto import jws as jwc_jws
 
-from agent.envelope import (
+from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     canonical_bytes,
@@ -28,8 +28,8 @@ from agent.envelope import (
     thumbprint,
     verify_compact,
 )
-from agent.keys import init_keys, load_private_key, rotate_keys
-from agent.report import genesis_sha256
+from agent.protocol.keys import init_keys, load_private_key, rotate_keys
+from agent.protocol.report import genesis_sha256
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore
 
@@ -227,7 +227,7 @@ def test_no_secret_in_cli_output_or_logs(tmp_path: Path) -> None:
         ["keys", "rotate", "--dir", str(tmp_path), "--factory", FACTORY],
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "agent.report_cli", *args],
+            [sys.executable, "-m", "tieragent", *args],
             env=env,
             capture_output=True,
             text=True,

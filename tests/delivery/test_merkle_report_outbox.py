@@ -14,10 +14,11 @@ import pytest
 from delivery_support import FACTORY, TZ, commit_days, day, make_report, segments, synthetic_base
 from joserfc.jwk import OKPKey
 
-from agent import merkle
-from agent.envelope import canonical_bytes, sha256_hex
 from agent.outbox import Outbox, OutboxError
-from agent.report import Period, ReportError, genesis_sha256, report_id, schema_errors
+from agent.protocol import merkle
+from agent.protocol.envelope import canonical_bytes, sha256_hex
+from agent.protocol.period import Period
+from agent.protocol.report import ReportError, genesis_sha256, report_id, schema_errors
 
 # RFC 6962 test vectors (certificate-transparency merkle_tree_test.cc).
 LEAVES = [
@@ -127,7 +128,7 @@ def test_nan_in_base_measures_is_refused() -> None:
     """If a base measure is NaN, then building the report raises ReportError."""
     from delivery_support import EVALUATION, inventory, meta
 
-    from agent.report import build_report
+    from agent.protocol.report import build_report
 
     key = OKPKey.generate_key("Ed25519")
     base = synthetic_base(day(1), 1)
@@ -153,7 +154,7 @@ def test_outbox_chains_reports_and_is_idempotent_per_period(tmp_path: Path) -> N
     again = commit_days(outbox, key, range(1, 4))
     assert [i.seq for i in first] == [1, 2, 3] and first == again
     prev = genesis_sha256(FACTORY)
-    from agent.evidence import _payload
+    from agent.audit_bundle import _payload
 
     for item in first:
         payload = _payload(item.jws)
@@ -168,7 +169,7 @@ _COMMIT_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from pathlib import Path
-    from agent.keys import load_private_key
+    from agent.protocol.keys import load_private_key
     from agent.outbox import Outbox
     from delivery_support import commit_days
     key = load_private_key(Path({key!r}))
@@ -181,7 +182,7 @@ def test_crash_points_in_commit_keep_the_chain_whole(tmp_path: Path, point: str)
     """If the agent is SIGKILLed at a named point while committing day 1, then after restart
     day 1 is committed exactly once, seq is never reused and bytes sent are the stored
     bytes (P1)."""
-    from agent.keys import init_keys
+    from agent.protocol.keys import init_keys
 
     init_keys(tmp_path / "k", None)
     script = _COMMIT_SCRIPT.format(

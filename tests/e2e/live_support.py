@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 
 from agent.config import FactoryConfig
-from agent.device_plans import STATE_LABELS
+from agent.derive.device_plans import STATE_LABELS
 from agent.metrics import AgentMetrics
 from agent.runtime import Runtime, build_connectors
-from agent.states import PRESETS
 from agent.store import Store
+from indicators.vocabulary import PRESETS
 from simulator.agent_config import export_agent_config
 from simulator.ledger import Ledger, load_ledger
 from simulator.live import LiveFactory

@@ -19,7 +19,7 @@ from bureau.store import SqliteReportStore
 def test_demo_runs_the_whole_chain(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "demo", "--out", str(out), "--live-seconds", "10",
+        [sys.executable, "-m", "tieragent", "demo", "--out", str(out), "--live-seconds", "10",
          "--history-days", "5"],
         capture_output=True, text=True, timeout=300, check=False,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
@@ -45,7 +45,7 @@ def test_demo_runs_the_whole_chain(tmp_path: Path) -> None:
     assert samples > 500
     # `tieragent verify DIR` routes an evidence folder to the offline verifier, and names
     # the file when one byte of a signed report changes.
-    verify = [sys.executable, "-m", "agent.cli", "verify", str(evidence)]
+    verify = [sys.executable, "-m", "tieragent", "verify", str(evidence)]
     ok = subprocess.run(verify, capture_output=True, text=True, timeout=120, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report_file = sorted((evidence / "reports").rglob("*.jws"))[0]

@@ -37,7 +37,9 @@ from connectors.opcua import OpcUaConnector
 from connectors.sample import Quality, Sample
 from simulator.live import LiveFactory
 from simulator.modbus_face import ModbusFaceConfig
-from simulator.opcua_face import OpcUaFaceConfig, OperationLimits, synthetic_path
+from simulator.opcua_face import OpcUaFaceConfig
+from simulator.opcua_nodes import synthetic_path
+from simulator.opcua_server import OperationLimits
 from simulator.server import SimulatorServer
 
 LIVE_S = 60.0

@@ -35,8 +35,8 @@ from live_support import (
 )
 
 from agent.config import parse_config
-from agent.device_plans import UNKNOWN
-from agent.sample_columns import MAX_SOURCE_SKEW_S
+from agent.derive.device_plans import UNKNOWN
+from agent.derive.sample_columns import MAX_SOURCE_SKEW_S
 from agent.store import Store
 from connectors.opcua import OpcUaConnector
 from simulator.live import LiveFactory
@@ -230,7 +230,7 @@ def _stored(db: Path) -> int:
 def _run_agent(config: Path, data: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config),
+            [sys.executable, "-m", "tieragent", "run", "--config", str(config),
              "--data-dir", str(data), "--metrics-port", "0"],
             stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
         )

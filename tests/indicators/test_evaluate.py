@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from agent.evaluation_view import evaluation_json, render_evaluation
 from indicators.columns import BASE_MEASURE_COLUMNS
 from indicators.evaluate import (
     Declarations,
@@ -18,12 +17,13 @@ from indicators.evaluate import (
     Policy,
     PolicyFileError,
     evaluate,
+    file_sha256,
     load_benchmarks,
     load_declarations,
     load_policy,
-    policy_digest,
 )
 from indicators.kpi import Params
+from tieragent.evaluation_view import evaluation_json, render_evaluation
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "config" / "policies" / "default-2026.yaml"
@@ -143,7 +143,7 @@ def test_shipped_policy_files_load_and_cite_their_sources(policy: Policy) -> Non
             if condition.indicator is not None:
                 assert condition.policy_default, condition.id
     assert load_benchmarks(BENCHMARKS).example is True
-    assert len(policy_digest(POLICY)) == 64
+    assert len(file_sha256(POLICY)) == 64
 
 
 def test_factory_meeting_basic_but_not_advanced_gets_the_right_gaps(

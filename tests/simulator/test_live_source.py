@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from simulator.api import LiveSource
+from simulator.device_model import STATE_CODES
 from simulator.ledger import load_ledger
 from simulator.live import LiveFactory
-from simulator.model import STATE_CODES, SimFactory, load_factory
+from simulator.model import SimFactory, load_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "factories" / "demo.yaml"

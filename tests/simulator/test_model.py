@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.states import PRESETS
-from simulator.model import STATE_CODES, FactoryError, SimFactory, load_factory, parse_factory
+from indicators.vocabulary import PRESETS
+from simulator.device_model import STATE_CODES
+from simulator.model import FactoryError, SimFactory, load_factory, parse_factory
 from simulator.timeline import (
     PLANNED_STOP,
     RUNNING,

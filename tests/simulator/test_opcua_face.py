@@ -16,14 +16,9 @@ from asyncua.crypto.security_policies import (
 )
 
 from simulator.certs import CLIENT_APPLICATION_URI
-from simulator.opcua_face import (
-    NAMESPACE_URI,
-    OpcUaFace,
-    OpcUaFaceConfig,
-    OperationLimits,
-    standard_node,
-    synthetic_path,
-)
+from simulator.opcua_face import OpcUaFace, OpcUaFaceConfig
+from simulator.opcua_nodes import NAMESPACE_URI, standard_node, synthetic_path
+from simulator.opcua_server import OperationLimits
 
 
 def _ts(epoch: float) -> datetime:

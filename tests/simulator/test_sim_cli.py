@@ -17,11 +17,11 @@ import yaml
 from cryptography import x509
 from typer.testing import CliRunner
 
-from simulator.cli import app
+from tieragent.commands.sim import app
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "config" / "factories" / "demo.yaml"
-SIM = [sys.executable, "-m", "agent.cli", "sim"]  # exactly `tieragent sim`
+SIM = [sys.executable, "-m", "tieragent", "sim"]  # exactly `tieragent sim`
 
 
 def _read_banner(process: subprocess.Popen[str], deadline_s: float = 30.0) -> dict[str, str]:

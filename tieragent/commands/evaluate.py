@@ -7,19 +7,18 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.assess import (
-    DEFAULT_BENCHMARKS,
-    DEFAULT_DECLARATIONS,
-    DEFAULT_POLICY,
-    PolicyFiles,
-    assess,
-    load_policy_files,
-)
-from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
-from agent.evaluation_view import evaluation_json, render_evaluation
-from agent.periods import PeriodError, period_bounds
+from agent.assess import assess
+from agent.protocol.period import Period, PeriodError
 from agent.store.store import Store
-from indicators.policy import PolicyFileError
+from indicators.policy import (
+    DEFAULT_POLICY,
+    EXAMPLE_BENCHMARKS,
+    EXAMPLE_DECLARATIONS,
+    PolicyFileError,
+    PolicyFiles,
+)
+from tieragent.console import EXIT_INVALID, err_console, load_config_or_exit
+from tieragent.evaluation_view import evaluation_json, render_evaluation
 
 
 def evaluate_command(
@@ -27,9 +26,9 @@ def evaluate_command(
     period: str = typer.Option(..., "--period", help="2026, 2026-11 or 2026-11-21 (local time)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy YAML."),
-    benchmarks: Path = typer.Option(DEFAULT_BENCHMARKS, "--benchmarks", help="Benchmarks YAML."),
+    benchmarks: Path = typer.Option(EXAMPLE_BENCHMARKS, "--benchmarks", help="Benchmarks YAML."),
     declarations: Path = typer.Option(
-        DEFAULT_DECLARATIONS, "--declarations", help="Declared conditions (documents)."
+        EXAMPLE_DECLARATIONS, "--declarations", help="Declared conditions (documents)."
     ),
     baseline: str | None = typer.Option(None, "--baseline", help="Baseline period, e.g. 2025."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -38,10 +37,10 @@ def evaluate_command(
     config = load_config_or_exit(config_path)
     err = err_console
     try:
-        loaded = load_policy_files(PolicyFiles(policy, benchmarks, declarations))
-        start, end = period_bounds(period, config.factory.time_zone)
+        loaded = PolicyFiles(policy, benchmarks, declarations).load()
+        start, end = Period.parse(period, config.factory.time_zone).bounds()
         baseline_bounds = (
-            period_bounds(baseline, config.factory.time_zone) if baseline else None
+            Period.parse(baseline, config.factory.time_zone).bounds() if baseline else None
         )
     except (PolicyFileError, PeriodError) as error:
         err.print(str(error), highlight=False, markup=False)

@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 import typer
 
-from agent.envelope import (
+from agent.audit_bundle import BundleReport, export_bundle, verify_bundle
+from agent.outbox import ACKED, Outbox, OutboxError, OutboxItem
+from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     public_jwk,
@@ -27,12 +29,12 @@ from agent.envelope import (
     strict_loads,
     thumbprint,
 )
-from agent.evidence import BundleReport, export_bundle, verify_bundle
-from agent.keys import PRIVATE_NAME, KeyFileError, keys_app, load_private_key, read_passphrase
-from agent.outbox import ACKED, Outbox, OutboxError, OutboxItem
-from agent.publish import Publisher, PublishError, PublisherSettings
-from agent.report import Period, ReportError, ReportMeta, build_report
-from agent.reporting import agent_version, file_sha256
+from agent.protocol.keys import PRIVATE_NAME, KeyFileError, load_private_key, read_passphrase
+from agent.protocol.mqtt import BrokerError
+from agent.protocol.period import Period, PeriodError
+from agent.protocol.report import ReportError, ReportMeta, build_report
+from agent.publisher import Publisher, PublishError, PublisherSettings
+from agent.reporter import agent_version, file_sha256
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -57,6 +59,13 @@ def _file_digest(path: Path | None) -> str:
         raise
 
 
+def _period(key: str, kind: str, time_zone: str) -> Period:
+    period = Period.parse(key, time_zone)
+    if period.kind != kind:
+        raise PeriodError(f"period {key!r} is a {period.kind}, not a {kind}")
+    return period
+
+
 def build_and_commit(
     outbox: Outbox,
     meta: ReportMeta,
@@ -70,7 +79,7 @@ def build_and_commit(
 ) -> OutboxItem:
     """Build, sign and commit one report (once per period and revision)."""
     key = load_private_key(key_dir / PRIVATE_NAME, passphrase)
-    period_key = f"{meta.period.kind}/{meta.period.key}/{meta.revision}"
+    period_slot = meta.period.slot(meta.revision)
 
     def build(seq: int, prev: str) -> dict[str, Any]:
         return build_report(
@@ -84,7 +93,7 @@ def build_and_commit(
         )
 
     return outbox.commit_report(
-        meta.factory_id, period_key, build, lambda payload: sign_compact(payload, key, Kind.REPORT)
+        meta.factory_id, period_slot, build, lambda payload: sign_compact(payload, key, Kind.REPORT)
     )
 
 
@@ -119,7 +128,7 @@ def report_build(
             kid=thumbprint(public_jwk(key)),
             config_sha256=_file_digest(config),
             policy_sha256=_file_digest(policy),
-            period=Period(period_kind, period, time_zone),  # type: ignore[arg-type]
+            period=_period(period, period_kind, time_zone),
             issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             revision=revision,
         )
@@ -134,7 +143,7 @@ def report_build(
             segment_digests=[],
             passphrase=read_passphrase(passphrase_file),
         )
-    except (KeyFileError, OutboxError, ReportError, EnvelopeError, OSError) as error:
+    except (KeyFileError, OutboxError, ReportError, PeriodError, EnvelopeError, OSError) as error:
         _fail(str(error))
         return
     typer.echo(f"Queued report {item.report_id} seq {item.seq} ({item.state}).")
@@ -194,7 +203,7 @@ def report_send(
         outbox = Outbox(outbox_path)
         publisher = Publisher(settings, outbox)
         publisher.start()
-    except (OutboxError, PublishError) as error:
+    except (OutboxError, PublishError, BrokerError) as error:
         _fail(str(error))
         return
     stop = threading.Event()
@@ -230,7 +239,7 @@ def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
     for item in outbox.items():
         if item.state != ACKED:
             typer.echo(
-                f"{item.factory_id} seq {item.seq} {item.period_key} {item.state} "
+                f"{item.factory_id} seq {item.seq} {item.period_slot} {item.state} "
                 f"attempts={item.attempts} {item.last_error or ''}"
             )
 
@@ -244,9 +253,9 @@ def evidence_export(
     key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Key directory (public keys)."),
 ) -> None:
     """Write an audit bundle: the period's signed reports and the raw segments behind them."""
-    from agent.cli_support import load_config_or_exit
-    from agent.reporting import segments_of_report
+    from agent.reporter import segments_of_report
     from agent.store.store import Store, StoreError
+    from tieragent.console import load_config_or_exit
 
     config = load_config_or_exit(config_path)
     try:
@@ -261,7 +270,7 @@ def evidence_export(
         reports = [
             BundleReport(i.jws, i.receipt_jws)
             for i in outbox.items()
-            if i.period_key.split("/")[1].startswith(period)
+            if i.period_slot.split("/")[1].startswith(period)
         ]
         if not reports:
             _fail(f"No report in {data_dir / 'outbox.db'} for a period starting with {period!r}.")
@@ -280,7 +289,7 @@ def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle dire
     from bureau.evidence_verify import is_evidence_dir
 
     if is_evidence_dir(bundle):
-        from bureau.annual_cli import verify_evidence_command
+        from tieragent.commands.bureau_annual import verify_evidence_command
 
         verify_evidence_command(bundle)
         return
@@ -297,24 +306,9 @@ def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle dire
 
 def register(app: typer.Typer) -> None:
     """Add report, keys, evidence and verify to the `tieragent` app."""
-    from agent.reporting_cli import report_from_store
+    from tieragent.commands.report_build import report_from_store
 
     report_app.callback()(report_from_store)
     app.add_typer(report_app, name="report")
-    app.add_typer(keys_app, name="keys")
     app.add_typer(evidence_app, name="evidence")
     app.command("verify")(verify_command)
-
-
-def main() -> None:
-    """Standalone entry (`python -m agent.report_cli`) for tests and before registration."""
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-    register(app)
-    from bureau.cli import bureau_app
-
-    app.add_typer(bureau_app, name="bureau")
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -131,7 +131,8 @@ def serve(
         raise _fail("give the factory to simulate: tieragent sim --factory FILE.yaml")
     from simulator.live import LiveFactory
     from simulator.modbus_face import ModbusFaceConfig
-    from simulator.opcua_face import OpcUaFaceConfig, OperationLimits
+    from simulator.opcua_face import OpcUaFaceConfig
+    from simulator.opcua_server import OperationLimits
 
     model = _load(factory)
     try:
@@ -372,12 +373,3 @@ def agent_config(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     sys.stdout.write(text)
-
-
-def main() -> None:
-    """`python -m simulator.cli` = `tieragent sim` (for environments without the agent)."""
-    app(prog_name="tieragent sim")
-
-
-if __name__ == "__main__":
-    main()

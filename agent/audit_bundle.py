@@ -7,7 +7,7 @@ Layout of a bundle directory:
     receipts/<report_id>.jws           bureau receipt, when known
     raw/<report_id>/index.json         [{device_id, signal_id, hour_start, file, leaf}],
                                        in leaf order
-    raw/<report_id>/<n:06d>.json       one segment's canonical bytes (agent.merkle rule)
+    raw/<report_id>/<n:06d>.json       one segment's canonical bytes (agent.protocol.merkle rule)
 
 Raw segments come from a callback (`segments_for(report) -> Iterable[Segment]`) that the
 caller wires to its store, so this module does no storage I/O of its own.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.envelope import (
+from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     peek_compact,
@@ -34,8 +34,13 @@ from agent.envelope import (
     thumbprint,
     verify_compact,
 )
-from agent.merkle import Segment, leaf_hash, ordered_digests, root, segment_bytes
-from agent.report import IndicatorFn, genesis_sha256, indicator_mismatches, recompute_indicators
+from agent.protocol.merkle import Segment, leaf_hash, ordered_digests, root, segment_bytes
+from agent.protocol.report import (
+    IndicatorFn,
+    genesis_sha256,
+    indicator_mismatches,
+    recompute_indicators,
+)
 
 FORMAT = "tieragent-evidence/v1"
 SegmentsFor = Callable[[Mapping[str, Any]], Iterable[Segment]]

@@ -21,9 +21,9 @@ from types import FrameType
 
 import typer
 
-from agent.envelope import EnvelopeError, strict_loads
-from agent.keys import KeyFileError
-from agent.publish import PublishError, parse_broker_url
+from agent.protocol.envelope import EnvelopeError, strict_loads
+from agent.protocol.keys import KeyFileError
+from agent.protocol.mqtt import BrokerError, parse_broker_url
 from bureau.receipts import bureau_public, load_or_create_bureau_key
 from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry, RegistryError
@@ -74,7 +74,7 @@ def serve(
     try:
         parse_broker_url(broker)
         signing_key = load_or_create_bureau_key(key)
-    except (PublishError, KeyFileError) as error:
+    except (BrokerError, KeyFileError) as error:
         _fail(str(error))
         return
     settings = ReceiverSettings(
@@ -103,7 +103,7 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     try:
         receiver.start()
-    except PublishError as error:  # unreadable TLS files, or TLS files with mqtt://
+    except BrokerError as error:  # unreadable TLS files, or TLS files with mqtt://
         receiver.stop()
         _fail(str(error))
         return

@@ -6,15 +6,20 @@ from pathlib import Path
 
 import typer
 
-from agent.assess import DEFAULT_POLICY, PolicyFiles, load_policy_files
-from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
-from agent.keys import KeyFileError, read_passphrase
 from agent.outbox import Outbox, OutboxError
-from agent.periods import PeriodError
-from agent.report import ReportError
-from agent.reporting import ReportContext, build_period_report
+from agent.protocol.keys import KeyFileError, read_passphrase
+from agent.protocol.period import PeriodError
+from agent.protocol.report import ReportError
+from agent.reporter import ReportContext, build_period_report
 from agent.store.store import Store, StoreError
-from indicators.policy import PolicyFileError
+from indicators.policy import (
+    DEFAULT_POLICY,
+    EXAMPLE_BENCHMARKS,
+    EXAMPLE_DECLARATIONS,
+    PolicyFileError,
+    PolicyFiles,
+)
+from tieragent.console import EXIT_INVALID, err_console, load_config_or_exit
 
 
 def report_from_store(
@@ -37,7 +42,7 @@ def report_from_store(
         raise typer.Exit(EXIT_INVALID)
     config = load_config_or_exit(config_path)
     try:
-        loaded = load_policy_files(PolicyFiles(policy=policy))
+        loaded = PolicyFiles(policy, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS).load()
         store = Store.open(data_dir / "agent.db", config)
         outbox = Outbox(data_dir / "outbox.db")
         context = ReportContext(

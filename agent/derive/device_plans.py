@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.config import COUNTER_ROLES, FactoryConfig, Role
-from agent.slots import SignalGrid
-from agent.states import State
+from agent.derive.slots import SignalGrid
 from connectors.config import ModbusConnection, OpcUaConnection
+from indicators.vocabulary import State
 
 # State labels as small integers inside arrays; `unknown` is ours, not a device state.
 STATE_LABELS: tuple[str, ...] = (*(s.value for s in State), "unknown")

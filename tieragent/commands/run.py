@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
 from agent.store import Store, StoreError
 from indicators.columns import MEASURE_COLUMNS
+from tieragent.console import EXIT_INVALID, err_console, load_config_or_exit
 
 EXIT_FAILED = 1
 DB_NAME = "agent.db"
@@ -47,10 +47,10 @@ def run(
         None, "--influx-token-env", help="Environment variable holding the InfluxDB token."),
 ) -> None:
     """Collect from every configured connection into the store until stopped."""
-    from agent.logging_setup import setup_logging
     from agent.metrics import AgentMetrics, MetricsServer
     from agent.mirror import InfluxMirror
     from agent.runtime import Runtime, build_connectors
+    from tieragent.logging_setup import setup_logging
 
     setup_logging(json_lines=log_json)
     factory = load_config_or_exit(config)
@@ -136,11 +136,11 @@ def measures(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print the base measures of a period, summed per device and in total."""
-    from agent.periods import PeriodError, period_bounds
+    from agent.protocol.period import Period, PeriodError
 
     factory = load_config_or_exit(config)
     try:
-        start, end = period_bounds(period, factory.factory.time_zone)
+        start, end = Period.parse(period, factory.factory.time_zone).bounds()
     except PeriodError as exc:
         raise _fail(str(exc), EXIT_INVALID) from None
     db = data_dir / DB_NAME

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -33,28 +34,30 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.assess import PolicyFiles, load_policy_files
 from agent.backfill import backfill
 from agent.config import FactoryConfig, load_config, parse_config
-from agent.keys import init_keys
 from agent.metrics import AgentMetrics
 from agent.outbox import Outbox
-from agent.publish import Publisher, PublisherSettings
-from agent.reporting import ReportContext, build_period_report, days_between
+from agent.protocol.keys import init_keys
+from agent.publisher import Publisher, PublisherSettings
+from agent.reporter import ReportContext, build_period_report, days_between
 from agent.runtime import Runtime, build_connectors
 from agent.store.store import Store
-from bureau.annual import AnnualError, EvaluationFiles
+from bureau.annual import AnnualError
 from bureau.receipts import bureau_public, load_or_create_bureau_key
 from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore
+from indicators.policy import DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS, PolicyFiles
 from simulator.agent_config import export_agent_config
 from simulator.history import generate_history
 from simulator.model import load_factory
 
-ROOT = Path(__file__).resolve().parents[1]
-FACTORY = ROOT / "config" / "factories" / "demo.yaml"
-AGENT_CONFIG = ROOT / "config" / "demo-agent.yaml"
+_DATA = files("tieragent") / "data"
+FACTORY = Path(str(_DATA / "factories" / "demo.yaml"))
+AGENT_CONFIG = Path(str(_DATA / "demo-agent.yaml"))
+# The demo factory is fictitious: example benchmarks and example declarations are its own.
+DEMO_POLICY = PolicyFiles(DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS)
 BUREAU_ID = "bureau"
 
 
@@ -244,7 +247,7 @@ def run_demo(
             # 3. Simulator with a compressed time profile.
             opcua_port, modbus_port = free_port(), free_port()
             sim = processes.start(
-                [sys.executable, "-m", "agent.cli", "sim", "--factory", str(FACTORY),
+                [sys.executable, "-m", "tieragent", "sim", "--factory", str(FACTORY),
                  "--profile", "compressed", "--opcua-port", str(opcua_port),
                  "--modbus-port", str(modbus_port), "--security", "none",
                  "--ledger-dir", str(out / "sim" / "ledger")],
@@ -314,7 +317,7 @@ def run_demo(
             stack.callback(store.close)
             context = ReportContext(
                 config=demo_config, config_path=AGENT_CONFIG, store=store, outbox=outbox,
-                key_dir=agent_keys, policy=load_policy_files(PolicyFiles()), bureau_id=BUREAU_ID,
+                key_dir=agent_keys, policy=DEMO_POLICY.load(), bureau_id=BUREAU_ID,
             )
             settings = PublisherSettings(
                 broker_url=broker_url, factory_id=factory_id,
@@ -377,16 +380,12 @@ def _bureau_year(
     console: Console, *, bureau_db: Path, factory_id: str, year: int, through: date, out: Path,
     delivered: int, days: int, live: LiveResult, elapsed_s: float,
 ) -> int:
-    from agent.evaluation_view import render_evaluation
-    from bureau.annual_cli import render_summary
     from bureau.evidence_export import export_evidence
     from bureau.evidence_verify import verify_evidence_dir
+    from tieragent.commands.bureau_annual import render_summary
+    from tieragent.evaluation_view import render_evaluation
 
-    files = EvaluationFiles(
-        policy=ROOT / "config" / "policies" / "default-2026.yaml",
-        benchmarks=ROOT / "config" / "benchmarks" / "example-2026.yaml",
-        declarations=ROOT / "config" / "declarations.example.yaml",
-    )
+    files = DEMO_POLICY
     store = SqliteReportStore(bureau_db)
     try:
         states = Counter(report.state for report in store.reports(factory_id))

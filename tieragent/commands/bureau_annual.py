@@ -21,16 +21,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.evaluation_view import render_evaluation
-from bureau.annual import AnnualError, AnnualEvaluation, EvaluationFiles
+from bureau.annual import AnnualError, AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store, export_evidence
 from bureau.evidence_verify import verify_evidence_dir
 from bureau.store import SqliteReportStore, StoreError
+from indicators.policy import DEFAULT_POLICY, PolicyFiles
+from tieragent.evaluation_view import render_evaluation
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_POLICY = ROOT / "config" / "policies" / "default-2026.yaml"
 
 _DB = typer.Option(..., "--db", help="Bureau SQLite database.")
 _FACTORY = typer.Option(..., "--factory", help="Factory id.")
@@ -105,7 +104,7 @@ def _run(
     province: str | None,
     out: Path | None = None,
 ) -> AnnualEvaluation:
-    files = EvaluationFiles(
+    files = PolicyFiles(
         _existing(policy, "policy") or policy,
         _existing(benchmarks, "benchmarks"),
         _existing(declarations, "declarations"),

@@ -1,4 +1,4 @@
-"""Ed25519 signing keys on disk, and the `tieragent keys init|show|rotate` commands.
+"""Ed25519 signing keys on disk: the files both the agent and the bureau tooling read.
 
 Layout of a key directory:
     agent-key.pem             current private key, PKCS#8 PEM, mode 0600
@@ -21,17 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
-from agent.envelope import Kind, canonical_bytes, public_jwk, sign_general, thumbprint
+from agent.protocol.envelope import Kind, canonical_bytes, public_jwk, sign_general, thumbprint
 
 PRIVATE_NAME = "agent-key.pem"
 PUBLIC_NAME = "agent-key.jwk.json"
 PASSPHRASE_ENV = "TIERAGENT_KEY_PASSPHRASE"
-EXIT_INVALID = 2
 
 
 class KeyFileError(Exception):
@@ -184,64 +182,3 @@ def rotate_keys(
     save_private_key(private, new, passphrase)
     write_atomic(directory / PUBLIC_NAME, (json.dumps(new_record, indent=2) + "\n").encode(), 0o644)
     return new_record, statement_path
-
-
-keys_app = typer.Typer(help="Manage the agent's Ed25519 signing key.", no_args_is_help=True)
-
-_DIR = typer.Option(..., "--dir", help="Key directory (created if missing).")
-_PASSFILE = typer.Option(
-    None, "--passphrase-file", help=f"File holding the key passphrase (else ${PASSPHRASE_ENV})."
-)
-
-
-def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {error}", err=True)
-    raise typer.Exit(EXIT_INVALID)
-
-
-@keys_app.command("init")
-def keys_init(
-    directory: Path = _DIR,
-    passphrase_file: Path | None = _PASSFILE,
-    force: bool = typer.Option(False, help="Overwrite an existing key (loses it)."),
-) -> None:
-    """Create a new signing key and print its public JWK and kid."""
-    try:
-        record = init_keys(directory, read_passphrase(passphrase_file), force=force)
-    except KeyFileError as error:
-        _fail(error)
-        return
-    typer.echo(json.dumps(record, indent=2))
-
-
-@keys_app.command("show")
-def keys_show(directory: Path = _DIR, passphrase_file: Path | None = _PASSFILE) -> None:
-    """Print the public JWK and kid of the current key (never the private key)."""
-    try:
-        key = load_private_key(directory / PRIVATE_NAME, read_passphrase(passphrase_file))
-    except KeyFileError as error:
-        _fail(error)
-        return
-    typer.echo(json.dumps(public_record(key), indent=2))
-
-
-@keys_app.command("rotate")
-def keys_rotate(
-    directory: Path = _DIR,
-    factory: str = typer.Option(..., "--factory", help="Factory id the key signs for."),
-    effective_from_seq: int | None = typer.Option(None, help="First report seq under the new key."),
-    passphrase_file: Path | None = _PASSFILE,
-) -> None:
-    """Create a new key and a rotation statement signed by the old and the new key."""
-    try:
-        record, statement = rotate_keys(
-            directory,
-            read_passphrase(passphrase_file),
-            factory_id=factory,
-            effective_from_seq=effective_from_seq,
-        )
-    except KeyFileError as error:
-        _fail(error)
-        return
-    typer.echo(json.dumps(record, indent=2))
-    typer.echo(f"Rotation statement written to {statement}; send it to the bureau.", err=True)

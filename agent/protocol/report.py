@@ -6,8 +6,9 @@ per-device daily sums for a month or a year), so the bureau can recompute them f
 report alone with `recompute_indicators`. Periods are calendar periods in the factory's
 time zone; `start`/`end` are epoch seconds (UTC) of their bounds, [start, end).
 
-Every report validates against config/schemas/report.schema.json and canonicalises
-(RFC 8785): NaN/Inf or out-of-range integers raise `ReportError` at build time.
+Every report validates against agent/protocol/data/report.schema.json (the same file as
+config/schemas/report.schema.json) and canonicalises (RFC 8785): NaN/Inf or out-of-range
+integers raise `ReportError` at build time.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
 from functools import cache
-from pathlib import Path
-from typing import Any, Literal
+from importlib.resources import files
+from typing import Any
 
 import jsonschema
 import pandas as pd
 
-from agent.envelope import EnvelopeError, canonical_bytes, sha256_hex
-from agent.merkle import SEGMENTING_RULE, root
-from agent.periods import PeriodError, period_bounds
+from agent.protocol.envelope import EnvelopeError, canonical_bytes, sha256_hex
+from agent.protocol.merkle import SEGMENTING_RULE, root
+from agent.protocol.period import Period
 from indicators.columns import (
     BASE_MEASURE_COLUMNS,
     COUNT_COLUMNS,
@@ -39,9 +39,8 @@ from indicators.columns import (
 )
 
 SCHEMA_ID = "tieragent/report/v1"
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schemas" / "report.schema.json"
+SCHEMA_FILE = files("agent.protocol") / "data" / "report.schema.json"
 NS_TIERAGENT = uuid.uuid5(uuid.NAMESPACE_URL, "urn:tieragent:report")
-PeriodKind = Literal["day", "month", "year"]
 _BOOL_INVENTORY = ("key_process", "digital")
 
 # Indicator computation is injected so the report format does not depend on which
@@ -51,45 +50,6 @@ IndicatorFn = Callable[[pd.DataFrame, pd.DataFrame, Mapping[str, Any]], dict[str
 
 class ReportError(Exception):
     """A report that cannot be built or does not validate; str() names the problem."""
-
-
-@dataclass(frozen=True, slots=True)
-class Period:
-    """A calendar period in a time zone: key 'YYYY-MM-DD' (day), 'YYYY-MM' (month), 'YYYY'."""
-
-    kind: PeriodKind
-    key: str
-    time_zone: str
-
-    def first_day(self) -> date:
-        try:
-            if self.kind == "day":
-                return date.fromisoformat(self.key)
-            if self.kind == "month":
-                year, month = self.key.split("-")
-                return date(int(year), int(month), 1)
-            return date(int(self.key), 1, 1)
-        except ValueError:
-            raise ReportError(f"Period key {self.key!r} does not fit kind {self.kind!r}.") from None
-
-    def bounds(self) -> tuple[int, int]:
-        """[start, end) as epoch seconds of local midnights."""
-        self.first_day()  # the key must fit the kind (ReportError otherwise)
-        try:
-            start, end = period_bounds(self.key, self.time_zone)
-        except PeriodError as error:
-            raise ReportError(str(error)) from None
-        return int(start), int(end)
-
-    def to_json(self) -> dict[str, Any]:
-        start, end = self.bounds()
-        return {
-            "kind": self.kind,
-            "key": self.key,
-            "time_zone": self.time_zone,
-            "start": start,
-            "end": end,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +169,7 @@ def build_report(
 
     `base`: hourly base-measure rows of the period (BASE_MEASURE_COLUMNS), already filtered
     to the factory's devices. `segment_digests`: RFC 6962 leaf hashes of the period's raw
-    segments in leaf order (see agent.merkle). `evaluation`: `Evaluation.to_json()`.
+    segments in leaf order (see agent.protocol.merkle). `evaluation`: `Evaluation.to_json()`.
     """
     params_json = dict(params) if params is not None else default_params(meta.period.time_zone)
     rows_frame = base if meta.period.kind == "day" else _daily_sums(base, meta.period.time_zone)
@@ -261,7 +221,7 @@ def build_report(
 
 @cache
 def _validator() -> jsonschema.protocols.Validator:
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     validator: jsonschema.protocols.Validator = cls(schema)
@@ -299,7 +259,7 @@ def _row_checks() -> tuple[CellCheck, ...] | None:
     """One predicate per column, compiled from the schema's `base_measures.rows.prefixItems`
     (types, pattern, minimum, maximum). None when the row schema uses anything else; then
     jsonschema checks the rows itself."""
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     try:
         items = schema["properties"]["base_measures"]["properties"]["rows"]["items"]
         if items.get("items") is not False or items.get("minItems") != len(items["prefixItems"]):

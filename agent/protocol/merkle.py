@@ -11,7 +11,7 @@ array of every value after the records.
 Why not an RFC 8785 array per segment (RELIABILITY.md §b.5): hashing a year of raw data
 that way costs about 1 µs per JSON value in pure Python, minutes per gateway-year; fixed
 records hash at memory speed and are produced identically by `segment_bytes` (one
-segment) and `agent.reporting.segment_digests` (a whole period, vectorised).
+segment) and `agent.reporter.segment_digests` (a whole period, vectorised).
 
 The segment's digest is its RFC 6962 leaf hash, SHA-256(0x00 || segment bytes). Leaves
 are ordered by (hour_start, device_id, signal_id). The tree splits at the largest power
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.envelope import canonical_bytes
+from agent.protocol.envelope import canonical_bytes
 
 SEGMENTING_RULE = (
     "segment=(device_id,signal_id,hour_start UTC); bytes='tieragent-segment/v1\\n' device_id "

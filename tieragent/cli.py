@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.cli_support import EXIT_INVALID, err_console, load_config_or_exit
 from agent.config import json_schema
+from tieragent.console import EXIT_INVALID, err_console, load_config_or_exit
 
 app = typer.Typer(
     name="tieragent",
@@ -89,7 +89,7 @@ def demo(
     """Simulator → agent → signed reports → bureau → verified annual evidence, in one go."""
     from datetime import date
 
-    from agent.demo import DemoError, run_demo
+    from tieragent.demo import DemoError, run_demo
 
     try:
         code = run_demo(
@@ -104,16 +104,17 @@ def demo(
 
 def _register_subcommands() -> None:
     """Sub-apps are imported here, not at module top, so `check-config` stays fast."""
-    from agent import evaluate_cli, report_cli, run_cli
-    from bureau import annual_cli
-    from bureau.cli import bureau_app
-    from simulator.cli import app as sim_app
+    from tieragent.commands import bureau_annual, evaluate, report, run
+    from tieragent.commands.bureau import bureau_app
+    from tieragent.commands.keys import keys_app
+    from tieragent.commands.sim import app as sim_app
 
-    run_cli.register(app)
-    evaluate_cli.register(app)
-    report_cli.register(app)
+    run.register(app)
+    evaluate.register(app)
+    report.register(app)
+    app.add_typer(keys_app, name="keys")
     app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
-    annual_cli.register(bureau_app)
+    bureau_annual.register(bureau_app)
     app.add_typer(bureau_app, name="bureau", help="The bureau side: receiver, keys, evaluation.")
 
 

@@ -24,7 +24,7 @@ Rules (documented here because reports depend on them):
   baseline, and the last value persists across restarts, so nothing is counted twice.
 * Sample counts (required signals only), on a grid of slots k x interval (epoch based):
   expected = slot starts inside the measured time (the union of the intervals);
-  received, on_time, with_source_ts and bad as `agent.slots` counts them. A sample is on
+  received, on_time, with_source_ts and bad as `agent.derive.slots` counts them. A sample is on
   time when it has a protocol timestamp within the realtime bound of its receive time, on
   either side: a source clock ahead of the gateway is as wrong as one behind it.
 """
@@ -41,15 +41,15 @@ import numpy.typing as npt
 import pandas as pd
 
 from agent.config import COUNTER_ROLES, Role
-from agent.device_plans import OFFLINE, STATE_LABELS, UNKNOWN, DevicePlan, SignalPlan
-from agent.sample_columns import (
+from agent.derive.device_plans import OFFLINE, STATE_LABELS, UNKNOWN, DevicePlan, SignalPlan
+from agent.derive.sample_columns import (
     O_RECEIVED,
     Q_BAD,
     SampleColumns,
     as_float,
     event_times,
 )
-from agent.slots import (
+from agent.derive.slots import (
     EPS,
     HOUR_S,
     NO_SLOT,

@@ -9,8 +9,6 @@ not rebuilt: the outbox keeps the signed bytes and resends those.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,27 +19,18 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from agent.assess import LoadedPolicy, assess, params_for
+from agent.assess import assess, params_for
 from agent.config import FactoryConfig
-from agent.envelope import Kind, canonical_bytes, public_jwk, sign_compact, thumbprint
-from agent.keys import PRIVATE_NAME, load_private_key
-from agent.merkle import RECORD, Segment, leaf_hash, segment_header
 from agent.outbox import Outbox, OutboxItem
-from agent.periods import period_bounds
-from agent.report import Period, PeriodKind, ReportMeta, build_report
+from agent.protocol.envelope import Kind, canonical_bytes, public_jwk, sign_compact, thumbprint
+from agent.protocol.keys import PRIVATE_NAME, load_private_key
+from agent.protocol.merkle import RECORD, Segment, leaf_hash, segment_header
+from agent.protocol.period import Period
+from agent.protocol.report import ReportMeta, build_report
 from agent.store.store import Store
+from indicators.policy import PolicySet, file_sha256
 
 _QUALITY = {0: "good", 1: "uncertain", 2: "bad"}
-_PERIOD_KIND = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
-
-
-def period_of(key: str, time_zone: str) -> Period:
-    """'2026' -> year, '2026-11' -> month, '2026-11-21' -> day (raises ValueError)."""
-    if not _PERIOD_KIND.match(key):
-        raise ValueError(f"period {key!r} is not YYYY, YYYY-MM or YYYY-MM-DD")
-    kind: PeriodKind = {4: "year", 7: "month", 10: "day"}[len(key)]  # type: ignore[assignment]
-    period_bounds(key, time_zone)  # validates the date itself
-    return Period(kind, key, time_zone)
 
 
 def agent_version() -> str:
@@ -53,12 +42,8 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def segments(raw: pd.DataFrame) -> Iterator[Segment]:
-    """Raw samples grouped into (device, signal, UTC hour) segments (agent.merkle)."""
+    """Raw samples grouped into (device, signal, UTC hour) segments (agent.protocol.merkle)."""
     if raw.empty:
         return
     hour = (raw["source_ts"].to_numpy(np.float64) // 3600).astype(np.int64) * 3600
@@ -141,7 +126,7 @@ class ReportContext:
     store: Store
     outbox: Outbox
     key_dir: Path
-    policy: LoadedPolicy
+    policy: PolicySet
     bureau_id: str = "bureau"
     passphrase: bytes | None = None
 
@@ -149,7 +134,7 @@ class ReportContext:
 def build_period_report(context: ReportContext, key: str, *, revision: int = 0) -> OutboxItem:
     """Build, sign and commit the report of one period (day, month or year)."""
     config = context.config
-    period = period_of(key, config.factory.time_zone)
+    period = Period.parse(key, config.factory.time_zone)
     start, end = period.bounds()
     base = context.store.base_measures(start, end)
     inventory = context.store.inventory()
@@ -185,10 +170,10 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
             params=params,
         )
 
-    period_key = f"{period.kind}/{period.key}/{revision}"
+    period_slot = period.slot(revision)
     return context.outbox.commit_report(
         config.factory.factory_id,
-        period_key,
+        period_slot,
         build,
         lambda payload: sign_compact(payload, signing_key, Kind.REPORT),
     )

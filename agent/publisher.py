@@ -24,28 +24,20 @@ Works on MQTT 5 and on 3.1.1 (`protocol="3.1.1"`); v5 adds session expiry and re
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import sqlite3
-import ssl
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from agent.crashpoint import crash_point
-from agent.envelope import (
+from agent.outbox import Outbox
+from agent.protocol.crashpoint import crash_point
+from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     canonical_bytes,
@@ -53,177 +45,36 @@ from agent.envelope import (
     thumbprint,
     verify_compact,
 )
-from agent.outbox import Outbox
+from agent.protocol.mqtt import (
+    BrokerSettings,
+    ConnectFailures,
+    connect_error,
+    make_client,
+    receipt_topic,
+    report_topic,
+    status_topic,
+)
 
 log = logging.getLogger("tieragent.publish")
 RECEIPT_STATUSES = frozenset({"accepted", "duplicate", "rejected"})
-
-
-def report_topic(factory_id: str) -> str:
-    return f"tieragent/v1/{factory_id}/report"
-
-
-def receipt_topic(factory_id: str) -> str:
-    return f"tieragent/v1/{factory_id}/receipt"
-
-
-def status_topic(factory_id: str) -> str:
-    return f"tieragent/v1/{factory_id}/status"
 
 
 class PublishError(Exception):
     """The publisher cannot be configured or started; str() is one sentence."""
 
 
-@dataclass(frozen=True)
-class PublisherSettings:
+@dataclass(frozen=True, kw_only=True)
+class PublisherSettings(BrokerSettings):
     """MQTT delivery settings (production defaults; tests shrink the timers)."""
 
-    broker_url: str  # mqtt://host:port or mqtts://host:port
     factory_id: str
     bureau_keys: tuple[dict[str, str], ...]  # pinned receipt-signing public JWKs
     client_id: str | None = None
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: int = 30
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
     stable_s: float = 60.0
     receipt_timeout_s: float = 30.0
     resend_cap_s: float = 300.0
     window: int = 4
-    session_expiry_s: int = 86_400
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    password_env: str = "TIERAGENT_MQTT_PASSWORD"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host[:1883] or mqtts://host[:8883]."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise PublishError(f"Broker URL {url!r} is not mqtt://host:port or mqtts://host:port.")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise PublishError(f"Broker URL {url!r} has an invalid port.") from None
-    return parts.hostname, port, tls
-
-
-def make_client(
-    settings: PublisherSettings,
-    client_id: str,
-    *,
-    will: tuple[str, bytes] | None = None,
-) -> tuple[mqtt.Client, Callable[[], None]]:
-    """A configured paho client (TLS, credentials, will) and a function that connects it async.
-
-    Shared with the bureau receiver so both ends configure transport the same way.
-    """
-    host, port, tls = parse_broker_url(settings.broker_url)
-    tls_files = [f for f in (settings.ca_file, settings.cert_file, settings.key_file) if f]
-    if tls_files and not tls:
-        # TLS files with an mqtt:// URL would silently connect in plaintext.
-        raise PublishError(
-            f"TLS files are set but the broker URL {settings.broker_url!r} is not mqtts://; "
-            "use mqtts://host:port."
-        )
-    v5 = settings.protocol == "5"
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        clean_session=None if v5 else False,
-    )
-    if tls:
-        try:
-            client.tls_set(
-                ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                certfile=str(settings.cert_file) if settings.cert_file else None,
-                keyfile=str(settings.key_file) if settings.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        except OSError as error:  # missing/unreadable file, or a key that is not the cert's
-            files = ", ".join(str(f) for f in tls_files)
-            raise PublishError(f"Cannot load the MQTT TLS files ({files}): {error}.") from None
-        client.tls_insecure_set(False)
-    password = _password(settings)
-    if settings.username or password:
-        client.username_pw_set(settings.username, password)
-    if will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=True)
-    client.max_inflight_messages_set(max(1, settings.window))
-    client.max_queued_messages_set(max(2, settings.window * 2))
-    client.reconnect_delay_set(
-        max(1, int(settings.reconnect_min_s)), max(1, int(settings.reconnect_max_s))
-    )
-
-    def connect() -> None:
-        if v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = settings.session_expiry_s
-            client.connect_async(
-                host, port, settings.keepalive_s, clean_start=False, properties=props
-            )
-        else:
-            client.connect_async(host, port, settings.keepalive_s)
-
-    return client, connect
-
-
-def connect_error() -> str:
-    """The cause of a failed connection attempt; call it only inside `on_connect_fail`.
-
-    paho calls `on_connect_fail` from its `except OSError` block without passing the
-    exception, so the exception being handled is the cause (a refused port, a broker
-    certificate that does not verify, ...). Without it an operator sees no reason at all.
-    """
-    error = sys.exc_info()[1]
-    return f"{type(error).__name__}: {error}" if error is not None else "unknown cause"
-
-
-class ConnectFailures:
-    """Why connection attempts fail, kept the same way by the publisher and the bureau
-    receiver: the cause is remembered (`last`), counted, and logged once per cause, not on
-    every retry. paho reports why a socket died (a TLS alert such as "certificate
-    required", a reset) only as an error log line, so `on_log` keeps that line for the
-    disconnect that follows; on_disconnect itself just gets "Unspecified error"."""
-
-    def __init__(self, metrics: Counter[str], logger: logging.Logger, message: str) -> None:
-        self.last: str | None = None
-        self._socket_error: str | None = None  # paho's last error line (network thread)
-        self._metrics, self._logger, self._message = metrics, logger, message
-
-    def on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
-        if level == mqtt.MQTT_LOG_ERR:
-            self._socket_error = buf
-
-    def disconnect_reason(self, rc: Any) -> str:
-        """The reason code, with paho's error line if one came just before."""
-        cause, self._socket_error = self._socket_error, None
-        return str(rc) if cause is None else f"{rc}: {cause}"
-
-    def failed(self, cause: str) -> None:
-        self._metrics["connect_failures_total"] += 1
-        if cause != self.last:
-            self._logger.error(self._message, cause)
-        self.last = cause
-
-
-def _password(settings: PublisherSettings) -> str | None:
-    if settings.password_file is not None:
-        try:
-            return settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as error:
-            raise PublishError(
-                f"{settings.password_file}: cannot read the MQTT password ({error.strerror})."
-            ) from None
-    return os.environ.get(settings.password_env) or None
 
 
 class Publisher:
@@ -283,7 +134,10 @@ class Publisher:
         factory = self.settings.factory_id
         client_id = self.settings.client_id or f"tieragent-{factory}"
         client, connect = make_client(
-            self.settings, client_id, will=(status_topic(factory), self._status(False))
+            self.settings,
+            client_id,
+            inflight=self.settings.window,
+            will=(status_topic(factory), self._status(False)),
         )
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

@@ -1,0 +1,5 @@
+"""`python -m tieragent` is the `tieragent` command."""
+
+from tieragent.cli import main
+
+main()
