@@ -11,8 +11,8 @@ from dataclasses import replace
 import pandas as pd
 
 from agent.config import FactoryConfig
+from indicators.catalog import Params
 from indicators.evaluate import Evaluation, evaluate
-from indicators.kpi import Params
 from indicators.policy import Policy, PolicySet
 
 

@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.protocol.chain import ChainEntry, walk_chain
 from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     peek_compact,
     sha256_hex,
-    strict_loads,
     thumbprint,
+    unverified_payload,
     verify_compact,
 )
 from agent.protocol.merkle import Segment, leaf_hash, ordered_digests, root, segment_bytes
 from agent.protocol.report import (
     IndicatorFn,
-    genesis_sha256,
     indicator_mismatches,
     recompute_indicators,
 )
@@ -63,12 +63,6 @@ class VerifyResult:
         return not self.problems
 
 
-def _payload(jws: str) -> dict[str, Any]:
-    _, payload = peek_compact(jws, Kind.REPORT)
-    value: dict[str, Any] = strict_loads(payload)
-    return value
-
-
 def export_bundle(
     out: Path,
     reports: Iterable[BundleReport],
@@ -88,7 +82,7 @@ def export_bundle(
     entries = []
     factory_id = None
     for item in reports:
-        report = _payload(item.jws)
+        report = unverified_payload(item.jws, Kind.REPORT)
         factory_id = report["factory_id"]
         name = f"{int(report['seq']):06d}-{report['report_id']}.jws"
         _write(out / "reports" / name, item.jws.encode("ascii"))
@@ -160,7 +154,8 @@ def verify_bundle(
         result.problems.append(f"{bundle}: manifest.json is missing or unreadable ({error}).")
         return result
     keys = dict(trusted_keys) if trusted_keys is not None else _load_keys(bundle)
-    chain: list[tuple[int, str, str, str]] = []  # seq, payload sha, prev sha, label
+    chain: list[ChainEntry] = []
+    labels: list[str] = []
     for entry in manifest.get("reports", []):
         label = f"report seq {entry.get('seq')} ({entry.get('period', {}).get('key', '?')})"
         try:
@@ -179,7 +174,8 @@ def verify_bundle(
             continue
         report = verified.payload
         result.reports += 1
-        chain.append((report["seq"], verified.payload_sha256, report["prev_sha256"], label))
+        chain.append(ChainEntry(report["seq"], verified.payload_sha256, report["prev_sha256"]))
+        labels.append(label)
         _check_raw(bundle, report, label, result)
         try:
             mismatched = indicator_mismatches(
@@ -192,24 +188,15 @@ def verify_bundle(
                 result.problems.append(
                     f"{label}: indicators differ from the base measures: {', '.join(mismatched)}."
                 )
-    _check_chain(chain, manifest.get("factory_id"), result)
+    for link in walk_chain(chain, manifest.get("factory_id")):
+        label = labels[link.index]
+        if link.from_genesis is False:
+            result.problems.append(f"{label}: does not start from the genesis hash.")
+        elif link.previous_seq is not None and not link.follows:
+            result.problems.append(f"{label}: chain gap after seq {link.previous_seq}.")
+        elif link.previous_seq is not None and not link.linked:
+            result.problems.append(f"{label}: prev_sha256 does not match seq {link.previous_seq}.")
     return result
-
-
-def _check_chain(
-    chain: list[tuple[int, str, str, str]], factory_id: str | None, result: VerifyResult
-) -> None:
-    chain.sort()
-    previous: tuple[int, str] | None = None
-    for seq, sha, prev, label in chain:
-        if previous is None:
-            if seq == 1 and factory_id and prev != genesis_sha256(factory_id):
-                result.problems.append(f"{label}: does not start from the genesis hash.")
-        elif seq != previous[0] + 1:
-            result.problems.append(f"{label}: chain gap after seq {previous[0]}.")
-        elif prev != previous[1]:
-            result.problems.append(f"{label}: prev_sha256 does not match seq {previous[0]}.")
-        previous = (seq, sha)
 
 
 def _check_raw(bundle: Path, report: Mapping[str, Any], label: str, result: VerifyResult) -> None:

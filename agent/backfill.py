@@ -20,13 +20,14 @@ import numpy as np
 
 from agent.config import FactoryConfig
 from agent.derive.sample_columns import O_SOURCE, SampleColumns
+from agent.errors import AgentError
 from agent.store import Store, StoreError
 
 Progress = Callable[[str, int, int], None]  # device_id, done, total
 _FIELDS = ("signal_id", "source_ts", "received_ts", "value", "quality", "status")
 
 
-class HistoryError(Exception):
+class HistoryError(AgentError):
     """The history folder is missing or malformed; str() says which file and what."""
 
 

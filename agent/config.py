@@ -6,7 +6,6 @@ carrying one `ConfigProblem` per mistake (file, key path, what to write instead)
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 from collections.abc import Sequence
@@ -16,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.errors import AgentError
 from connectors.config import (
     Connection,
     ModbusAddress,
@@ -26,7 +27,9 @@ from connectors.config import (
     OpcUaAddress,
     OpcUaConnection,
 )
-from indicators.vocabulary import PRESETS, State
+from indicators.columns import INVENTORY_COLUMNS
+from indicators.policy import file_sha256
+from indicators.vocabulary import PRESETS, Role, State
 
 SCHEMA_ID = "tieragent/config/v1"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -34,21 +37,6 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Role(StrEnum):
-    STATE = "state"
-    GOOD_COUNT = "good_count"
-    REJECT_COUNT = "reject_count"
-    TOTAL_COUNT = "total_count"
-    IDEAL_CYCLE_TIME_S = "ideal_cycle_time_s"
-    ENERGY_KWH = "energy_kwh"
-    AUTO_MODE = "auto_mode"
-    ALARM = "alarm"
-    PROCESS = "process"
-
-
-COUNTER_ROLES = frozenset({Role.GOOD_COUNT, Role.REJECT_COUNT, Role.TOTAL_COUNT, Role.ENERGY_KWH})
 
 
 class DeviceKind(StrEnum):
@@ -249,7 +237,7 @@ class ConfigProblem:
         return f"{self.file}: {self.key}: {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(AgentError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
@@ -315,7 +303,7 @@ def load_config(path: Path) -> FactoryConfig:
 
 def config_digest(path: Path) -> str:
     """SHA-256 of the config file bytes, carried in reports."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def json_schema() -> dict[str, Any]:
@@ -323,3 +311,15 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://tieragent.dev/schemas/config.schema.json"
     return schema
+
+
+def declared_inventory(config: FactoryConfig) -> pd.DataFrame:
+    """Every declared device, connected or not (INVENTORY_COLUMNS)."""
+    rows = []
+    for device in config.devices:
+        connection = config.connections.get(device.connection)
+        rows.append((
+            device.id, device.line, device.process_step, device.key_process, device.kind.value,
+            device.digital, connection.protocol if connection is not None else "none",
+        ))
+    return pd.DataFrame.from_records(rows, columns=list(INVENTORY_COLUMNS))

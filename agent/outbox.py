@@ -1,4 +1,4 @@
-"""The durable report outbox and hash-chain head (RELIABILITY.md §b.1, §b.3).
+"""The durable report outbox and hash-chain head (docs/reliability.md §b.1, §b.3).
 
 Its own SQLite file (outbox.db): WAL, synchronous=FULL, checked at open. A report is
 created in ONE transaction: read chain_head -> build payload -> canonicalise -> sign ->
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import canonical_bytes, sha256_hex
-from agent.protocol.report import genesis_sha256
 
 PENDING, INFLIGHT, ACKED, REJECTED = "pending", "inflight", "acked", "rejected"
 UNACKED = (PENDING, INFLIGHT)
@@ -57,7 +58,7 @@ CREATE INDEX IF NOT EXISTS outbox_open ON outbox (factory_id, state, seq);
 """
 
 
-class OutboxError(Exception):
+class OutboxError(AgentError):
     """The outbox database cannot be used; str() names the file and the next step."""
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.errors import AgentError
 from agent.outbox import Outbox
 from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import (
@@ -59,7 +60,7 @@ log = logging.getLogger("tieragent.publish")
 RECEIPT_STATUSES = frozenset({"accepted", "duplicate", "rejected"})
 
 
-class PublishError(Exception):
+class PublishError(AgentError):
     """The publisher cannot be configured or started; str() is one sentence."""
 
 
@@ -374,7 +375,7 @@ class Publisher:
         window = self.outbox.window(self.settings.factory_id, self.settings.window)
         # The window is W sequence numbers from the oldest unacknowledged report, not the
         # first W unacknowledged rows: a lagging row must not let later rows overtake it by
-        # more than W (RELIABILITY T3, "in order within the window").
+        # more than W (docs/reliability.md T3, "in order within the window").
         limit = window[0].seq + self.settings.window if window else 0
         for item in window:
             if item.seq >= limit:

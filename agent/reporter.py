@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from joserfc.jwk import OKPKey
 
 from agent.assess import assess, params_for
 from agent.config import FactoryConfig
@@ -28,9 +29,9 @@ from agent.protocol.merkle import RECORD, Segment, leaf_hash, segment_header
 from agent.protocol.period import Period
 from agent.protocol.report import ReportMeta, build_report
 from agent.store.store import Store
+from indicators.catalog import BASELINE_INDICATORS, INDICATORS
 from indicators.policy import PolicySet, file_sha256
-
-_QUALITY = {0: "good", 1: "uncertain", 2: "bad"}
+from indicators.vocabulary import Q_BAD, Q_GOOD, QUALITY_NAMES
 
 
 def agent_version() -> str:
@@ -51,7 +52,10 @@ def segments(raw: pd.DataFrame) -> Iterator[Segment]:
     for keys, group in frame.groupby(["device_id", "signal_id", "hour_start"], sort=True):
         device_id, signal_id, hour_start = cast(tuple[str, str, int], keys)
         rows = tuple(
-            (float(s), float(r), str(signal_id), _plain(v), _QUALITY.get(int(q), "bad"))
+            (
+                float(s), float(r), str(signal_id), _plain(v),
+                QUALITY_NAMES.get(int(q), QUALITY_NAMES[Q_BAD]),
+            )
             for s, r, v, q in zip(
                 group["source_ts"], group["received_ts"], group["value"], group["quality"],
                 strict=True,
@@ -89,7 +93,7 @@ def segment_digests(raw: pd.DataFrame) -> list[bytes]:
     records["source_ts"] = source_ts[order]
     records["received_ts"] = received_ts[order]
     records["value"] = np.where(non_numeric, np.nan, values)[order]
-    records["q"] = raw["quality"].to_numpy(np.int64)[order].clip(0, 2)
+    records["q"] = raw["quality"].to_numpy(np.int64)[order].clip(Q_GOOD, Q_BAD)
     keys = np.stack([hour[order], device_codes[order], signal_codes[order]], axis=1)
     starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
     ends = np.r_[starts[1:], len(order)]
@@ -138,7 +142,19 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
     start, end = period.bounds()
     base = context.store.base_measures(start, end)
     inventory = context.store.inventory()
-    evaluation = assess(config, base, inventory, context.policy).to_json() if not base.empty else {}
+    assessed = assess(config, base, inventory, context.policy) if not base.empty else None
+    evaluation = assessed.to_json() if assessed is not None else {}
+    # The evaluation computed the factory's indicators from these base measures already.
+    factory_scope = assessed.indicators.get("factory") if assessed is not None else None
+    indicators = (
+        {
+            key: value.to_json()
+            for key, value in sorted(factory_scope.items())
+            if key in INDICATORS and key not in BASELINE_INDICATORS  # a report has no baseline
+        }
+        if factory_scope is not None
+        else None
+    )
     # The report carries the parameters it was computed with (industry code and province
     # pick the benchmark rows at the bureau), so anyone can recompute it from the report.
     params = dataclasses.asdict(params_for(config, context.policy.policy))
@@ -158,6 +174,34 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
         revision=revision,
     )
 
+    return commit_signed_report(
+        context.outbox,
+        meta,
+        signing_key,
+        inventory=inventory,
+        base=base,
+        evaluation=evaluation,
+        segment_digests=digests,
+        params=params,
+        indicators=indicators,
+    )
+
+
+def commit_signed_report(
+    outbox: Outbox,
+    meta: ReportMeta,
+    signing_key: OKPKey,
+    *,
+    inventory: pd.DataFrame,
+    base: pd.DataFrame,
+    evaluation: Mapping[str, Any],
+    segment_digests: Sequence[bytes],
+    params: Mapping[str, Any] | None = None,
+    indicators: Mapping[str, Any] | None = None,
+) -> OutboxItem:
+    """Build, sign and commit the report `meta` describes, once per period and revision: the
+    outbox assigns seq and prev_sha256 inside its transaction, so a rebuild is not re-signed."""
+
     def build(seq: int, prev: str) -> dict[str, Any]:
         return build_report(
             meta,
@@ -166,14 +210,14 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
             inventory=inventory,
             base=base,
             evaluation=evaluation,
-            segment_digests=digests,
+            segment_digests=segment_digests,
             params=params,
+            indicators=indicators,
         )
 
-    period_slot = period.slot(revision)
-    return context.outbox.commit_report(
-        config.factory.factory_id,
-        period_slot,
+    return outbox.commit_report(
+        meta.factory_id,
+        meta.period.slot(meta.revision),
         build,
         lambda payload: sign_compact(payload, signing_key, Kind.REPORT),
     )

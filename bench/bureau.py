@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, timedelta
@@ -26,13 +25,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _paths import ROOT
+from joserfc.jwk import OKPKey
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from joserfc.jwk import OKPKey  # noqa: E402
-
-from agent.protocol.envelope import (  # noqa: E402
+from agent.protocol.chain import genesis_sha256
+from agent.protocol.envelope import (
     Kind,
     canonical_bytes,
     public_jwk,
@@ -40,13 +37,13 @@ from agent.protocol.envelope import (  # noqa: E402
     sign_compact,
     thumbprint,
 )
-from agent.protocol.period import Period  # noqa: E402
-from agent.protocol.report import ReportMeta, build_report, genesis_sha256, report_id  # noqa: E402
-from bureau.evidence_export import evaluate_from_store  # noqa: E402
-from bureau.registry import KeyRegistry  # noqa: E402
-from bureau.store import SqliteReportStore, StoredReport  # noqa: E402
-from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS  # noqa: E402
-from indicators.policy import PolicyFiles  # noqa: E402
+from agent.protocol.period import Period
+from agent.protocol.report import ReportMeta, build_report, report_id
+from bureau.evidence_export import evaluate_from_store
+from bureau.registry import KeyRegistry
+from bureau.store import SqliteReportStore, StoredReport
+from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS
+from indicators.policy import PolicyFiles
 
 TZ = "Asia/Shanghai"
 YEAR = 2025

@@ -12,28 +12,24 @@ verify/store/receipt -> receipt verify -> ack.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-# bench/ holds other scripts named like our packages (bench/indicators.py): drop it from
-# the import path that running a script adds, and add tests/ for the shared helpers.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent / "tests"))
+import _paths  # noqa: F401  (the import path: before anything of the project)
+from joserfc.jwk import OKPKey
 
-from delivery_support import FACTORY, TZ, Broker, make_report, start_bureau  # noqa: E402
-from joserfc.jwk import OKPKey  # noqa: E402
-
-from agent.outbox import Outbox  # noqa: E402
-from agent.protocol.envelope import Kind, canonical_bytes, sha256_hex, sign_compact  # noqa: E402
-from agent.protocol.mqtt import report_topic  # noqa: E402
-from agent.protocol.period import Period  # noqa: E402
-from agent.protocol.report import genesis_sha256  # noqa: E402
-from agent.publisher import Publisher, PublisherSettings  # noqa: E402
+from agent.outbox import Outbox
+from agent.protocol.chain import genesis_sha256
+from agent.protocol.envelope import Kind, canonical_bytes, sha256_hex, sign_compact
+from agent.protocol.mqtt import report_topic
+from agent.protocol.period import Period
+from agent.publisher import Publisher, PublisherSettings
+from tests.support.bureau_receiver import start_bureau
+from tests.support.mosquitto import Broker
+from tests.support.reports import FACTORY, TZ, make_report
 
 
 def _prebuilt(report: dict[str, Any], _seq: int, _prev: str) -> dict[str, Any]:

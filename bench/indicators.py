@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from indicators.evaluate import (  # noqa: E402
+from indicators.catalog import Params
+from indicators.evaluate import (
     evaluate,
     load_benchmarks,
     load_declarations,
     load_policy,
 )
-from indicators.kpi import Params, compute  # noqa: E402
+from indicators.kpi import compute
 
 YEAR_START = 1_767_196_800  # 2025-12-31T16:00:00Z = 2026-01-01 00:00 Asia/Shanghai
 

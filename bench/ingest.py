@@ -38,19 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _paths import BENCH, ROOT
 
-# bench/ holds scripts named like the project's packages: put the folder last on the path.
-_HERE = Path(__file__).resolve().parent
-_ROOT = _HERE.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.append(str(_HERE))
+from agent.config import parse_config
+from bench.ingest_support import bench_config
+from simulator.opcua_face import free_port
 
-from ingest_support import bench_config  # noqa: E402
-
-from agent.config import parse_config  # noqa: E402
-from simulator.opcua_face import free_port  # noqa: E402
-
-SUPPORT = str(_HERE / "ingest_support.py")
+SUPPORT = str(BENCH / "ingest_support.py")
 TICK_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -103,7 +97,7 @@ class Proc:
 
 def start(name: str, argv: list[str], answers: bool, log: Path) -> Proc:
     popen = subprocess.Popen(
-        argv, cwd=_ROOT, text=True, stdin=subprocess.PIPE if answers else subprocess.DEVNULL,
+        argv, cwd=ROOT, text=True, stdin=subprocess.PIPE if answers else subprocess.DEVNULL,
         stdout=subprocess.PIPE if answers else subprocess.DEVNULL, stderr=log.open("w"),
     )
     return Proc(name, popen, answers)

@@ -21,12 +21,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-# bench/ holds scripts named like the project's packages (bench/indicators.py): never let
-# the script's own folder shadow them.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import _paths  # noqa: F401  (the import path: before anything of the project)
 
-from simulator.api import ModbusSpec, SignalSpec, SignalValue  # noqa: E402
+from simulator.api import ModbusSpec, SignalSpec, SignalValue
 
 TAGS_PER_DEVICE = 100  # = simulator.opcua_nodes.SYNTHETIC_GROUP: one device per tag folder
 FACTORY_ID = "example-001"

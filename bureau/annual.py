@@ -18,19 +18,22 @@ so the offline verifier of an evidence folder runs exactly the same computation.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from agent.protocol.chain import ChainEntry, walk_chain
+from agent.protocol.envelope import payload_sha256
+from agent.protocol.report import base_frame
+from bureau.errors import BureauError
 from bureau.store import ACCEPTED, PENDING_LINK, REJECTED, YearEntry
-from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS
+from indicators.baseline import improvement
+from indicators.catalog import INDICATORS, IndicatorValue, Params
+from indicators.columns import BASE_MEASURE_COLUMNS
 from indicators.evaluate import (
     Evaluation,
     Policy,
@@ -38,7 +41,8 @@ from indicators.evaluate import (
     json_safe,
     tier_outcome,
 )
-from indicators.kpi import INDICATORS, IndicatorValue, Params, compute, daily_measures, improvement
+from indicators.kpi import compute
+from indicators.measures import daily_measures
 from indicators.policy import PolicyFileError, PolicyFiles
 
 FORMAT = "tieragent-annual-evaluation/v1"
@@ -59,7 +63,7 @@ KEY_INDICATORS: tuple[str, ...] = (
 _PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(Params))
 
 
-class AnnualError(Exception):
+class AnnualError(BureauError):
     """A user mistake or missing data; str() is one sentence for the console."""
 
 
@@ -101,18 +105,12 @@ class DayEntry:
             seq=int(body["seq"]) if body else None,
             kid=str(body["kid"]) if body else None,
             revision=int(body.get("revision", 0)) if body else 0,
-            payload_sha256=jws_payload_sha256(jws) if jws else None,
+            payload_sha256=payload_sha256(jws) if jws else None,
             prev_sha256=str(body["prev_sha256"]) if body else None,
             reason=reason,
             payload=body,
             jws=jws,
         )
-
-
-def jws_payload_sha256(jws: str) -> str:
-    """SHA-256 of the signed payload bytes of a compact JWS (the chain's link value)."""
-    part = jws.split(".")[1]
-    return hashlib.sha256(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -295,10 +293,7 @@ def _daily_base(entries: Sequence[DayEntry], time_zone: str) -> pd.DataFrame:
         if list(member["columns"]) != list(BASE_MEASURE_COLUMNS):
             raise AnnualError(f"Report {entry.report_id} has unexpected base-measure columns.")
         rows.extend(member["rows"])
-    frame = pd.DataFrame(rows, columns=list(BASE_MEASURE_COLUMNS))
-    frame = frame.astype({"device_id": str, "hour_start": np.int64})
-    for column in BASE_MEASURE_COLUMNS[2:]:
-        frame[column] = frame[column].astype(np.int64 if column in COUNT_COLUMNS else np.float64)
+    frame = base_frame({"columns": BASE_MEASURE_COLUMNS, "rows": rows})
     return daily_measures(frame, time_zone)
 
 
@@ -375,19 +370,15 @@ def _chain(
     used = {id(e) for e in chosen.values()}
     links: list[dict[str, Any]] = []
     gaps: list[dict[str, int]] = []
-    previous: DayEntry | None = None
-    for entry in stored:
-        seq = int(entry.seq or 0)
-        if previous is not None and seq > int(previous.seq or 0) + 1:
-            gaps.append({"after_seq": int(previous.seq or 0), "next_seq": seq})
-        linked = (
-            previous is not None
-            and seq == int(previous.seq or 0) + 1
-            and entry.prev_sha256 == previous.payload_sha256
-        )
+    for link in walk_chain(
+        [ChainEntry(int(e.seq or 0), e.payload_sha256, e.prev_sha256) for e in stored]
+    ):
+        entry = stored[link.index]
+        if link.gap and link.previous_seq is not None:
+            gaps.append({"after_seq": link.previous_seq, "next_seq": link.seq})
         links.append(
             {
-                "seq": seq,
+                "seq": link.seq,
                 "period_key": entry.period_key,
                 "report_id": entry.report_id,
                 "revision": entry.revision,
@@ -395,11 +386,10 @@ def _chain(
                 "state": entry.state,
                 "payload_sha256": entry.payload_sha256,
                 "prev_sha256": entry.prev_sha256,
-                "linked_to_previous": linked,
+                "linked_to_previous": link.linked,
                 "counted": id(entry) in used and _day_in(entry.period_key, first, last),
             }
         )
-        previous = entry
     rejections = [
         {
             "period_key": e.period_key,

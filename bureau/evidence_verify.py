@@ -19,22 +19,21 @@ proven by comparing the key ids with the bureau's registry or the factory's enro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from datetime import date
 from html.parser import HTMLParser
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from agent.protocol.chain import ChainEntry, walk_chain
 from agent.protocol.envelope import EnvelopeError, Kind, peek_compact, thumbprint, verify_compact
 from bureau.annual import AnnualError, DayEntry, evaluate_year
 from bureau.evidence_export import EVIDENCE_FORMAT, INPUT_NAMES, manifest_bytes
 from bureau.html_report import format_value
 from bureau.store import REJECTED
-from indicators.policy import PolicyFiles
+from indicators.policy import PolicyFiles, file_sha256
 
 MAX_LISTED = 25  # differences named one by one before summarising the rest
 _LIST_KEYS = ("condition_id", "month", "seq", "period_key", "id")
@@ -115,7 +114,7 @@ def _check_files(path: Path, manifest: dict[str, Any], result: EvidenceResult) -
     for name in sorted(present - set(listed)):
         result.problems.append(f"{name}: present but not listed in the manifest.")
     for name in sorted(set(listed) & present):
-        digest = hashlib.sha256((path / name).read_bytes()).hexdigest()
+        digest = file_sha256(path / name)
         if digest != listed[name]:
             result.problems.append(f"{name}: SHA-256 differs from the manifest (file changed).")
 
@@ -208,11 +207,14 @@ def _check_chain(entries: list[DayEntry], result: EvidenceResult) -> None:
         (e for e in entries if e.state != REJECTED and e.payload is not None),
         key=lambda e: int(e.seq or 0),
     )
-    for previous, entry in pairwise(stored):
-        if entry.seq == (previous.seq or 0) + 1 and entry.prev_sha256 != previous.payload_sha256:
+    for link in walk_chain(
+        [ChainEntry(int(e.seq or 0), e.payload_sha256, e.prev_sha256) for e in stored]
+    ):
+        if link.follows and not link.linked:
+            entry = stored[link.index]
             result.problems.append(
                 f"report {entry.report_id} ({entry.period_key}, seq {entry.seq}): prev_sha256 "
-                f"does not match report seq {previous.seq} (chain broken)."
+                f"does not match report seq {link.previous_seq} (chain broken)."
             )
 
 

@@ -20,25 +20,17 @@ from html import escape
 from typing import Any
 
 from bureau.annual import KEY_INDICATORS, indicator_unit
-from indicators.kpi import INDICATORS
+from indicators.catalog import INDICATORS
+from indicators.vocabulary import NO_TIER, SOURCES, STATUSES, TIERS
 
 TIER_LABELS: dict[str, str] = {
-    "basic": "基础级 Basic",
-    "advanced": "先进级 Advanced",
-    "excellent": "卓越级 Excellent",
-    "leading": "领航级 Leading",
+    tier: f"{label.zh} {label.en.capitalize()}" for tier, label in TIERS.items()
 }
 STATUS_LABELS: dict[str, str] = {
-    "pass": "通过 pass",
-    "fail": "未通过 fail",
-    "insufficient_data": "数据不足 insufficient data",
-    "declared_pass": "声明通过 declared pass",
-    "declared_fail": "声明未通过 declared fail",
+    status: f"{label.zh} {label.en}" for status, label in STATUSES.items()
 }
 SOURCE_LABELS: dict[str, str] = {
-    "measured": "实测 measured",
-    "declared": "声明 declared",
-    "benchmark": "对标 benchmark",
+    source: f"{label.zh} {label.en}" for source, label in SOURCES.items()
 }
 STATE_LABELS: dict[str, str] = {
     "accepted": "已接受 accepted",
@@ -155,7 +147,7 @@ def _identity(result: Mapping[str, Any]) -> str:
         (
             "达到等级 Tier reached",
             f'<strong id="tier-reached" data-tier="{reached or ""}">'
-            f"{escape(TIER_LABELS.get(reached or '', '未达到 none'))}</strong>",
+            f"{escape(TIER_LABELS.get(reached or '', f'{NO_TIER.zh} {NO_TIER.en}'))}</strong>",
         ),
         (
             "下一等级 Next tier",

@@ -10,7 +10,6 @@ report under the new key arrives and is kept forever to verify history.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 import time
@@ -20,14 +19,16 @@ from typing import Any
 from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
+    b64url_json,
     public_okp,
     strict_loads,
     thumbprint,
     verify_general,
 )
+from bureau.errors import BureauError
 
 
-class RegistryError(Exception):
+class RegistryError(BureauError):
     """An enrollment, revocation or rotation that cannot be done; str() says why."""
 
 
@@ -177,10 +178,9 @@ def _unverified_payload(value: Any) -> dict[str, Any]:
     """Decode the payload only to learn which keys must have signed; verified right after."""
     if not isinstance(value, dict) or not isinstance(value.get("payload"), str):
         raise RegistryError("Not a JWS JSON general serialization.")
-    part = value["payload"]
     try:
-        decoded = strict_loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except (ValueError, EnvelopeError):
+        decoded = b64url_json(value["payload"])
+    except EnvelopeError:
         raise RegistryError("Rotation statement payload is not JSON.") from None
     if not isinstance(decoded, dict):
         raise RegistryError("Rotation statement payload is not an object.")

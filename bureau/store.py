@@ -11,7 +11,6 @@ reports of a year with payloads and states (accepted, pending-link, rejected).
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.protocol.envelope import strict_loads
+from agent.protocol.envelope import Kind, unverified_payload
+from bureau.errors import BureauError
 
 ACCEPTED, PENDING_LINK, REJECTED = "accepted", "pending-link", "rejected"
 QUARANTINE_LIMIT = 10_000
@@ -85,14 +85,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 
-def jws_payload(token: str) -> dict[str, Any]:
-    """The payload of a compact JWS this store accepted (already verified on receipt)."""
-    part = token.split(".")[1]
-    value: dict[str, Any] = strict_loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    return value
-
-
-class StoreError(Exception):
+class ReportStoreError(BureauError):
     """The bureau database cannot be used; str() names the file and the next step."""
 
 
@@ -115,7 +108,7 @@ class StoredReport:
 
     def payload(self) -> dict[str, Any]:
         """The signed payload (decoded from the verbatim JWS)."""
-        return jws_payload(self.jws)
+        return unverified_payload(self.jws, Kind.REPORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +173,16 @@ class SqliteReportStore:
             self.db.execute("PRAGMA busy_timeout=30000")
             row = self.db.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
-                raise StoreError(f"{path}: integrity check failed; the file was not modified.")
+                raise ReportStoreError(
+                    f"{path}: integrity check failed; the file was not modified."
+                )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as error:
-            raise StoreError(f"{path}: the bureau database cannot be opened ({error}).") from None
+            raise ReportStoreError(
+                f"{path}: the bureau database cannot be opened ({error})."
+            ) from None
 
     def close(self) -> None:
         self.db.close()
@@ -325,7 +322,7 @@ class SqliteReportStore:
                 and rej.period_key
                 and rej.period_key.startswith(prefix)
             ):
-                payload = jws_payload(rej.jws) if rej.jws else None
+                payload = unverified_payload(rej.jws, Kind.REPORT) if rej.jws else None
                 entries.append(
                     YearEntry(rej.report_id, rej.period_key, REJECTED, rej.reason, payload, rej.jws)
                 )
@@ -334,3 +331,4 @@ class SqliteReportStore:
 
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+

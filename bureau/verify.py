@@ -1,4 +1,4 @@
-"""Verification of one report message, in the order of RELIABILITY.md §b.5 and §b.7.
+"""Verification of one report message, in the order of docs/reliability.md §b.5 and §b.7.
 
 size -> topic -> header -> key (factory of the topic, enrolled, not revoked) -> signature
 -> strict parse + canonical form -> schema -> topic/aud/kid/time binding -> ids and chain
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
@@ -30,7 +31,6 @@ from agent.protocol.envelope import (
 from agent.protocol.mqtt import report_topic_factory
 from agent.protocol.report import (
     IndicatorFn,
-    genesis_sha256,
     indicator_mismatches,
     recompute_indicators,
     schema_errors,

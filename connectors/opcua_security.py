@@ -4,7 +4,7 @@ Secure by default, with none of asyncua's permissive defaults:
 
 - A configured secure policy is used or the connection is refused. If the server does not
   offer that policy and mode, `SecurityNotOffered` names what it does offer; there is no
-  silent fallback to None (RELIABILITY S1).
+  silent fallback to None (docs/reliability.md S1).
 - The server certificate is checked against the trust list *before* it is used, with
   asyncua's `CertificateValidator(TRUSTED_VALIDATION | PEER_SERVER)`: an unknown
   certificate is refused and saved to `<pki_dir>/rejected/`; the operator approves it by

@@ -2,7 +2,7 @@
 
 Base measures: one row per device per hour (UTC), every column additive. Times are
 float seconds, quantities integers, energy kWh. `hour_start` is int epoch seconds (UTC,
-a multiple of 3600). Identities per row (ISO 22400-2, see INDICATORS.md §1):
+a multiple of 3600). Identities per row (ISO 22400-2, see docs/indicators.md §1):
     pot_s = pdt_s + pbt_s,   pbt_s = apt_s + asut_s + adet_s + adot_s + unk_s
 """
 

@@ -10,21 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from indicators.kpi import (
-    BASELINE_INDICATORS,
-    INDICATORS,
-    IndicatorValue,
-    Params,
-    compute,
-    daily_measures,
-    improvement,
-    local_day,
-)
+from indicators.baseline import improvement
+from indicators.catalog import BASELINE_INDICATORS, INDICATORS, IndicatorValue, Params
+from indicators.kpi import compute
+from indicators.local_days import local_day
+from indicators.measures import daily_measures
 from indicators.policy import (
     BenchmarkRef,
     Benchmarks,
@@ -38,10 +33,7 @@ from indicators.policy import (
     load_declarations,
     load_policy,
 )
-
-Status = Literal["pass", "fail", "insufficient_data", "declared_pass", "declared_fail"]
-Source = Literal["measured", "declared", "benchmark"]
-PASSING: frozenset[str] = frozenset({"pass", "declared_pass"})
+from indicators.vocabulary import PASSING, Source, Status
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,

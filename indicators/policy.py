@@ -19,12 +19,11 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from indicators.kpi import INDICATORS, Params
+from indicators.catalog import INDICATORS, Params
+from indicators.vocabulary import TIER_ORDER, TierId
 
 Comparator = Literal[">=", "<=", ">", "<"]
 Level = Literal["device", "key_processes", "line", "factory"]
-TierId = Literal["basic", "advanced", "excellent", "leading"]
-TIER_ORDER: tuple[str, ...] = ("basic", "advanced", "excellent", "leading")
 _BENCHMARK_REF = re.compile(r"^(province|national|international)\.(avg|p75)$")
 _PARAM_NAMES = frozenset(f.name for f in fields(Params))
 

@@ -2,9 +2,9 @@
 
 Pure and vectorised: intervals are split at hour boundaries with numpy (no per-interval Python
 loop) and summed with `np.bincount` in a fixed order, so the same input gives the same output bit
-for bit. Hours are UTC (`hour_start` is a multiple of 3600). See INDICATORS.md §1.
+for bit. Hours are UTC (`hour_start` is a multiple of 3600). See docs/indicators.md §1.
 
-State -> element (default policy, indicator-research.md a.1):
+State -> element (default policy, docs/indicators.md §6.1):
     running -> APT, setup -> ASUT, unplanned_stop -> ADET, idle -> ADOT, planned_stop -> PDT,
     unknown -> UNK, offline -> ADET when the last known state was producing
     (running / setup / unplanned_stop), otherwise ADOT.
@@ -26,6 +26,14 @@ from indicators.columns import (
     INTERVAL_COLUMNS,
     TIME_COLUMNS,
 )
+from indicators.vocabulary import (
+    DELTA_ROLES,
+    INTERVAL_STATES,
+    REWORK_COUNT,
+    UNKNOWN_STATE,
+    Role,
+    State,
+)
 
 HOUR_S = 3600
 
@@ -33,16 +41,15 @@ HOUR_S = 3600
 _ELEMENTS: tuple[str, ...] = ("pdt_s", "apt_s", "asut_s", "adet_s", "adot_s", "unk_s")
 _PDT, _APT, _ASUT, _ADET, _ADOT, _UNK = range(len(_ELEMENTS))
 _STATE_ELEMENT: dict[str, int] = {
-    "planned_stop": _PDT,
-    "running": _APT,
-    "setup": _ASUT,
-    "unplanned_stop": _ADET,
-    "idle": _ADOT,
-    "unknown": _UNK,
+    State.PLANNED_STOP.value: _PDT,
+    State.RUNNING.value: _APT,
+    State.SETUP.value: _ASUT,
+    State.UNPLANNED_STOP.value: _ADET,
+    State.IDLE.value: _ADOT,
+    UNKNOWN_STATE: _UNK,
 }
-_PRODUCING = frozenset({"running", "setup", "unplanned_stop"})
-KNOWN_STATES = frozenset({*_STATE_ELEMENT, "offline"})
-DELTA_ROLES = frozenset({"good_count", "reject_count", "total_count", "energy_kwh", "rework_count"})
+_PRODUCING = frozenset({State.RUNNING.value, State.SETUP.value, State.UNPLANNED_STOP.value})
+KNOWN_STATES = frozenset(INTERVAL_STATES)
 SAMPLE_COUNT_COLUMNS: tuple[str, ...] = (
     "samples_expected",
     "samples_received",
@@ -180,10 +187,10 @@ def _time_elements(iv: pd.DataFrame, codes: Mapping[str, int], min_failure_s: fl
 
 def _elements(iv: pd.DataFrame, state: npt.NDArray[np.object_]) -> IntArray:
     element = pd.Series(state).map(_STATE_ELEMENT).to_numpy()
-    offline = state == "offline"
+    offline = state == State.OFFLINE.value
     if offline.any():
         # The last known (neither offline nor unknown) state before each row, per device.
-        known = pd.Series(state).where(~np.isin(state, ["offline", "unknown"]))
+        known = pd.Series(state).where(~np.isin(state, [State.OFFLINE.value, UNKNOWN_STATE]))
         previous = known.groupby(iv["device_id"].to_numpy()).shift(1)
         previous = previous.groupby(iv["device_id"].to_numpy()).ffill()
         producing = previous.isin(list(_PRODUCING)).to_numpy()
@@ -204,7 +211,7 @@ def _unplanned_events(
     Adjacent unplanned_stop rows of one device are one event (an agent restart or an hour split
     in the store must not double the stop count); its duration is the sum of its rows.
     """
-    stopped = state == "unplanned_stop"
+    stopped = state == State.UNPLANNED_STOP.value
     continues = np.concatenate([[False], stopped[:-1]]) & same_device_as_prev & stopped
     first = stopped & ~continues
     event_of_row = np.cumsum(first) - 1
@@ -229,16 +236,17 @@ def _counts(dl: pd.DataFrame, codes: Mapping[str, int]) -> _Part:
         mask = role == role_name
         return np.bincount(rows[mask], weights=delta[mask], minlength=n).astype(np.float64)
 
-    good = np.rint(total("good_count")).astype(np.int64)
-    scrap = np.rint(total("reject_count")).astype(np.int64)
-    rework = np.rint(total("rework_count")).astype(np.int64)
-    counted = np.rint(total("total_count")).astype(np.int64)
+    good = np.rint(total(Role.GOOD_COUNT.value)).astype(np.int64)
+    scrap = np.rint(total(Role.REJECT_COUNT.value)).astype(np.int64)
+    rework = np.rint(total(REWORK_COUNT)).astype(np.int64)
+    counted = np.rint(total(Role.TOTAL_COUNT.value)).astype(np.int64)
     def has(role_name: str) -> npt.NDArray[np.bool_]:
         devices_with_role = np.zeros(len(codes), dtype=bool)
         devices_with_role[np.unique(device[role == role_name])] = True
         return devices_with_role[keys // _HOURS_SPAN]
 
-    with_total, with_good, with_reject = has("total_count"), has("good_count"), has("reject_count")
+    with_total = has(Role.TOTAL_COUNT.value)
+    with_good, with_reject = has(Role.GOOD_COUNT.value), has(Role.REJECT_COUNT.value)
     produced = np.where(with_total, counted, good + scrap)
     # A machine counting total and rejects (or total and good) implies the third count.
     good = np.where(with_total & ~with_good & with_reject, produced - scrap, good)
@@ -248,7 +256,7 @@ def _counts(dl: pd.DataFrame, codes: Mapping[str, int]) -> _Part:
         "good": good,
         "scrap": scrap,
         "rework": rework,
-        "energy_kwh": total("energy_kwh"),
+        "energy_kwh": total(Role.ENERGY_KWH.value),
     }
     return keys, columns
 
@@ -339,4 +347,4 @@ def _empty() -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-__all__ = ["DELTA_ROLES", "HOUR_S", "KNOWN_STATES", "TIME_COLUMNS", "base_measures"]
+__all__ = ["HOUR_S", "KNOWN_STATES", "TIME_COLUMNS", "base_measures"]

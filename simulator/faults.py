@@ -193,7 +193,7 @@ class FaultController:
         self._record("modbus_exception", unit=unit_id, table=table, address=address, code=code)
 
     def skew_timestamps(self, seconds: float, device_id: str | None = None) -> None:
-        """Shift OPC UA SourceTimestamps by ±seconds (RELIABILITY C3); 0 clears."""
+        """Shift OPC UA SourceTimestamps by ±seconds (docs/reliability.md C3); 0 clears."""
         if device_id is not None:
             self._check_device(device_id)
         face = self._face("opcua")
@@ -202,7 +202,8 @@ class FaultController:
         self._record("skew", seconds=seconds, device=device_id)
 
     async def suspend_notifications(self, suspended: bool = True) -> None:
-        """Keep OPC UA sessions but send no notifications or keep-alives (RELIABILITY F3)."""
+        """Keep OPC UA sessions but send no notifications or keep-alives (docs/reliability.md
+        F3)."""
         face = self._face("opcua")
         assert isinstance(face, OpcUaFace)
         await face.suspend_notifications(suspended)

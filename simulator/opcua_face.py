@@ -78,7 +78,7 @@ class OpcUaFaceConfig:
     endpoints: tuple[str, ...] = ("None",)  # keys of SECURITY_ENDPOINTS
     identity_tokens: tuple[str, ...] = ("anonymous",)  # keys of IDENTITY_TOKENS
     users: Mapping[str, str] = field(default_factory=dict)  # username -> password
-    strict: bool = False  # refuse NoSecurity and Anonymous altogether (RELIABILITY S4)
+    strict: bool = False  # refuse NoSecurity and Anonymous altogether (docs/reliability.md S4)
     certificate: Path | None = None  # server certificate (DER or PEM)
     private_key: Path | None = None
     limits: OperationLimits = field(default_factory=OperationLimits)
@@ -272,7 +272,7 @@ class OpcUaFace:
         """Stop (or resume) every subscription's publishing loop; sessions stay open.
 
         While suspended the server answers reads but sends no notifications and no
-        keep-alives, so a client sees a silent, still-connected server (RELIABILITY F3).
+        keep-alives, so a client sees a silent, still-connected server (docs/reliability.md F3).
         """
         self._suspended = suspended
         if suspended:

@@ -52,6 +52,7 @@ from indicators.policy import DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLAR
 from simulator.agent_config import export_agent_config
 from simulator.history import generate_history
 from simulator.model import load_factory
+from simulator.opcua_face import free_port
 
 _DATA = files("tieragent") / "data"
 FACTORY = Path(str(_DATA / "factories" / "demo.yaml"))
@@ -63,12 +64,6 @@ BUREAU_ID = "bureau"
 
 class DemoError(Exception):
     """A step of the demo failed; str() says which and why."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, deadline_s: float, process: subprocess.Popen[bytes] | None) -> None:

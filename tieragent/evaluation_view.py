@@ -8,15 +8,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from indicators.catalog import INDICATORS
 from indicators.evaluate import ConditionResult, Evaluation
-from indicators.kpi import INDICATORS
+from indicators.vocabulary import NO_TIER, SOURCES, TIERS
 
-TIER_NAMES: dict[str, str] = {
-    "basic": "基础级 basic",
-    "advanced": "先进级 advanced",
-    "excellent": "卓越级 excellent",
-    "leading": "领航级 leading",
-}
+TIER_NAMES: dict[str, str] = {tier: f"{label.zh} {label.en}" for tier, label in TIERS.items()}
 _STATUS_STYLE: dict[str, tuple[str, str]] = {
     "pass": ("PASS", "bold green"),
     "declared_pass": ("PASS (declared)", "green"),
@@ -24,16 +20,12 @@ _STATUS_STYLE: dict[str, tuple[str, str]] = {
     "declared_fail": ("FAIL (declared)", "red"),
     "insufficient_data": ("NO DATA", "bold yellow"),
 }
-_SOURCE_LABEL = {
-    "measured": "measured 实测",
-    "declared": "declared 声明",
-    "benchmark": "benchmark 对标",
-}
+_SOURCE_LABEL = {source: f"{label.en} {label.zh}" for source, label in SOURCES.items()}
 
 
 def render_evaluation(evaluation: Evaluation, console: Console) -> None:
     """Print one table per tier (condition, measured, threshold, source, status) and a summary."""
-    reached = TIER_NAMES.get(evaluation.tier_reached or "", "none 未达到")
+    reached = TIER_NAMES.get(evaluation.tier_reached or "", f"{NO_TIER.en} {NO_TIER.zh}")
     console.print(
         f"[bold]Tier reached 达到等级:[/] {reached}   "
         f"policy {evaluation.policy_id} {evaluation.policy_version}   "

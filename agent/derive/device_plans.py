@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.config import COUNTER_ROLES, FactoryConfig, Role
+from agent.config import FactoryConfig
 from agent.derive.slots import SignalGrid
 from connectors.config import ModbusConnection, OpcUaConnection
-from indicators.vocabulary import State
+from indicators.vocabulary import COUNTER_ROLES, INTERVAL_STATES, UNKNOWN_STATE, Role, State
 
-# State labels as small integers inside arrays; `unknown` is ours, not a device state.
-STATE_LABELS: tuple[str, ...] = (*(s.value for s in State), "unknown")
-UNKNOWN = STATE_LABELS.index("unknown")
+# State labels as small integers inside arrays: the index into the vocabulary's interval states.
+STATE_LABELS: tuple[str, ...] = INTERVAL_STATES
+UNKNOWN = STATE_LABELS.index(UNKNOWN_STATE)
 OFFLINE = STATE_LABELS.index(State.OFFLINE.value)
 
 

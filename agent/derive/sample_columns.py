@@ -2,7 +2,7 @@
 
 Quality and timestamp origin are small integer codes (history files use the same). The
 event time of a sample is its source timestamp, unless there is none or it is further than
-`MAX_SOURCE_SKEW_S` from the receive time (a skewed device clock, RELIABILITY C3): then it
+`MAX_SOURCE_SKEW_S` from the receive time (a skewed device clock, docs/reliability.md C3): then it
 is the receive time.
 """
 
@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from indicators.vocabulary import QUALITY_CODES
+
 MAX_SOURCE_SKEW_S = 600.0
-Q_GOOD, Q_UNCERTAIN, Q_BAD = 0, 1, 2
 O_SOURCE, O_SERVER, O_RECEIVED = 0, 1, 2
 
 FloatArray = npt.NDArray[np.float64]
@@ -26,7 +27,8 @@ IntArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, slots=True)
 class SampleColumns:
-    """One device's samples as parallel arrays (quality and origin as codes above)."""
+    """One device's samples as parallel arrays (quality as `indicators.vocabulary`'s codes,
+    origin as the codes above)."""
 
     signal_id: npt.NDArray[Any]
     source_ts: FloatArray
@@ -70,7 +72,6 @@ def as_float(values: npt.NDArray[Any]) -> FloatArray:
 def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:
     """Build columns from `connectors.sample.Sample` objects (values kept as objects)."""
     n = len(samples)
-    quality_code = {"good": Q_GOOD, "uncertain": Q_UNCERTAIN, "bad": Q_BAD}
     origin_code = {"source": O_SOURCE, "server": O_SERVER, "received": O_RECEIVED}
     values = np.empty(n, dtype=object)
     values[:] = [s.value for s in samples]
@@ -80,7 +81,7 @@ def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:
         received_ts=np.array([s.received_ts for s in samples], dtype=np.float64),
         value=values,
         # Quality and origin are StrEnums: a str lookup is much faster than `.value`.
-        quality=np.array([quality_code[s.quality] for s in samples], dtype=np.uint8),
+        quality=np.array([QUALITY_CODES[s.quality] for s in samples], dtype=np.uint8),
         status=np.array([s.status for s in samples], dtype=np.int64),
         origin=np.array([origin_code[s.ts_origin] for s in samples], dtype=np.uint8),
     )

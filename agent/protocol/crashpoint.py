@@ -1,4 +1,4 @@
-"""Named crash points for fault tests (RELIABILITY.md §c P1, T7).
+"""Named crash points for fault tests (docs/reliability.md §c P1, T7).
 
 `crash_point("after_commit")` kills the process with SIGKILL when the environment variable
 TIERAGENT_CRASH_AT names that point, so tests can crash deterministically between two steps

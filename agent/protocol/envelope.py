@@ -9,7 +9,7 @@ Defined once here; the agent signs with it and the bureau verifies with it.
 - The header is exactly `{"alg","kid","typ"}`. We emit `alg: "EdDSA"` (every JOSE library
   verifies it today) and accept `EdDSA` or `Ed25519` (RFC 9864), but only with an
   OKP/Ed25519 key: the algorithm is pinned by the key, never trusted from the header.
-- Verification runs in the order of RELIABILITY.md §b.5: size, header, key, signature,
+- Verification runs in the order of docs/reliability.md §b.5: size, header, key, signature,
   strict parse, canonical form. Every failure is an `EnvelopeError` with a short reason
   code (`size`, `header`, `key`, `signature`, `format`) that the bureau puts in receipts.
 """
@@ -31,6 +31,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 from joserfc.jws import JWSRegistry
 
+from agent.protocol.errors import ProtocolError
+
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 ACCEPTED_ALGS = ("EdDSA", "Ed25519")
@@ -49,7 +51,7 @@ class Kind(StrEnum):
     ENROLL = "tieragent-enroll+jws"
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(ProtocolError):
     """A message that is not a valid envelope; `reason` is a short code, str() a sentence."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -60,7 +62,7 @@ class EnvelopeError(Exception):
 class _Registry(JWSRegistry):
     """joserfc's registry with our size limits and without its EdDSA deprecation warning.
 
-    We knowingly emit `EdDSA` (RELIABILITY.md §a.4: PyJWT cannot verify `Ed25519` yet) and pin
+    We knowingly emit `EdDSA` (docs/reliability.md §a.4: PyJWT cannot verify `Ed25519` yet) and pin
     the curve ourselves, so the library's warning would only add noise to every message.
     """
 
@@ -191,6 +193,33 @@ def peek_compact(token: bytes | str, kind: Kind) -> tuple[dict[str, str], bytes]
         raise EnvelopeError("header", "Not a compact JWS (three dot-separated parts).")
     header = strict_loads(_b64url_decode(parts[0], "header"), max_depth=2)
     return check_header(header, kind), _b64url_decode(parts[1], "payload")
+
+
+def unverified_payload(token: bytes | str, kind: Kind) -> dict[str, Any]:
+    """The JSON object a compact JWS carries, WITHOUT checking its signature.
+
+    For tokens verified earlier (a stored report, an outbox row, a bundle checked
+    separately) and for learning which key to verify with.
+    """
+    _, payload = peek_compact(token, kind)
+    value = strict_loads(payload)
+    if not isinstance(value, dict):
+        raise EnvelopeError("format", "JWS payload is not a JSON object.")
+    return value
+
+
+def payload_sha256(token: bytes | str) -> str:
+    """SHA-256 (hex) of a compact JWS's payload bytes: the hash chain's link value."""
+    raw = token.encode("ascii", errors="replace") if isinstance(token, str) else token
+    parts = raw.strip().split(b".")
+    if len(parts) != 3:
+        raise EnvelopeError("header", "Not a compact JWS (three dot-separated parts).")
+    return sha256_hex(_b64url_decode(parts[1], "payload"))
+
+
+def b64url_json(part: str) -> Any:
+    """A base64url JSON member of a JWS JSON serialization (strict JSON rules)."""
+    return strict_loads(_b64url_decode(part.encode("ascii", errors="replace"), "payload"))
 
 
 def public_okp(jwk: dict[str, Any]) -> OKPKey:

@@ -26,13 +26,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from agent.protocol.envelope import Kind, canonical_bytes, public_jwk, sign_general, thumbprint
+from agent.protocol.errors import ProtocolError
 
 PRIVATE_NAME = "agent-key.pem"
 PUBLIC_NAME = "agent-key.jwk.json"
 PASSPHRASE_ENV = "TIERAGENT_KEY_PASSPHRASE"
 
 
-class KeyFileError(Exception):
+class KeyFileError(ProtocolError):
     """A key file problem; str() is one complete sentence naming the file and the fix."""
 
 

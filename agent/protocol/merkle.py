@@ -8,7 +8,7 @@ float64, quality uint8 (0 good, 1 uncertain, 2 bad), sorted by (source_ts, recei
 A segment with non-numeric values stores NaN in the value field and appends the RFC 8785
 array of every value after the records.
 
-Why not an RFC 8785 array per segment (RELIABILITY.md §b.5): hashing a year of raw data
+Why not an RFC 8785 array per segment (docs/reliability.md §b.5): hashing a year of raw data
 that way costs about 1 µs per JSON value in pure Python, minutes per gateway-year; fixed
 records hash at memory speed and are produced identically by `segment_bytes` (one
 segment) and `agent.reporter.segment_digests` (a whole period, vectorised).
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from agent.protocol.envelope import canonical_bytes
+from indicators.vocabulary import Q_BAD, QUALITY_CODES
 
 SEGMENTING_RULE = (
     "segment=(device_id,signal_id,hour_start UTC); bytes='tieragent-segment/v1\\n' device_id "
@@ -38,7 +39,6 @@ SEGMENTING_RULE = (
     "leaves ordered by (hour_start,device_id,signal_id); RFC 6962 tree"
 )
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-QUALITY_CODES = {"good": 0, "uncertain": 1, "bad": 2}
 RECORD = np.dtype([("source_ts", "<f8"), ("received_ts", "<f8"), ("value", "<f8"), ("q", "u1")])
 
 
@@ -80,7 +80,7 @@ def segment_bytes(segment: Segment) -> bytes:
             source_ts if source_ts is not None else -math.inf,
             received_ts,
             float(value) if _numeric(value) else math.nan,
-            QUALITY_CODES.get(quality, 2),
+            QUALITY_CODES.get(quality, Q_BAD),
         )
     data = segment_header(segment.device_id, segment.signal_id, segment.hour_start)
     data += records.tobytes()

@@ -23,6 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.protocol.errors import ProtocolError
+
 TOPIC_ROOT = "tieragent/v1"
 REPORT_FILTER = f"{TOPIC_ROOT}/+/report"
 ROTATE_FILTER = f"{TOPIC_ROOT}/+/keyrotate"
@@ -52,7 +54,7 @@ def status_topic(factory_id: str) -> str:
     return f"{TOPIC_ROOT}/{factory_id}/status"
 
 
-class BrokerError(Exception):
+class BrokerError(ProtocolError):
     """Broker settings that cannot work (URL, TLS files, password file); str() is one sentence."""
 
 

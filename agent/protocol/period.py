@@ -13,12 +13,14 @@ from datetime import date, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.protocol.errors import ProtocolError
+
 PeriodKind = Literal["day", "month", "year"]
 _KEY = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _KIND_BY_LENGTH: dict[int, PeriodKind] = {4: "year", 7: "month", 10: "day"}
 
 
-class PeriodError(ValueError):
+class PeriodError(ProtocolError, ValueError):
     """A period key that is not a real day, month or year; str() is one user-facing sentence."""
 
 

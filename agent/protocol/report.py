@@ -27,7 +27,8 @@ from typing import Any
 import jsonschema
 import pandas as pd
 
-from agent.protocol.envelope import EnvelopeError, canonical_bytes, sha256_hex
+from agent.protocol.envelope import EnvelopeError, canonical_bytes
+from agent.protocol.errors import ProtocolError
 from agent.protocol.merkle import SEGMENTING_RULE, root
 from agent.protocol.period import Period
 from indicators.columns import (
@@ -37,6 +38,7 @@ from indicators.columns import (
     INVENTORY_COLUMNS,
     TIME_COLUMNS,
 )
+from indicators.measures import daily_measures
 
 SCHEMA_ID = "tieragent/report/v1"
 SCHEMA_FILE = files("agent.protocol") / "data" / "report.schema.json"
@@ -48,7 +50,7 @@ _BOOL_INVENTORY = ("key_process", "digital")
 IndicatorFn = Callable[[pd.DataFrame, pd.DataFrame, Mapping[str, Any]], dict[str, Any]]
 
 
-class ReportError(Exception):
+class ReportError(ProtocolError):
     """A report that cannot be built or does not validate; str() names the problem."""
 
 
@@ -74,41 +76,20 @@ def report_id(factory_id: str, period: Period, revision: int) -> str:
     return str(uuid.uuid5(NS_TIERAGENT, f"{factory_id}/{period.kind}/{period.key}/{revision}"))
 
 
-def genesis_sha256(factory_id: str) -> str:
-    """prev_sha256 of seq 1: SHA-256 of 'tieragent-genesis/v1/<factory_id>'.
-
-    A documented constant rather than the enrollment record, so the bureau and any auditor
-    can compute it without the enrollment bytes.
-    """
-    return sha256_hex(f"tieragent-genesis/v1/{factory_id}".encode())
-
-
 def default_indicators(
     base: pd.DataFrame, inventory: pd.DataFrame, params: Mapping[str, Any]
 ) -> dict[str, Any]:
-    from indicators.kpi import Params, compute
+    from indicators.catalog import Params
+    from indicators.kpi import compute
 
     values = compute(base, inventory, Params(**params))
     return {key: values[key].to_json() for key in sorted(values)}
 
 
 def default_params(time_zone: str) -> dict[str, Any]:
-    from indicators.kpi import Params
+    from indicators.catalog import Params
 
     return dataclasses.asdict(Params(time_zone=time_zone))
-
-
-def _daily_sums(base: pd.DataFrame, time_zone: str) -> pd.DataFrame:
-    """Per device per local day sums; hour_start becomes the epoch of the local midnight."""
-    if base.empty:
-        return base.loc[:, list(BASE_MEASURE_COLUMNS)]
-    local = pd.to_datetime(base["hour_start"], unit="s", utc=True).dt.tz_convert(time_zone)
-    day_start = local.dt.normalize().map(lambda ts: int(ts.timestamp()))
-    frame = base.assign(hour_start=day_start.astype("int64"))
-    summed = frame.groupby(["device_id", "hour_start"], sort=True, as_index=False)[
-        list(TIME_COLUMNS + COUNT_COLUMNS + ENERGY_COLUMNS)
-    ].sum()
-    return summed.loc[:, list(BASE_MEASURE_COLUMNS)]
 
 
 def _typed_rows(base: pd.DataFrame) -> list[list[Any]]:
@@ -149,7 +130,7 @@ def _inventory_rows(inventory: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def inventory_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def inventory_from_rows(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=list(INVENTORY_COLUMNS))
 
 
@@ -164,23 +145,35 @@ def build_report(
     segment_digests: Sequence[bytes],
     params: Mapping[str, Any] | None = None,
     indicator_fn: IndicatorFn | None = None,
+    indicators: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict (validated, canonicalisable). Pure; does not mutate its inputs.
+
+    `indicators`: the factory-level indicator values (JSON form) when the caller already
+    computed them from the same base measures, inventory and params (the tier evaluation
+    does); otherwise they are computed here. Either way the bureau recomputes them.
 
     `base`: hourly base-measure rows of the period (BASE_MEASURE_COLUMNS), already filtered
     to the factory's devices. `segment_digests`: RFC 6962 leaf hashes of the period's raw
     segments in leaf order (see agent.protocol.merkle). `evaluation`: `Evaluation.to_json()`.
     """
     params_json = dict(params) if params is not None else default_params(meta.period.time_zone)
-    rows_frame = base if meta.period.kind == "day" else _daily_sums(base, meta.period.time_zone)
+    rows_frame = (
+        base
+        if meta.period.kind == "day"
+        else daily_measures(base, meta.period.time_zone).loc[:, list(BASE_MEASURE_COLUMNS)]
+    )
     base_json = {
         "granularity": "hour" if meta.period.kind == "day" else "day",
         "columns": list(BASE_MEASURE_COLUMNS),
         "rows": _typed_rows(rows_frame),
     }
     inventory_rows = _inventory_rows(inventory)
-    compute = indicator_fn or default_indicators
-    indicators = compute(base_frame(base_json), inventory_frame(inventory_rows), params_json)
+    if indicators is None:
+        compute = indicator_fn or default_indicators
+        indicators = compute(
+            base_frame(base_json), inventory_from_rows(inventory_rows), params_json
+        )
     report: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "report_id": report_id(meta.factory_id, meta.period, meta.revision),
@@ -200,7 +193,7 @@ def build_report(
         "params": params_json,
         "inventory": inventory_rows,
         "base_measures": base_json,
-        "indicators": indicators,
+        "indicators": dict(indicators),
         "evaluation": dict(evaluation),
         "raw_data": {
             "merkle_root": root(list(segment_digests)).hex(),
@@ -323,7 +316,7 @@ def recompute_indicators(
     compute = indicator_fn or default_indicators
     return compute(
         base_frame(report["base_measures"]),
-        inventory_frame(report["inventory"]),
+        inventory_from_rows(report["inventory"]),
         report["params"],
     )
 

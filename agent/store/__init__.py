@@ -1,7 +1,8 @@
 """The agent's durable SQLite store (agent.db): raw samples and derived tables."""
 
+from agent.config import declared_inventory
 from agent.store.sqlite import StoreCorrupt, StoreError, check_integrity
-from agent.store.store import IngestItem, IngestResult, LinkItem, Store, inventory_frame
+from agent.store.store import IngestItem, IngestResult, LinkItem, Store
 
 __all__ = [
     "IngestItem",
@@ -11,5 +12,5 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "check_integrity",
-    "inventory_frame",
+    "declared_inventory",
 ]

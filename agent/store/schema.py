@@ -37,7 +37,7 @@ DDL: tuple[str, ...] = (
     device_id TEXT NOT NULL, hour_start INTEGER NOT NULL,
     {_MEASURES},
     PRIMARY KEY (device_id, hour_start)) WITHOUT ROWID""",
-    # Derivation memory per device (agent.derive.engine.DeviceCarry as JSON), committed with
+    # Derivation memory per device (agent.derive.carry.DeviceCarry as JSON), committed with
     # its samples.
     "CREATE TABLE IF NOT EXISTS carry (device_id TEXT PRIMARY KEY, state TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS link_log (

@@ -10,13 +10,14 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
+from agent.errors import AgentError
 from agent.store.schema import DDL, SCHEMA_VERSION
 
 SQLITE_FULL = 13
 SQLITE_IOERR = 10
 
 
-class StoreError(Exception):
+class StoreError(AgentError):
     """A store problem; str() is one user-facing sentence."""
 
 

@@ -26,13 +26,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agent.config import FactoryConfig
+from agent.config import FactoryConfig, declared_inventory
+from agent.derive.carry import COUNT_FIELDS, Derived
 from agent.derive.device_plans import plan_devices
-from agent.derive.engine import COUNT_FIELDS, HOUR_S, Derived, Deriver
+from agent.derive.engine import HOUR_S, Deriver
 from agent.derive.sample_columns import (
-    Q_BAD,
-    Q_GOOD,
-    Q_UNCERTAIN,
     SampleColumns,
     columns_from_samples,
     source_skew,
@@ -44,8 +42,8 @@ from indicators.columns import (
     BASE_MEASURE_COLUMNS,
     DELTA_COLUMNS,
     INTERVAL_COLUMNS,
-    INVENTORY_COLUMNS,
 )
+from indicators.vocabulary import Q_BAD, Q_GOOD, Q_UNCERTAIN
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +166,7 @@ class Store:
                 self._link(link)
                 done = at
             feed(done, len(samples))
-            # A skewed device clock (RELIABILITY C3): the timestamp is kept verbatim but the
+            # A skewed device clock (docs/reliability.md C3): the timestamp is kept verbatim but the
             # sample is flagged uncertain; derivations already use the receive time for it.
             quality = np.where((skew != 0) & (cols.quality == Q_GOOD), Q_UNCERTAIN, cols.quality)
             self._insert_raw(devices.tolist(), cols, quality)
@@ -468,19 +466,7 @@ class Store:
         )
 
     def inventory(self, config: FactoryConfig | None = None) -> pd.DataFrame:
-        return inventory_frame(config or self.config)
-
-
-def inventory_frame(config: FactoryConfig) -> pd.DataFrame:
-    """Every declared device, connected or not (INVENTORY_COLUMNS)."""
-    rows = []
-    for device in config.devices:
-        connection = config.connections.get(device.connection)
-        rows.append((
-            device.id, device.line, device.process_step, device.key_process, device.kind.value,
-            device.digital, connection.protocol if connection is not None else "none",
-        ))
-    return pd.DataFrame.from_records(rows, columns=list(INVENTORY_COLUMNS))
+        return declared_inventory(config or self.config)
 
 
 def _per_device(

@@ -1,20 +1,13 @@
-"""Shared helpers for the agent tests: small configs and sample builders."""
+"""Helpers of the agent tests (and of ingest_worker.py): small configs and sample builders."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from agent.config import FactoryConfig, parse_config
 from connectors.sample import Quality, Sample, TimestampOrigin
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def modbus_config(

@@ -1,4 +1,5 @@
-"""Subprocess used by the durability tests (run as a script, not collected by pytest).
+"""Subprocess used by the durability tests (run as a script, not collected by pytest; as a
+script its own folder is first on sys.path, so `agent_testkit` imports without set-up).
 
     ingest_worker.py kill DB_DIR BASE_TS RUN_ID      ingest until killed; print ACK lines
     ingest_worker.py diskfull DIR                    fill DIR, hit SQLITE_FULL, free, resume
@@ -16,8 +17,6 @@ import os
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_testkit import modbus_config, sample
 

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import free_port, sample
+from agent_testkit import sample
 
 from agent.mirror import InfluxMirror
+from tests.support.ports import free_port
 
 BINARY = "victoria-metrics"
 

@@ -9,9 +9,10 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from agent.outbox import Outbox
+from agent.protocol.envelope import Kind, unverified_payload
 from agent.protocol.merkle import ordered_digests
+from agent.protocol.report import indicator_mismatches, recompute_indicators
 from agent.reporter import segment_digests, segments
-from bureau.store import jws_payload
 from tieragent.cli import _register_subcommands, app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,11 +66,17 @@ def test_report_from_backfilled_store(tmp_path: Path) -> None:
         assert result.exit_code == 0, (args, result.output)
     outbox = Outbox(data / "outbox.db")
     (item,) = outbox.items()
-    payload = jws_payload(item.jws)
+    payload = unverified_payload(item.jws, Kind.REPORT)
     assert item.seq == 1 and item.state == "pending"
     assert payload["period"]["key"] == "2026-03-02"
     assert payload["raw_data"]["segment_count"] > 0
     assert payload["factory_id"] == "demo-tj-001"
+    # The indicators come from the tier evaluation (computed once); they must be exactly what
+    # anyone recomputes from the report's own rows, and all of them, with no baseline values.
+    recomputed = recompute_indicators(payload)
+    assert set(payload["indicators"]) == set(recomputed)
+    assert indicator_mismatches(payload["indicators"], recomputed) == []
+    assert payload["indicators"]["oee"]["value"] is not None
     again = runner.invoke(app, steps[-1])
     assert again.exit_code == 0
     assert len(outbox.items()) == 1  # the same period is not signed twice

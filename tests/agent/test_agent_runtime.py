@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from agent_testkit import cli, free_port, modbus_config, sample
+from agent_testkit import cli, modbus_config, sample
 
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.runtime import Channel, Runtime
 from agent.store import LinkItem, Store
 from connectors.base import LinkEvent, LinkSink, LinkState, SampleSink
 from connectors.sample import Sample
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).parents[2]
 CONFIG = Path(__file__).with_name("data") / "agent.yaml"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -10,11 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from joserfc.jwk import OKPKey
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from delivery_support import mosquitto, start_bureau  # noqa: F401
 from simdata import (
     BENCHMARKS,
     DECLARATIONS,
@@ -30,6 +24,7 @@ from agent.protocol.mqtt import report_topic
 from bureau.evidence_export import export_evidence
 from bureau.store import SqliteReportStore
 from indicators.policy import PolicyFiles
+from tests.support.bureau_receiver import start_bureau
 
 TOPIC = report_topic(FACTORY)
 

@@ -26,9 +26,9 @@ from agent.outbox import Outbox, OutboxItem
 from agent.protocol.envelope import Kind, public_jwk, sign_compact, thumbprint
 from agent.protocol.period import Period
 from agent.protocol.report import ReportMeta, build_report
+from indicators.catalog import Params
 from indicators.columns import INVENTORY_COLUMNS
 from indicators.evaluate import load_policy
-from indicators.kpi import Params
 from indicators.timemodel import base_measures
 from simulator.history import Gap, generate_history, load_samples
 from simulator.ledger import load_ledger

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_support import Broker, start_bureau
 from joserfc.jwk import OKPKey
 from simdata import (
     BENCHMARKS,
@@ -27,12 +26,16 @@ from simdata import (
 )
 
 from agent.outbox import ACKED, INFLIGHT, PENDING, REJECTED, Outbox
+from agent.protocol.envelope import Kind, unverified_payload
 from agent.publisher import Publisher, PublisherSettings
 from bureau.evidence_export import evaluate_from_store
-from bureau.store import SqliteReportStore, jws_payload
-from indicators.kpi import Params, compute
+from bureau.store import SqliteReportStore
+from indicators.catalog import Params
+from indicators.kpi import compute
 from indicators.policy import PolicyFiles
 from simulator.ledger import load_ledger
+from tests.support.bureau_receiver import start_bureau
+from tests.support.mosquitto import Broker
 
 YEAR = 2025
 DAYS = 365
@@ -73,7 +76,7 @@ def agent_year_report(history: Path, work: Path) -> dict[str, Any]:
     outbox = Outbox(data / "outbox.db")
     (item,) = outbox.items()
     outbox.close()
-    payload = jws_payload(item.jws)
+    payload = unverified_payload(item.jws, Kind.REPORT)
     assert payload["period"]["kind"] == "year" and payload["period"]["key"] == str(YEAR)
     return payload
 

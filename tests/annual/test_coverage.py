@@ -12,7 +12,8 @@ from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store
 from bureau.html_report import render_html
 from bureau.store import SqliteReportStore
-from indicators.kpi import Params, improvement
+from indicators.baseline import improvement
+from indicators.catalog import Params
 from indicators.policy import PolicyFiles
 
 FILES = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)

@@ -1,4 +1,4 @@
-"""Bureau verification against hostile and broken input (RELIABILITY.md §c B1-B13), driven
+"""Bureau verification against hostile and broken input (docs/reliability.md §c B1-B13), driven
 through `Receiver.handle` (the same code path as on_message) without a broker."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_support import BUREAU, FACTORY, Bureau, day, make_report, start_bureau
 from joserfc.jwk import OKPKey
 
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import (
     Kind,
     canonical_bytes,
@@ -23,7 +23,8 @@ from agent.protocol.envelope import (
     verify_compact,
 )
 from agent.protocol.mqtt import report_topic, report_topic_factory
-from agent.protocol.report import genesis_sha256
+from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.reports import BUREAU, FACTORY, day, make_report
 
 TOPIC = report_topic(FACTORY)
 

@@ -1,16 +1,16 @@
-"""Helpers shared by the connector tests: free ports, a recording sink, bounded waits.
+"""Helpers of the connector tests: a recording sink, a connector run as a task, and a real
+pymodbus server (free ports and bounded waits come from tests.support).
 
 Every server in these tests is a real asyncua or pymodbus server on 127.0.0.1. Test
-modules import these helpers as `connector_helpers` (this directory is on sys.path).
+modules import these helpers as `connector_helpers` (pytest puts their folder on sys.path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,25 +20,6 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from connectors.base import Connector, LinkEvent, LinkState
 from connectors.sample import Sample
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (chosen at run time, never from a table)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
-    """Wait until `condition()` holds; return the seconds it took. Fails the test on timeout."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
 
 
 class Recorder:

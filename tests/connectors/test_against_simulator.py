@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector_helpers import Recorder, running, wait_until
+from connector_helpers import Recorder, running
 
 from agent.config import FactoryConfig, parse_config
 from connectors.base import SignalBinding
@@ -19,6 +19,7 @@ from simulator.modbus_face import ModbusFaceConfig
 from simulator.model import load_factory
 from simulator.opcua_face import OpcUaFaceConfig
 from simulator.server import SimulatorServer
+from tests.support.waiting import wait_until_async
 
 DEMO = Path(__file__).resolve().parents[2] / "config" / "factories" / "demo.yaml"
 
@@ -74,5 +75,5 @@ async def test_connectors_read_every_simulated_signal() -> None:
             }
 
         async with running(connectors[0], recorder), running(connectors[1], recorder):
-            await wait_until(lambda: good() >= expected, 10)
+            await wait_until_async(lambda: good() >= expected, 10)
     assert not [s for s in recorder.samples if s.quality != Quality.GOOD]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from connector_helpers import free_port
 from connector_opcua_server import OpcUaTestServer
 
 from agent.config import Signal
 from connectors.discover import discover, guess_role, render_signal_map
+from tests.support.ports import free_port
 
 VARIABLES = {
     "L1/CNC-01/MachineState": 6,

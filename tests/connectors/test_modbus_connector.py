@@ -7,14 +7,16 @@ import math
 from typing import Any
 
 import pytest
-from connector_helpers import ModbusTestServer, Recorder, free_port, running, wait_until
+from connector_helpers import ModbusTestServer, Recorder, running
 from pymodbus.client import AsyncModbusTcpClient
 
 from connectors.base import LinkState, SignalBinding
 from connectors.config import ModbusAddress, ModbusConnection, ModbusTable, ModbusType
 from connectors.modbus import ModbusConnector
 from connectors.sample import Quality, TimestampOrigin
-from tests.faults import FaultProxy
+from tests.support.fault_proxy import FaultProxy
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_async
 
 DT = AsyncModbusTcpClient.DATATYPE
 
@@ -103,7 +105,7 @@ async def test_all_types_orders_and_tables_decode() -> None:
     connector = ModbusConnector("plc", _conn(port, max_gap=0), bindings)
     recorder = Recorder()
     async with server, running(connector, recorder):
-        await wait_until(lambda: all(recorder.latest(s) for s in expected), 5)
+        await wait_until_async(lambda: all(recorder.latest(s) for s in expected), 5)
     for signal, value in expected.items():
         sample = recorder.latest(signal)
         assert sample is not None and sample.quality == Quality.GOOD, signal
@@ -130,7 +132,7 @@ async def test_server_sees_exactly_the_planned_requests() -> None:
     assert len(plan) == math.ceil(300 / 50)  # 60 values, 5 registers apart, 50 per read
     recorder = Recorder()
     async with ModbusTestServer(port, holding=holding) as server, running(connector, recorder):
-        await wait_until(lambda: len(recorder.samples) >= 60, 5)
+        await wait_until_async(lambda: len(recorder.samples) >= 60, 5)
         await asyncio.sleep(0.1)
     assert server.requests == [(3, block.start, block.count) for block in plan]
     assert all(s.quality == Quality.GOOD for s in recorder.samples)
@@ -146,7 +148,7 @@ async def test_exception_reply_isolates_the_bad_address() -> None:
     connector = ModbusConnector("plc", _conn(port), bindings)
     recorder = Recorder()
     async with ModbusTestServer(port, holding=holding) as server, running(connector, recorder):
-        await wait_until(lambda: len(recorder.batches) >= 3, 5)
+        await wait_until_async(lambda: len(recorder.batches) >= 3, 5)
     first, *later = recorder.batches[:3]
     by_signal = {s.signal_id: s for s in first}
     assert by_signal["r5"].quality == Quality.BAD and by_signal["r5"].status == 2
@@ -172,7 +174,7 @@ async def test_invalid_gap_is_learned_and_avoided() -> None:
     assert len(connector.plan(0.2)) == 1
     recorder = Recorder()
     async with ModbusTestServer(port, holding=holding), running(connector, recorder):
-        await wait_until(lambda: len(recorder.batches) >= 3, 5)
+        await wait_until_async(lambda: len(recorder.batches) >= 3, 5)
     assert all(s.quality == Quality.GOOD for s in recorder.samples)
     assert [(b.start, b.count) for b in connector.plan(0.2)] == [(0, 2), (4, 2)]
     assert connector.stats.exception_replies == 1
@@ -188,18 +190,18 @@ async def test_rst_and_server_restart_reconnect_and_resume() -> None:
     async with FaultProxy("127.0.0.1", port) as proxy:
         connector = ModbusConnector("plc", _conn(proxy.port), [_bind("v", table=H, address=0)])
         async with running(connector, recorder):
-            await wait_until(lambda: len(recorder.samples) >= 2, 5)
+            await wait_until_async(lambda: len(recorder.samples) >= 2, 5)
             proxy.reset()
             # The retry runs on a fresh connection, so a single reset costs no poll.
-            await wait_until(lambda: connector.stats.connects >= 2, 5)
+            await wait_until_async(lambda: connector.stats.connects >= 2, 5)
             count = len(recorder.samples)
-            await wait_until(lambda: len(recorder.samples) > count + 1, 5)
+            await wait_until_async(lambda: len(recorder.samples) > count + 1, 5)
             await server.stop()
-            await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 5)
+            await wait_until_async(lambda: LinkState.DISCONNECTED in recorder.states(), 5)
             await asyncio.sleep(1.0)
             stopped_at = len(recorder.samples)
             await server.start()
-            took = await wait_until(lambda: len(recorder.samples) > stopped_at, 5)
+            took = await wait_until_async(lambda: len(recorder.samples) > stopped_at, 5)
     await server.stop()
     assert took < 5
     assert recorder.states()[-2:] == [LinkState.DISCONNECTED, LinkState.CONNECTED]
@@ -218,9 +220,11 @@ async def test_late_replies_are_never_used() -> None:
         connector = ModbusConnector("plc", _conn(proxy.port, max_gap=0), bindings)
         proxy.delay(0.2)  # round trip 0.4 s > timeout 0.3 s
         async with running(connector, recorder):
-            await wait_until(lambda: connector.stats.timeouts >= 4, 5)
+            await wait_until_async(lambda: connector.stats.timeouts >= 4, 5)
             proxy.delay(0.0)
-            await wait_until(lambda: len(recorder.of("a")) >= 2 and len(recorder.of("b")) >= 2, 5)
+            await wait_until_async(
+                lambda: len(recorder.of("a")) >= 2 and len(recorder.of("b")) >= 2, 5
+            )
     good = [s for s in recorder.samples if s.quality == Quality.GOOD]
     assert good and all(s.value == {"a": 111, "b": 222}[s.signal_id] for s in good)
 
@@ -246,12 +250,12 @@ async def test_rewritten_transaction_ids_are_never_used(new_tid: int) -> None:
         connector = ModbusConnector("plc", _conn(proxy.port), [_bind("v", table=H, address=0)])
         proxy.rewrite("downstream", _rewrite_reply(new_tid))
         async with running(connector, recorder):
-            await wait_until(
+            await wait_until_async(
                 lambda: connector.stats.mismatched_replies + connector.stats.timeouts >= 3, 5
             )
             assert recorder.samples == []
             proxy.rewrite("downstream", None)
-            await wait_until(lambda: len(recorder.samples) >= 2, 5)
+            await wait_until_async(lambda: len(recorder.samples) >= 2, 5)
     assert all(s.value == 7 and s.quality == Quality.GOOD for s in recorder.samples)
     if new_tid == 0:
         assert connector.stats.mismatched_replies >= 1

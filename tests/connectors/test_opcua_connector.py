@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asyncua import ua
-from connector_helpers import Recorder, free_port, running, wait_until
+from connector_helpers import Recorder, running
 from connector_opcua_server import OpcUaTestServer
 
 from connectors.base import LinkState, SignalBinding
 from connectors.config import OpcUaAddress, OpcUaConnection, OpcUaSubscription
 from connectors.opcua import OpcUaConnector
 from connectors.sample import Quality, TimestampOrigin
-from tests.faults import FaultProxy
+from tests.support.fault_proxy import FaultProxy
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -74,11 +76,13 @@ async def test_subscription_streams_initial_and_changed_values(server: OpcUaTest
     bindings = [_bind(name, server.node_id(name)) for name in ("State", "Speed", "Name")]
     connector = OpcUaConnector("cnc", _conn(server.endpoint), bindings)
     async with running(connector, recorder):
-        await wait_until(lambda: all(recorder.latest(s) for s in ("State", "Speed", "Name")), 5)
+        await wait_until_async(
+            lambda: all(recorder.latest(s) for s in ("State", "Speed", "Name")), 5
+        )
         assert connector.mode_in_use == "subscribe"
         source = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
         await server.write("State", 6, source_ts=source)
-        await wait_until(lambda: recorder.latest("State").value == 6, 3)  # type: ignore[union-attr]
+        await wait_until_async(lambda: recorder.latest("State").value == 6, 3)  # type: ignore[union-attr]
     state = recorder.latest("State")
     assert state is not None and state.quality == Quality.GOOD and state.status == 0
     assert state.source_ts == source.timestamp() and state.ts_origin == TimestampOrigin.SOURCE
@@ -96,10 +100,10 @@ async def test_poll_mode_reads_at_the_interval(server: OpcUaTestServer) -> None:
         "cnc", _conn(server.endpoint, mode="poll"), [_bind("Polled", server.node_id("Polled"))]
     )
     async with running(connector, recorder):
-        await wait_until(lambda: len(recorder.of("Polled")) >= 3, 5)
+        await wait_until_async(lambda: len(recorder.of("Polled")) >= 3, 5)
         assert connector.mode_in_use == "poll"
         await server.write("Polled", 4)
-        await wait_until(lambda: recorder.latest("Polled").value == 4, 3)  # type: ignore[union-attr]
+        await wait_until_async(lambda: recorder.latest("Polled").value == 4, 3)  # type: ignore[union-attr]
     assert server.subscriptions_requested == requested
     stamps = [s.received_ts for s in recorder.of("Polled")]
     # Polls fall on wall-clock multiples of 0.2 s (after the first, immediate one).
@@ -115,7 +119,7 @@ async def test_refused_subscription_falls_back_to_polling() -> None:
             "cnc", _conn(server.endpoint), [_bind("Count", server.node_id("Count"))]
         )
         async with running(connector, recorder):
-            await wait_until(lambda: len(recorder.of("Count")) >= 3, 5)
+            await wait_until_async(lambda: len(recorder.of("Count")) >= 3, 5)
             assert connector.mode_in_use == "poll"
     assert connector.stats.subscription_refusals == 1 and server.subscriptions_requested == 1
     assert recorder.states() == [LinkState.CONNECTING, LinkState.CONNECTED]
@@ -133,7 +137,7 @@ async def test_thousand_nodes_on_a_server_with_small_limits(
         bindings = [_bind(p.split("/")[1], server.node_id(p)) for p in MANY]
         connector = OpcUaConnector("cnc", _conn(server.endpoint, mode=mode), bindings)
         async with running(connector, recorder):
-            await wait_until(lambda: len({s.signal_id for s in recorder.samples}) == 1000, 20)
+            await wait_until_async(lambda: len({s.signal_id for s in recorder.samples}) == 1000, 20)
         sizes = {kind: list(counts) for kind, counts in server.sizes.items()}
     finally:
         await server.set_limits({}, {})
@@ -159,7 +163,7 @@ async def test_status_codes_map_to_quality(server: OpcUaTestServer) -> None:
     bindings.append(_bind("Missing", f"ns={server.index};s=Factory/Nope"))
     connector = OpcUaConnector("cnc", _conn(server.endpoint), bindings)
     async with running(connector, recorder):
-        await wait_until(lambda: len({s.signal_id for s in recorder.samples}) == 4, 5)
+        await wait_until_async(lambda: len({s.signal_id for s in recorder.samples}) == 4, 5)
     good, uncertain, bad = (recorder.latest(n) for n in ("Good", "Uncertain", "Bad"))
     missing = recorder.latest("Missing")
     assert good is not None and good.quality == Quality.GOOD and good.status == 0
@@ -182,7 +186,7 @@ async def test_missing_source_timestamp_falls_back_to_server_time(
         "cnc", _conn(server.endpoint, mode="poll"), [_bind("Temp", server.node_id("Temp"))]
     )
     async with running(connector, recorder):
-        await wait_until(lambda: recorder.latest("Temp") is not None, 5)
+        await wait_until_async(lambda: recorder.latest("Temp") is not None, 5)
     sample = recorder.latest("Temp")
     assert sample is not None and sample.value == 21.0
     assert sample.ts_origin in (TimestampOrigin.SERVER, TimestampOrigin.RECEIVED)
@@ -210,14 +214,14 @@ async def test_server_restart_resubscribes_with_fresh_node_ids() -> None:
     )
     try:
         async with running(connector, recorder):
-            await wait_until(lambda: recorder.latest("State") is not None, 5)
+            await wait_until_async(lambda: recorder.latest("State") is not None, 5)
             await first.stop()
-            await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 5)
+            await wait_until_async(lambda: LinkState.DISCONNECTED in recorder.states(), 5)
             await asyncio.sleep(5.0)
             await second.start()
-            took = await wait_until(lambda: recorder.latest("State").value == 2, 5)  # type: ignore[union-attr]
+            took = await wait_until_async(lambda: recorder.latest("State").value == 2, 5)  # type: ignore[union-attr]
             await second.write("State", 3)
-            await wait_until(lambda: recorder.latest("State").value == 3, 3)  # type: ignore[union-attr]
+            await wait_until_async(lambda: recorder.latest("State").value == 3, 3)  # type: ignore[union-attr]
     finally:
         await first.stop()
         await second.stop()
@@ -237,13 +241,13 @@ async def test_frozen_link_is_detected_and_recovered() -> None:
             "cnc", _conn(endpoint), [_bind("Count", server.node_id("Count"))]
         )
         async with running(connector, recorder):
-            await wait_until(lambda: recorder.latest("Count") is not None, 5)
+            await wait_until_async(lambda: recorder.latest("Count") is not None, 5)
             proxy.pause()
-            await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 6)
+            await wait_until_async(lambda: LinkState.DISCONNECTED in recorder.states(), 6)
             proxy.reset()
             proxy.resume()
             await server.write("Count", 2)
-            await wait_until(lambda: recorder.latest("Count").value == 2, 8)  # type: ignore[union-attr]
+            await wait_until_async(lambda: recorder.latest("Count").value == 2, 8)  # type: ignore[union-attr]
     assert recorder.states()[-1] == LinkState.CONNECTED
     assert connector.stats.sessions >= 2
     # The first disconnect is the detection of the frozen link; later ones may be refused

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asyncua import ua
-from connector_helpers import Recorder, free_port, running, wait_until
+from connector_helpers import Recorder, running
 from connector_opcua_server import SERVER_URI, OpcUaTestServer, make_certificate
 
 from connectors.base import LinkState, SignalBinding
@@ -34,6 +34,8 @@ from connectors.opcua_session import (
     open_client,
     read_operation_limits,
 )
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -160,7 +162,7 @@ async def test_unknown_server_certificate_is_refused_until_approved(
     connector = OpcUaConnector("cnc", _conn(secure_server.endpoint, security), [binding])
     recorder = Recorder()
     async with running(connector, recorder):
-        await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 10)
+        await wait_until_async(lambda: LinkState.DISCONNECTED in recorder.states(), 10)
         rejected = list((pki_dir / "rejected").glob("*.der"))
         assert len(rejected) == 1
         assert rejected[0].read_bytes() == pki.server_cert.read_bytes()
@@ -169,7 +171,7 @@ async def test_unknown_server_certificate_is_refused_until_approved(
         assert "move it to" in reason and str(pki_dir / "trusted") in reason
         assert recorder.samples == []
         rejected[0].rename(pki_dir / "trusted" / rejected[0].name)
-        await wait_until(lambda: recorder.latest("speed") is not None, 10)
+        await wait_until_async(lambda: recorder.latest("speed") is not None, 10)
     assert recorder.states()[-1] == LinkState.CONNECTED
     assert recorder.latest("speed").value == 42.0  # type: ignore[union-attr]
 
@@ -228,13 +230,13 @@ async def test_bad_server_certificate_is_refused_and_saved(pki: Pki, flaw: str) 
     connector = OpcUaConnector("cnc", _conn(server.endpoint, security), [binding])
     recorder = Recorder()
     async with server, running(connector, recorder):
-        await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 10)
+        await wait_until_async(lambda: LinkState.DISCONNECTED in recorder.states(), 10)
         rejected = list((pki_dir / "rejected").glob("*.der"))
         assert len(rejected) == 1
         # Retries failing the same way emit no new link event; a retry shows as the file
         # saved again: the next attempt is refused as well.
         rejected[0].unlink()
-        await wait_until(rejected[0].exists, 10)
+        await wait_until_async(rejected[0].exists, 10)
     assert list((pki_dir / "rejected").glob("*.der")) == rejected
     assert rejected[0].read_bytes() == cert.read_bytes()
     assert recorder.states() == [LinkState.CONNECTING, LinkState.DISCONNECTED]
@@ -273,7 +275,7 @@ async def test_secure_policy_against_a_none_only_server_is_refused(
     connector = OpcUaConnector("cnc", _conn(open_server.endpoint, security), [binding])
     recorder = Recorder()
     async with running(connector, recorder):
-        await wait_until(lambda: LinkState.DISCONNECTED in recorder.states(), 5)
+        await wait_until_async(lambda: LinkState.DISCONNECTED in recorder.states(), 5)
     assert connector.stats.sessions == 0 and recorder.samples == []
     assert "rather than made with weaker security" in recorder.links[-1].reason
 

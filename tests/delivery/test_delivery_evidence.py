@@ -6,7 +6,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from delivery_support import commit_days, segments
 from joserfc.jwk import OKPKey
 from typer.testing import CliRunner
 
@@ -15,6 +14,7 @@ from agent.outbox import Outbox
 from agent.protocol.envelope import public_jwk
 from agent.protocol.merkle import Segment
 from agent.protocol.period import Period
+from tests.support.reports import commit_days, segments
 from tieragent.commands.report import evidence_app, verify_command
 
 

@@ -1,4 +1,4 @@
-"""Delivery faults from issue 5 and RELIABILITY.md §c against a real Mosquitto.
+"""Delivery faults of docs/reliability.md §c against a real Mosquitto.
 
 - the 30 s broker outage of issue 5 (T1 with the issue's duration),
 - T6 "PUBACK lost" through a FaultProxy that drops broker->agent bytes,
@@ -23,17 +23,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from delivery_support import (
-    FACTORY,
-    TZ,
-    Broker,
-    Bureau,
-    commit_days,
-    make_report,
-    start_bureau,
-    wait_until,
-)
-from faults.proxy import FaultProxy
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 from test_delivery_mqtt import RawClient, check_invariants, settings
@@ -44,6 +33,11 @@ from agent.protocol.mqtt import report_topic
 from agent.protocol.period import Period
 from agent.publisher import Publisher
 from bureau.receiver import Receiver
+from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.fault_proxy import FaultProxy
+from tests.support.mosquitto import Broker
+from tests.support.reports import FACTORY, TZ, commit_days, make_report
+from tests.support.waiting import wait_until
 
 Emitted = list[tuple[str, str, bytes]]  # (report_id, receipt status, receipt bytes)
 
@@ -64,12 +58,7 @@ def _record_receipts(receiver: Receiver, emitted: Emitted) -> None:
 
 
 def _step_until(publisher: Publisher, condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        publisher.step(0.05)
-    return condition()
+    return wait_until(condition, timeout, pause=publisher.step)
 
 
 def _step_for(publisher: Publisher, seconds: float) -> None:
@@ -96,7 +85,7 @@ def test_broker_stopped_30_s_loses_nothing(
     (count in the bureau store), in seq order, and the outbox drains (issue 5, T1).
 
     "In order": the bureau store holds seq 1..12 chained from genesis, all `accepted`, and
-    arrivals are in order within the send window W (RELIABILITY T3): messages the restarted
+    arrivals are in order within the send window W (docs/reliability.md T3): messages the restarted
     broker loses before the receiver re-subscribes are resent per row on their own backoff,
     so a later row may overtake a lagging one, but never by W or more."""
     caplog.set_level(logging.WARNING)
@@ -249,7 +238,7 @@ def _sys_value(broker: Broker, topic: str) -> int:
     return values[-1]
 
 
-OFFLINE_S = 15.0  # RELIABILITY T8 says 60 s; 15 s already spans three resend rounds
+OFFLINE_S = 15.0  # docs/reliability.md T8 says 60 s; 15 s already spans three resend rounds
 
 
 def test_bureau_offline_broker_drops_queue_nothing_lost(

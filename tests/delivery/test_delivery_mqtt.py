@@ -1,6 +1,6 @@
 """End-to-end delivery through a real Mosquitto: outbox -> publisher -> bureau -> receipt.
 
-Test profile (RELIABILITY.md §c): keepalive 2 s, reconnect 0.1-2 s with jitter, receipt
+Test profile (docs/reliability.md §c): keepalive 2 s, reconnect 0.1-2 s with jitter, receipt
 timeout 3 s, send window 4. Invariants I1-I5 and I7 are checked after every run.
 """
 
@@ -18,26 +18,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from delivery_support import (
-    FACTORY,
-    Broker,
-    Bureau,
-    commit_days,
-    day,
-    make_report,
-    start_bureau,
-    wait_until,
-)
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.outbox import ACKED, Outbox
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import Kind, canonical_bytes, public_jwk, sign_compact, verify_compact
 from agent.protocol.mqtt import receipt_topic, report_topic
-from agent.protocol.report import genesis_sha256
 from agent.publisher import Publisher, PublisherSettings
-
-TESTS = Path(__file__).resolve().parents[1]
+from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.mosquitto import Broker
+from tests.support.reports import FACTORY, commit_days, day, make_report
+from tests.support.waiting import wait_until
 
 
 def settings(
@@ -305,7 +297,7 @@ def test_partition_via_proxy_pause_then_drain_in_order(tmp_path: Path, mosquitto
     """If the agent-broker link is blackholed (proxy pause) for 8 s while reports keep being
     committed, then the dead link is detected within 2 x keepalive + 1 s, nothing is lost and
     the backlog drains in seq order after the link returns (T3, unprivileged variant)."""
-    from faults.proxy import FaultProxy
+    from tests.support.fault_proxy import FaultProxy
 
     key = OKPKey.generate_key("Ed25519")
     bureau = start_bureau(tmp_path / "bureau.db", mosquitto.url, {FACTORY: key})

@@ -1,6 +1,6 @@
-"""MQTT over TLS through a real Mosquitto whose only listener is TLS (RELIABILITY.md T12).
+"""MQTT over TLS through a real Mosquitto whose only listener is TLS (docs/reliability.md T12).
 
-Every test makes a throwaway PKI with `cryptography` (delivery_support.make_pki): a CA, a
+Every test makes a throwaway PKI with `cryptography` (tests/support/pki.py): a CA, a
 broker certificate for 127.0.0.1/localhost and a client certificate, keys 0600. Timers are
 the test profile of test_delivery_mqtt.py.
 """
@@ -15,21 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from delivery_support import (
-    FACTORY,
-    Broker,
-    Bureau,
-    commit_days,
-    make_pki,
-    start_bureau,
-    wait_until,
-)
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
 from test_delivery_mqtt import check_invariants, settings
@@ -42,17 +31,13 @@ from bureau.receipts import load_or_create_bureau_key
 from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore
+from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.mosquitto import Broker
+from tests.support.pki import make_pki
+from tests.support.reports import FACTORY, commit_days
+from tests.support.waiting import wait_until
 
 REPORTS = 3
-
-
-@contextmanager
-def running(broker: Broker) -> Iterator[Broker]:
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 class Observer:
@@ -124,7 +109,7 @@ def test_reports_are_delivered_and_acked_over_tls(tmp_path: Path) -> None:
     receipt."""
     pki = make_pki(tmp_path / "pki")
     key = OKPKey.generate_key("Ed25519")
-    with running(Broker(tmp_path, tls=pki)) as broker:
+    with Broker(tmp_path, tls=pki) as broker:
         assert broker.url.startswith("mqtts://")
         bureau = start_bureau(tmp_path / "bureau.db", broker.url, {FACTORY: key}, ca_file=pki.ca)
         outbox = Outbox(tmp_path / "outbox.db")
@@ -163,7 +148,7 @@ def test_untrusted_broker_certificate_is_refused(
     outbox = Outbox(tmp_path / "outbox.db")
     commit_days(outbox, key, range(1, REPORTS + 1))
     bureau = Bureau(receiver=None, key=OKPKey.generate_key("Ed25519"))  # type: ignore[arg-type]
-    with running(Broker(tmp_path, tls=broker_pki)) as broker:
+    with Broker(tmp_path, tls=broker_pki) as broker:
         observer = Observer(broker.port)
         try:
             publisher = Publisher(settings(broker.url, bureau, ca_file=agent_ca), outbox)
@@ -218,7 +203,7 @@ def test_broker_requiring_client_certificates(
     store.close()
     outbox = Outbox(tmp_path / "outbox.db")
     commit_days(outbox, agent_key, range(1, REPORTS + 1))
-    with running(Broker(tmp_path, tls=pki, require_certificate=True)) as broker:
+    with Broker(tmp_path, tls=pki, require_certificate=True) as broker:
         serve = subprocess.Popen(
             [
                 sys.executable, "-m", "tieragent", "bureau", "serve",

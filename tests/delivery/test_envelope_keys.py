@@ -13,11 +13,11 @@ from pathlib import Path
 
 import jwt
 import pytest
-from delivery_support import FACTORY, Period, make_report
 from joserfc.jwk import OKPKey
 from jwcrypto import jwk as jwc_jwk
 from jwcrypto import jws as jwc_jws
 
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
@@ -29,9 +29,10 @@ from agent.protocol.envelope import (
     verify_compact,
 )
 from agent.protocol.keys import init_keys, load_private_key, rotate_keys
-from agent.protocol.report import genesis_sha256
+from agent.protocol.period import Period
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore
+from tests.support.reports import FACTORY, make_report
 
 
 def _b64(data: bytes) -> str:

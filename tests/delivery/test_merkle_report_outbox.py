@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -11,14 +10,24 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from delivery_support import FACTORY, TZ, commit_days, day, make_report, segments, synthetic_base
 from joserfc.jwk import OKPKey
 
 from agent.outbox import Outbox, OutboxError
 from agent.protocol import merkle
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import canonical_bytes, sha256_hex
 from agent.protocol.period import Period
-from agent.protocol.report import ReportError, genesis_sha256, report_id, schema_errors
+from agent.protocol.report import ReportError, report_id, schema_errors
+from tests.support.paths import python_env
+from tests.support.reports import (
+    FACTORY,
+    TZ,
+    commit_days,
+    day,
+    make_report,
+    segments,
+    synthetic_base,
+)
 
 # RFC 6962 test vectors (certificate-transparency merkle_tree_test.cc).
 LEAVES = [
@@ -126,9 +135,8 @@ def test_month_report_carries_daily_sums() -> None:
 
 def test_nan_in_base_measures_is_refused() -> None:
     """If a base measure is NaN, then building the report raises ReportError."""
-    from delivery_support import EVALUATION, inventory, meta
-
     from agent.protocol.report import build_report
+    from tests.support.reports import EVALUATION, inventory, meta
 
     key = OKPKey.generate_key("Ed25519")
     base = synthetic_base(day(1), 1)
@@ -154,10 +162,10 @@ def test_outbox_chains_reports_and_is_idempotent_per_period(tmp_path: Path) -> N
     again = commit_days(outbox, key, range(1, 4))
     assert [i.seq for i in first] == [1, 2, 3] and first == again
     prev = genesis_sha256(FACTORY)
-    from agent.audit_bundle import _payload
+    from agent.protocol.envelope import Kind, unverified_payload
 
     for item in first:
-        payload = _payload(item.jws)
+        payload = unverified_payload(item.jws, Kind.REPORT)
         assert payload["prev_sha256"] == prev
         prev = item.payload_sha256
     db = sqlite3.connect(tmp_path / "outbox.db")
@@ -166,12 +174,10 @@ def test_outbox_chains_reports_and_is_idempotent_per_period(tmp_path: Path) -> N
 
 
 _COMMIT_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
     from pathlib import Path
     from agent.protocol.keys import load_private_key
     from agent.outbox import Outbox
-    from delivery_support import commit_days
+    from tests.support.reports import commit_days
     key = load_private_key(Path({key!r}))
     commit_days(Outbox(Path({db!r})), key, range(1, 3))
 """)
@@ -186,11 +192,10 @@ def test_crash_points_in_commit_keep_the_chain_whole(tmp_path: Path, point: str)
 
     init_keys(tmp_path / "k", None)
     script = _COMMIT_SCRIPT.format(
-        tests=str(Path(__file__).resolve().parents[1]),
         key=str(tmp_path / "k" / "agent-key.pem"),
         db=str(tmp_path / "outbox.db"),
     )
-    env = {**os.environ, "TIERAGENT_CRASH_AT": point}
+    env = python_env(TIERAGENT_CRASH_AT=point)  # the script imports tests.support
     crashed = subprocess.run([sys.executable, "-c", script], env=env, timeout=60, check=False)
     assert crashed.returncode == -9
     outbox = Outbox(tmp_path / "outbox.db")

@@ -116,16 +116,6 @@ def stored_intervals(store: Store) -> pd.DataFrame:
     return frame.sort_values(["device_id", "start"], ignore_index=True)
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    """Poll `condition` until true; returns the seconds waited, raises after `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
-
-
 def read_ledger(sim: SimulatorServer, ledger_dir: Path) -> Ledger:
     sim.flush_ledger()
     return load_ledger(ledger_dir)

@@ -26,7 +26,6 @@ from live_support import (
     read_ledger,
     running_agent,
     stored_intervals,
-    wait_until,
 )
 
 from agent.config import parse_config
@@ -41,6 +40,7 @@ from simulator.opcua_face import OpcUaFaceConfig
 from simulator.opcua_nodes import synthetic_path
 from simulator.opcua_server import OperationLimits
 from simulator.server import SimulatorServer
+from tests.support.waiting import wait_until_async
 
 LIVE_S = 60.0
 BOUNDARY_S = 1.0  # the bound between an agent boundary and the ledger's
@@ -143,7 +143,7 @@ async def _collect(
     connector = OpcUaConnector("big", connection, bindings)
     task = asyncio.create_task(connector.run(recorder.sink, recorder.link))
     try:
-        waited = await wait_until(lambda: done(recorder.samples), 20)
+        waited = await wait_until_async(lambda: done(recorder.samples), 20)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

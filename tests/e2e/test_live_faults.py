@@ -1,6 +1,6 @@
 """Live faults end to end: the simulator's real servers with injected faults, the agent
 collecting from them, the store and the ledger compared afterwards (issue 10,
-RELIABILITY F1 and C3, and a kill -9 of `tieragent run`).
+docs/reliability.md F1 and C3, and a kill -9 of `tieragent run`).
 
 Figures of one run are printed (`pytest -s`) so they can be quoted.
 """
@@ -31,7 +31,6 @@ from live_support import (
     query,
     running_agent,
     stored_intervals,
-    wait_until,
 )
 
 from agent.config import parse_config
@@ -40,10 +39,11 @@ from agent.derive.sample_columns import MAX_SOURCE_SKEW_S
 from agent.store import Store
 from connectors.opcua import OpcUaConnector
 from simulator.live import LiveFactory
+from tests.support.waiting import wait_until_async
 
 DOWN_S = 15.0
 RESUME_BOUND_S = 5.0  # data again within 5 s of the server being up (issue 10 / F1)
-DETECT_BOUND_S = 5.0  # a lost link noticed within 5 s (RELIABILITY F2's bound)
+DETECT_BOUND_S = 5.0  # a lost link noticed within 5 s (docs/reliability.md F2's bound)
 # The reconnect backoff's ceiling: attempts while the server is down are at most 2 s
 # apart, so one falls within 2 s of the restart and the session, subscription and
 # first read fit in the remaining 3 s.
@@ -68,7 +68,7 @@ async def _samples_after(db: Path, devices: set[str], since: float, timeout: flo
         firsts.update(dict(query(db, sql, (since, *sorted(devices)))))
         return set(firsts) == devices
 
-    await wait_until(all_back, timeout, step=0.1)
+    await wait_until_async(all_back, timeout, step=0.1)
     return max(firsts.values())
 
 
@@ -94,7 +94,7 @@ async def test_opcua_server_down_15_s_resumes_within_5_s_and_the_gap_is_unknown(
         opcua = {d.id for d in config.devices if d.connection == "sim-opcua"}
         modbus = {d.id for d in config.devices if d.connection == "sim-modbus"}
         async with running_agent(config, db) as runtime:
-            await wait_until(lambda: _connected_since(db, "sim-opcua", 0), 15)
+            await wait_until_async(lambda: _connected_since(db, "sim-opcua", 0), 15)
             await asyncio.sleep(3)
             stopped = time.time()
             await sim.faults.stop_face("opcua")
@@ -159,7 +159,7 @@ async def test_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
     such sample is stored with its source timestamp verbatim but flagged uncertain, the
     derivations use the receive time instead (nothing lands in the future or the past),
     no interval is negative, and the skew metric counts them per device with the sign of
-    the skew (RELIABILITY C3)."""
+    the skew (docs/reliability.md C3)."""
     factory = demo_factory()
     db = tmp_path / "agent.db"
     sim = demo_server(factory, None)
@@ -167,7 +167,7 @@ async def test_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
         config = parse_config(agent_config(factory, sim))
         opcua = {d.id for d in config.devices if d.connection == "sim-opcua"}
         async with running_agent(config, db) as runtime:
-            await wait_until(lambda: _connected_since(db, "sim-opcua", 0), 15)
+            await wait_until_async(lambda: _connected_since(db, "sim-opcua", 0), 15)
             await asyncio.sleep(2)
             skewed_at = time.time()
             sim.faults.skew_timestamps(7200.0)
@@ -243,7 +243,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def _until_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    await wait_until(lambda: proc.poll() is not None, timeout, step=0.1)
+    await wait_until_async(lambda: proc.poll() is not None, timeout, step=0.1)
     return int(proc.returncode)
 
 
@@ -270,7 +270,7 @@ async def test_kill_9_of_the_agent_loses_no_committed_sample_and_counts_nothing_
 
         first = _run_agent(config_file, data, log)
         try:
-            await wait_until(lambda: _stored(db) > 0, 30, step=0.2)
+            await wait_until_async(lambda: _stored(db) > 0, 30, step=0.2)
             await asyncio.sleep(10)
             # What the agent has acknowledged: every committed row, read just before the kill.
             committed = query(db, "SELECT rowid, * FROM samples ORDER BY rowid")
@@ -284,7 +284,7 @@ async def test_kill_9_of_the_agent_loses_no_committed_sample_and_counts_nothing_
         second = _run_agent(config_file, data, log)
         try:
             last_rowid = committed[-1][0]
-            await wait_until(lambda: _stored(db) > last_rowid, 30, step=0.2)
+            await wait_until_async(lambda: _stored(db) > last_rowid, 30, step=0.2)
             await asyncio.sleep(10)
             second.send_signal(signal.SIGTERM)
             assert await _until_exit(second, 15) == 0

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from indicators.catalog import Params
 from indicators.columns import BASE_MEASURE_COLUMNS
 from indicators.evaluate import (
     Declarations,
@@ -22,7 +23,6 @@ from indicators.evaluate import (
     load_declarations,
     load_policy,
 )
-from indicators.kpi import Params
 from tieragent.evaluation_view import evaluation_json, render_evaluation
 
 ROOT = Path(__file__).resolve().parents[2]

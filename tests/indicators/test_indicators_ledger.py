@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indicators.kpi import AUTOMATED_KINDS, Params, compute
+from indicators.catalog import Params
+from indicators.inventory_rates import AUTOMATED_KINDS
+from indicators.kpi import compute
 from indicators.timemodel import base_measures
 from simulator.history import Gap, generate_history, load_samples
 from simulator.ledger import Ledger, load_ledger

@@ -6,8 +6,6 @@ only; the servers under test are the real asyncua / pymodbus servers.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,25 +207,6 @@ def server_certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     server = generate_certificate(folder, "server", SERVER_APPLICATION_URI)
     client = generate_certificate(folder, "client", CLIENT_APPLICATION_URI)
     yield {"server": server, "client": client, "folder": folder}
-
-
-async def _wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll `predicate` (sync or async) until it returns a truthy value or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-@pytest.fixture
-def wait_until() -> Any:
-    return _wait_until
 
 
 DEMO_FACTORY = Path(__file__).resolve().parents[2] / "config" / "factories" / "demo.yaml"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Role, parse_config
+from agent.config import parse_config
+from indicators.vocabulary import Role
 from simulator.agent_config import export_agent_config, main, render_agent_config
 from simulator.model import SimFactory, load_factory
 

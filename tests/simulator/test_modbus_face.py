@@ -13,6 +13,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from simulator.api import ModbusSpec, SignalSpec
 from simulator.modbus_face import ModbusFace, ModbusFaceConfig, encode_registers, register_width
+from tests.support.waiting import wait_until_async
 
 DT = AsyncModbusTcpClient.DATATYPE
 PYMODBUS_TYPE = {
@@ -132,7 +133,7 @@ async def test_client_reads_every_signal_as_the_source_says(
 
 
 async def test_values_refresh_every_tick(
-    face: ModbusFace, client: AsyncModbusTcpClient, modbus_source: Any, wait_until: Any
+    face: ModbusFace, client: AsyncModbusTcpClient, modbus_source: Any
 ) -> None:
     """If the source's counter moves, then the register shows it within a few ticks."""
     spec = face.spec("PRESS-01", "good_count")
@@ -142,7 +143,7 @@ async def test_values_refresh_every_tick(
         assert spec.modbus is not None
         return bool(decode(spec.modbus, (await read(client, spec)).registers) == 123_456_999)
 
-    await wait_until(updated, timeout=2)
+    await wait_until_async(updated, timeout=2)
 
 
 async def test_request_counter_counts_per_unit_and_function_code(

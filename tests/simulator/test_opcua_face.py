@@ -36,7 +36,7 @@ async def face(opcua_source: Any) -> AsyncIterator[OpcUaFace]:
 
 
 class DataChanges:
-    """Collects subscription notifications (only enqueues, per RELIABILITY asyncua #3)."""
+    """Collects subscription notifications (only enqueues, per docs/reliability.md §d asyncua 3)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[str, ua.DataValue]] = asyncio.Queue()

@@ -16,40 +16,39 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
 import typer
 
 from agent.protocol.envelope import EnvelopeError, strict_loads
-from agent.protocol.keys import KeyFileError
 from agent.protocol.mqtt import BrokerError, parse_broker_url
 from bureau.receipts import bureau_public, load_or_create_bureau_key
 from bureau.receiver import Receiver, ReceiverSettings
-from bureau.registry import KeyRegistry, RegistryError
-from bureau.store import SqliteReportStore, StoreError
+from bureau.registry import KeyRegistry
+from bureau.store import SqliteReportStore
+from tieragent.console import InvalidInput, handle_errors
 
-EXIT_INVALID = 2
 bureau_app = typer.Typer(help="The bureau side: receiver and key registry.", no_args_is_help=True)
 
 _DB = typer.Option(Path("bureau.db"), "--db", help="Bureau SQLite database.")
 _KEY = typer.Option(Path("bureau-key.pem"), "--key", help="Receipt-signing key (0600; created).")
 
-
-def _fail(message: str) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(EXIT_INVALID)
-
-
-def _open(db: Path) -> SqliteReportStore:
+@contextmanager
+def _registry(db: Path) -> Iterator[KeyRegistry]:
+    """The key registry of the bureau database, changed in one transaction."""
+    store = SqliteReportStore(db)
     try:
-        return SqliteReportStore(db)
-    except StoreError as error:
-        _fail(str(error))
-        raise
+        with store.transaction():
+            yield KeyRegistry(store.db)
+    finally:
+        store.close()
 
 
 @bureau_app.command("serve")
+@handle_errors
 def serve(
     db: Path = _DB,
     broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
@@ -70,13 +69,9 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     if protocol not in ("5", "3.1.1"):
-        _fail(f"--protocol {protocol!r} is not 5 or 3.1.1.")
-    try:
-        parse_broker_url(broker)
-        signing_key = load_or_create_bureau_key(key)
-    except (BrokerError, KeyFileError) as error:
-        _fail(str(error))
-        return
+        raise InvalidInput(f"--protocol {protocol!r} is not 5 or 3.1.1.")
+    parse_broker_url(broker)
+    signing_key = load_or_create_bureau_key(key)
     settings = ReceiverSettings(
         db=db,
         broker_url=broker,
@@ -89,11 +84,7 @@ def serve(
         cert_file=cert_file,
         key_file=key_file,
     )
-    try:
-        receiver = Receiver(settings, signing_key)
-    except StoreError as error:
-        _fail(str(error))
-        return
+    receiver = Receiver(settings, signing_key)
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -103,10 +94,9 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     try:
         receiver.start()
-    except BrokerError as error:  # unreadable TLS files, or TLS files with mqtt://
+    except BrokerError:  # unreadable TLS files, or TLS files with mqtt://
         receiver.stop()
-        _fail(str(error))
-        return
+        raise
     typer.echo(f"Bureau {bureau_id} receiving on {broker} (db {db}).", err=True)
     while not stop.wait(1.0):
         receiver.tick()
@@ -116,69 +106,49 @@ def serve(
 
 
 @bureau_app.command("enroll")
+@handle_errors
 def enroll(
     factory: str = typer.Option(..., "--factory", help="Factory id issued by the bureau."),
     jwk: Path = typer.Option(..., "--jwk", help="The agent's public JWK file (keys show)."),
     db: Path = _DB,
 ) -> None:
     """Register an agent's public key for a factory (offline enrollment)."""
-    try:
+    try:  # these errors do not name the file: add it
         value = strict_loads(jwk.read_bytes())
     except OSError as error:
-        _fail(f"{jwk}: cannot read ({error.strerror}).")
-        return
+        raise InvalidInput(f"{jwk}: cannot read ({error.strerror}).") from None
     except EnvelopeError as error:
-        _fail(f"{jwk}: {error}")
-        return
+        raise InvalidInput(f"{jwk}: {error}") from None
     if not isinstance(value, dict):
-        _fail(f"{jwk}: not a JWK object.")
-        return
-    store = _open(db)
-    try:
-        with store.transaction():
-            key = KeyRegistry(store.db).enroll(factory, value)
-    except RegistryError as error:
-        _fail(str(error))
-        return
-    finally:
-        store.close()
+        raise InvalidInput(f"{jwk}: not a JWK object.")
+    with _registry(db) as registry:
+        key = registry.enroll(factory, value)
     typer.echo(f"Enrolled key {key.kid} for factory {key.factory_id}.")
 
 
 @bureau_app.command("revoke")
+@handle_errors
 def revoke(kid: str = typer.Option(..., "--kid"), db: Path = _DB) -> None:
     """Revoke a key: reports received from now on with it are rejected."""
-    store = _open(db)
-    try:
-        with store.transaction():
-            key = KeyRegistry(store.db).revoke(kid)
-    except RegistryError as error:
-        _fail(str(error))
-        return
-    finally:
-        store.close()
+    with _registry(db) as registry:
+        key = registry.revoke(kid)
     typer.echo(f"Revoked key {key.kid} of factory {key.factory_id}.")
 
 
 @bureau_app.command("rotate")
+@handle_errors
 def rotate(statement: Path = typer.Option(..., "--statement"), db: Path = _DB) -> None:
     """Accept a key-rotation statement (signed by the old and the new key)."""
-    store = _open(db)
-    try:
-        with store.transaction():
-            key = KeyRegistry(store.db).apply_rotation(statement.read_bytes())
-    except (RegistryError, OSError) as error:
-        _fail(str(error))
-        return
-    finally:
-        store.close()
+    with _registry(db) as registry:
+        key = registry.apply_rotation(statement.read_bytes())
     typer.echo(f"Added key {key.kid} for factory {key.factory_id}.")
 
 
 @bureau_app.command("list")
+@handle_errors
 def list_keys(db: Path = _DB) -> None:
     """List enrolled keys and report counts per factory."""
-    store = _open(db)
+    store = SqliteReportStore(db)
     try:
         for key in KeyRegistry(store.db).enrolled():
             reports = len(store.reports(key.factory_id))
@@ -188,9 +158,7 @@ def list_keys(db: Path = _DB) -> None:
 
 
 @bureau_app.command("show-key")
+@handle_errors
 def show_key(key: Path = _KEY) -> None:
     """Print the public JWK of the receipt-signing key (agents pin it)."""
-    try:
-        typer.echo(json.dumps(bureau_public(load_or_create_bureau_key(key)), indent=2))
-    except KeyFileError as error:
-        _fail(str(error))
+    typer.echo(json.dumps(bureau_public(load_or_create_bureau_key(key)), indent=2))

@@ -21,15 +21,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bureau.annual import AnnualError, AnnualEvaluation
+from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store, export_evidence
 from bureau.evidence_verify import verify_evidence_dir
-from bureau.store import SqliteReportStore, StoreError
+from bureau.store import SqliteReportStore
 from indicators.policy import DEFAULT_POLICY, PolicyFiles
+from tieragent.console import InvalidInput, handle_errors, print_verification
 from tieragent.evaluation_view import render_evaluation
-
-EXIT_INVALID = 2
-EXIT_FAILED = 1
 
 _DB = typer.Option(..., "--db", help="Bureau SQLite database.")
 _FACTORY = typer.Option(..., "--factory", help="Factory id.")
@@ -47,24 +45,17 @@ _INDUSTRY = typer.Option(None, "--industry-code", help="Override the reports' in
 _PROVINCE = typer.Option(None, "--province", help="Override the reports' province.")
 
 
-def _fail(message: str, code: int = EXIT_INVALID) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _open(db: Path) -> SqliteReportStore:
     if not db.is_file():
-        _fail(f"{db}: no bureau database here (give --db the file `bureau serve` writes).")
-    try:
-        return SqliteReportStore(db)
-    except StoreError as error:
-        _fail(str(error))
-        raise
+        raise InvalidInput(
+            f"{db}: no bureau database here (give --db the file `bureau serve` writes)."
+        )
+    return SqliteReportStore(db)
 
 
 def _existing(path: Path | None, what: str) -> Path | None:
     if path is not None and not path.is_file():
-        _fail(f"{path}: the {what} file does not exist.")
+        raise InvalidInput(f"{path}: the {what} file does not exist.")
     return path
 
 
@@ -73,7 +64,7 @@ def _through(year: int, through: str | None) -> date | None:
         try:
             return date.fromisoformat(through)
         except ValueError:
-            _fail(f"--through {through!r} is not a date (YYYY-MM-DD).")
+            raise InvalidInput(f"--through {through!r} is not a date (YYYY-MM-DD).") from None
     # A year still running is evaluated up to its last complete day (bureau time zone: China).
     yesterday = datetime.now(ZoneInfo("Asia/Shanghai")).date() - timedelta(days=1)
     return yesterday if yesterday.year == year else None
@@ -134,13 +125,11 @@ def _run(
             store, factory, year, files, baseline_year=baseline, through=last, overrides=overrides
         )
         return result
-    except AnnualError as error:
-        _fail(str(error))
-        raise
     finally:
         store.close()
 
 
+@handle_errors
 def evaluate_command(
     db: Path = _DB,
     factory: str = _FACTORY,
@@ -175,6 +164,7 @@ def evaluate_command(
     render_evaluation(result.evaluation, console)
 
 
+@handle_errors
 def evidence_command(
     db: Path = _DB,
     factory: str = _FACTORY,
@@ -208,21 +198,18 @@ def evidence_command(
     )
 
 
+@handle_errors
 def verify_evidence_command(
     directory: Path = typer.Argument(..., help="Evidence folder."),
 ) -> None:
     """Verify an evidence folder offline; exit 1 and name every problem if anything differs."""
     if not (directory / "manifest.json").is_file():
-        _fail(f"{directory}: no manifest.json; not an evidence folder.")
+        raise InvalidInput(f"{directory}: no manifest.json; not an evidence folder.")
     result = verify_evidence_dir(directory)
-    for problem in result.problems:
-        typer.echo(f"FAIL {problem}")
-    typer.echo(
-        f"{result.reports} signed report(s), {result.numbers} number(s) in report.html checked: "
-        f"{'OK' if result.ok else f'{len(result.problems)} problem(s)'}."
+    print_verification(
+        result.problems,
+        f"{result.reports} signed report(s), {result.numbers} number(s) in report.html",
     )
-    if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
 
 
 def render_summary(result: AnnualEvaluation, console: Console) -> None:

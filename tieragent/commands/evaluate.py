@@ -8,19 +8,20 @@ import typer
 from rich.console import Console
 
 from agent.assess import assess
-from agent.protocol.period import Period, PeriodError
+from agent.config import load_config
+from agent.protocol.period import Period
 from agent.store.store import Store
 from indicators.policy import (
     DEFAULT_POLICY,
     EXAMPLE_BENCHMARKS,
     EXAMPLE_DECLARATIONS,
-    PolicyFileError,
     PolicyFiles,
 )
-from tieragent.console import EXIT_INVALID, err_console, load_config_or_exit
+from tieragent.console import InvalidInput, handle_errors
 from tieragent.evaluation_view import evaluation_json, render_evaluation
 
 
+@handle_errors
 def evaluate_command(
     config_path: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     period: str = typer.Option(..., "--period", help="2026, 2026-11 or 2026-11-21 (local time)."),
@@ -34,21 +35,17 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Evaluate the tier conditions for a period from the measured base measures."""
-    config = load_config_or_exit(config_path)
-    err = err_console
-    try:
-        loaded = PolicyFiles(policy, benchmarks, declarations).load()
-        start, end = Period.parse(period, config.factory.time_zone).bounds()
-        baseline_bounds = (
-            Period.parse(baseline, config.factory.time_zone).bounds() if baseline else None
-        )
-    except (PolicyFileError, PeriodError) as error:
-        err.print(str(error), highlight=False, markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+    config = load_config(config_path)
+    loaded = PolicyFiles(policy, benchmarks, declarations).load()
+    start, end = Period.parse(period, config.factory.time_zone).bounds()
+    baseline_bounds = (
+        Period.parse(baseline, config.factory.time_zone).bounds() if baseline else None
+    )
     db = data_dir / "agent.db"
     if not db.exists():
-        err.print(f"{db} does not exist: run `tieragent run` or `tieragent backfill` first.")
-        raise typer.Exit(EXIT_INVALID)
+        raise InvalidInput(
+            f"{db} does not exist: run `tieragent run` or `tieragent backfill` first."
+        )
     store = Store.open(db, config)
     try:
         base = store.base_measures(start, end)
@@ -57,8 +54,7 @@ def evaluate_command(
     finally:
         store.close()
     if base.empty:
-        err.print(f"No base measures in {db} for {period}.")
-        raise typer.Exit(EXIT_INVALID)
+        raise InvalidInput(f"No base measures in {db} for {period}.")
     evaluation = assess(config, base, inventory, loaded, baseline_base=baseline_base)
     if as_json:
         typer.echo(evaluation_json(evaluation))

@@ -10,16 +10,13 @@ import typer
 from agent.protocol.keys import (
     PASSPHRASE_ENV,
     PRIVATE_NAME,
-    KeyFileError,
     init_keys,
     load_private_key,
     public_record,
     read_passphrase,
     rotate_keys,
 )
-
-EXIT_INVALID = 2
-
+from tieragent.console import handle_errors
 
 keys_app = typer.Typer(help="Manage the agent's Ed25519 signing key.", no_args_is_help=True)
 
@@ -29,38 +26,28 @@ _PASSFILE = typer.Option(
 )
 
 
-def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {error}", err=True)
-    raise typer.Exit(EXIT_INVALID)
-
-
 @keys_app.command("init")
+@handle_errors
 def keys_init(
     directory: Path = _DIR,
     passphrase_file: Path | None = _PASSFILE,
     force: bool = typer.Option(False, help="Overwrite an existing key (loses it)."),
 ) -> None:
     """Create a new signing key and print its public JWK and kid."""
-    try:
-        record = init_keys(directory, read_passphrase(passphrase_file), force=force)
-    except KeyFileError as error:
-        _fail(error)
-        return
+    record = init_keys(directory, read_passphrase(passphrase_file), force=force)
     typer.echo(json.dumps(record, indent=2))
 
 
 @keys_app.command("show")
+@handle_errors
 def keys_show(directory: Path = _DIR, passphrase_file: Path | None = _PASSFILE) -> None:
     """Print the public JWK and kid of the current key (never the private key)."""
-    try:
-        key = load_private_key(directory / PRIVATE_NAME, read_passphrase(passphrase_file))
-    except KeyFileError as error:
-        _fail(error)
-        return
+    key = load_private_key(directory / PRIVATE_NAME, read_passphrase(passphrase_file))
     typer.echo(json.dumps(public_record(key), indent=2))
 
 
 @keys_app.command("rotate")
+@handle_errors
 def keys_rotate(
     directory: Path = _DIR,
     factory: str = typer.Option(..., "--factory", help="Factory id the key signs for."),
@@ -68,15 +55,11 @@ def keys_rotate(
     passphrase_file: Path | None = _PASSFILE,
 ) -> None:
     """Create a new key and a rotation statement signed by the old and the new key."""
-    try:
-        record, statement = rotate_keys(
-            directory,
-            read_passphrase(passphrase_file),
-            factory_id=factory,
-            effective_from_seq=effective_from_seq,
-        )
-    except KeyFileError as error:
-        _fail(error)
-        return
+    record, statement = rotate_keys(
+        directory,
+        read_passphrase(passphrase_file),
+        factory_id=factory,
+        effective_from_seq=effective_from_seq,
+    )
     typer.echo(json.dumps(record, indent=2))
     typer.echo(f"Rotation statement written to {statement}; send it to the bureau.", err=True)

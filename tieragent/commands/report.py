@@ -1,7 +1,11 @@
-"""CLI for reports, keys and evidence: `tieragent report|keys|evidence|verify`.
+"""`tieragent report|evidence|verify`: signed reports, their delivery, and audit evidence.
 
-The lead registers these with `register(app)`. Report data comes from CSV files here
-(`--base`, `--inventory`); the store-backed source plugs in through `build_and_commit`.
+tieragent report --config FILE --period 2026-11-21 | 2026-11 | 2026   (from the agent's store)
+tieragent report build --outbox outbox.db --key-dir keys --base B.csv --inventory I.csv ...
+tieragent report send --outbox outbox.db --broker mqtt://host:port --bureau-key JWK ...
+tieragent report status --outbox outbox.db
+tieragent evidence export --config FILE --period 2026 --out DIR
+tieragent verify DIR   (an agent audit bundle or a bureau evidence folder)
 """
 
 from __future__ import annotations
@@ -13,40 +17,44 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import pandas as pd
 import typer
 
 from agent.audit_bundle import BundleReport, export_bundle, verify_bundle
-from agent.outbox import ACKED, Outbox, OutboxError, OutboxItem
+from agent.config import load_config
+from agent.outbox import ACKED, Outbox
 from agent.protocol.envelope import (
     EnvelopeError,
-    Kind,
     public_jwk,
     sha256_hex,
-    sign_compact,
     strict_loads,
     thumbprint,
 )
-from agent.protocol.keys import PRIVATE_NAME, KeyFileError, load_private_key, read_passphrase
-from agent.protocol.mqtt import BrokerError
+from agent.protocol.keys import PRIVATE_NAME, load_private_key, read_passphrase
 from agent.protocol.period import Period, PeriodError
-from agent.protocol.report import ReportError, ReportMeta, build_report
-from agent.publisher import Publisher, PublishError, PublisherSettings
-from agent.reporter import agent_version, file_sha256
+from agent.protocol.report import ReportMeta
+from agent.publisher import Publisher, PublisherSettings
+from agent.reporter import (
+    ReportContext,
+    agent_version,
+    build_period_report,
+    commit_signed_report,
+)
+from agent.store.store import Store
+from indicators.policy import (
+    DEFAULT_POLICY,
+    EXAMPLE_BENCHMARKS,
+    EXAMPLE_DECLARATIONS,
+    PolicyFiles,
+    file_sha256,
+)
+from tieragent.console import EXIT_FAILED, InvalidInput, handle_errors, print_verification
 
-EXIT_INVALID = 2
-EXIT_FAILED = 1
 report_app = typer.Typer(
     help="Build, queue and send signed reports.", invoke_without_command=True
 )
 evidence_app = typer.Typer(help="Export evidence bundles.", no_args_is_help=True)
-
-
-def _fail(message: str, code: int = EXIT_INVALID) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _file_digest(path: Path | None) -> str:
@@ -54,9 +62,8 @@ def _file_digest(path: Path | None) -> str:
         return sha256_hex(b"")
     try:
         return file_sha256(path)
-    except OSError as error:
-        _fail(f"{path}: cannot read ({error.strerror}).")
-        raise
+    except OSError as error:  # name the option's file, not only the OS error
+        raise InvalidInput(f"{path}: cannot read ({error.strerror}).") from None
 
 
 def _period(key: str, kind: str, time_zone: str) -> Period:
@@ -66,38 +73,41 @@ def _period(key: str, kind: str, time_zone: str) -> Period:
     return period
 
 
-def build_and_commit(
-    outbox: Outbox,
-    meta: ReportMeta,
-    key_dir: Path,
-    *,
-    inventory: pd.DataFrame,
-    base: pd.DataFrame,
-    evaluation: dict[str, Any],
-    segment_digests: list[bytes],
-    passphrase: bytes | None = None,
-) -> OutboxItem:
-    """Build, sign and commit one report (once per period and revision)."""
-    key = load_private_key(key_dir / PRIVATE_NAME, passphrase)
-    period_slot = meta.period.slot(meta.revision)
-
-    def build(seq: int, prev: str) -> dict[str, Any]:
-        return build_report(
-            meta,
-            seq=seq,
-            prev_sha256=prev,
-            inventory=inventory,
-            base=base,
-            evaluation=evaluation,
-            segment_digests=segment_digests,
+@handle_errors
+def report_from_store(
+    ctx: typer.Context,
+    config_path: Path | None = typer.Option(None, "--config", help="Factory configuration."),
+    period: str | None = typer.Option(None, "--period", help="2026-11-21, 2026-11 or 2026."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Agent key folder."),
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy YAML."),
+    bureau_id: str = typer.Option("bureau", "--bureau-id", help="Audience (the bureau's id)."),
+    revision: int = typer.Option(0, "--revision", help="Correction revision of the period."),
+    passphrase_file: Path | None = typer.Option(None, "--passphrase-file"),
+) -> None:
+    """Build, sign and queue the report of a period (sub-commands: send, status, build)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_path is None or period is None:
+        raise InvalidInput("Give --config FILE and --period (2026-11-21, 2026-11 or 2026).")
+    config = load_config(config_path)
+    try:
+        loaded = PolicyFiles(policy, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS).load()
+        store = Store.open(data_dir / "agent.db", config)
+        outbox = Outbox(data_dir / "outbox.db")
+        context = ReportContext(
+            config=config, config_path=config_path, store=store, outbox=outbox,
+            key_dir=key_dir, policy=loaded, bureau_id=bureau_id,
+            passphrase=read_passphrase(passphrase_file),
         )
-
-    return outbox.commit_report(
-        meta.factory_id, period_slot, build, lambda payload: sign_compact(payload, key, Kind.REPORT)
-    )
+        item = build_period_report(context, period, revision=revision)
+    except ValueError as error:  # not only PeriodError: any value the report cannot take
+        raise InvalidInput(str(error)) from None
+    typer.echo(f"Queued report {item.report_id} for {period}: seq {item.seq}, state {item.state}.")
 
 
 @report_app.command("build")
+@handle_errors
 def report_build(
     outbox_path: Path = typer.Option(..., "--outbox", help="Outbox database (outbox.db)."),
     key_dir: Path = typer.Option(..., "--key-dir"),
@@ -117,49 +127,44 @@ def report_build(
 ) -> None:
     """Build, sign and queue the report of one period."""
     if period_kind not in ("day", "month", "year"):
-        _fail(f"--period-kind {period_kind!r} is not day, month or year.")
-    try:
-        key = load_private_key(key_dir / PRIVATE_NAME, read_passphrase(passphrase_file))
-        meta = ReportMeta(
-            factory_id=factory,
-            enterprise_id=enterprise,
-            bureau_id=bureau_id,
-            agent_version=agent_version(),
-            kid=thumbprint(public_jwk(key)),
-            config_sha256=_file_digest(config),
-            policy_sha256=_file_digest(policy),
-            period=_period(period, period_kind, time_zone),
-            issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            revision=revision,
-        )
-        evaluation = strict_loads(evaluation_json.read_bytes()) if evaluation_json else {}
-        item = build_and_commit(
-            Outbox(outbox_path),
-            meta,
-            key_dir,
-            inventory=pd.read_csv(inventory_csv),
-            base=pd.read_csv(base_csv),
-            evaluation=evaluation,
-            segment_digests=[],
-            passphrase=read_passphrase(passphrase_file),
-        )
-    except (KeyFileError, OutboxError, ReportError, PeriodError, EnvelopeError, OSError) as error:
-        _fail(str(error))
-        return
+        raise InvalidInput(f"--period-kind {period_kind!r} is not day, month or year.")
+    key = load_private_key(key_dir / PRIVATE_NAME, read_passphrase(passphrase_file))
+    meta = ReportMeta(
+        factory_id=factory,
+        enterprise_id=enterprise,
+        bureau_id=bureau_id,
+        agent_version=agent_version(),
+        kid=thumbprint(public_jwk(key)),
+        config_sha256=_file_digest(config),
+        policy_sha256=_file_digest(policy),
+        period=_period(period, period_kind, time_zone),
+        issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        revision=revision,
+    )
+    evaluation = strict_loads(evaluation_json.read_bytes()) if evaluation_json else {}
+    item = commit_signed_report(
+        Outbox(outbox_path),
+        meta,
+        key,
+        inventory=pd.read_csv(inventory_csv),
+        base=pd.read_csv(base_csv),
+        evaluation=evaluation,
+        segment_digests=[],
+    )
     typer.echo(f"Queued report {item.report_id} seq {item.seq} ({item.state}).")
 
 
 def _bureau_keys(path: Path) -> tuple[dict[str, str], ...]:
     try:
         value = strict_loads(path.read_bytes())
-    except (OSError, EnvelopeError) as error:
-        _fail(f"{path}: cannot read the bureau key ({error}).")
-        raise
+    except (OSError, EnvelopeError) as error:  # say which file it is
+        raise InvalidInput(f"{path}: cannot read the bureau key ({error}).") from None
     items = value if isinstance(value, list) else [value]
     return tuple({"kty": k["kty"], "crv": k["crv"], "x": k["x"]} for k in items)
 
 
 @report_app.command("send")
+@handle_errors
 def report_send(
     outbox_path: Path = typer.Option(..., "--outbox"),
     broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
@@ -182,7 +187,7 @@ def report_send(
     """Deliver queued reports; a report leaves the queue only on a signed bureau receipt."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if protocol not in ("5", "3.1.1"):
-        _fail(f"--protocol {protocol!r} is not 5 or 3.1.1.")
+        raise InvalidInput(f"--protocol {protocol!r} is not 5 or 3.1.1.")
     settings = PublisherSettings(
         broker_url=broker,
         factory_id=factory,
@@ -199,13 +204,9 @@ def report_send(
         username=username,
         password_file=password_file,
     )
-    try:
-        outbox = Outbox(outbox_path)
-        publisher = Publisher(settings, outbox)
-        publisher.start()
-    except (OutboxError, PublishError, BrokerError) as error:
-        _fail(str(error))
-        return
+    outbox = Outbox(outbox_path)
+    publisher = Publisher(settings, outbox)
+    publisher.start()
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -228,13 +229,10 @@ def report_send(
 
 
 @report_app.command("status")
+@handle_errors
 def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
     """Show the outbox: counts per state and every unacknowledged report."""
-    try:
-        outbox = Outbox(outbox_path)
-    except OutboxError as error:
-        _fail(str(error))
-        return
+    outbox = Outbox(outbox_path)
     typer.echo(json.dumps(outbox.counts(), sort_keys=True))
     for item in outbox.items():
         if item.state != ACKED:
@@ -245,6 +243,7 @@ def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
 
 
 @evidence_app.command("export")
+@handle_errors
 def evidence_export(
     config_path: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     period: str = typer.Option(..., "--period", help="Prefix of period keys, e.g. 2026 or 2026-03"),
@@ -254,15 +253,9 @@ def evidence_export(
 ) -> None:
     """Write an audit bundle: the period's signed reports and the raw segments behind them."""
     from agent.reporter import segments_of_report
-    from agent.store.store import Store, StoreError
-    from tieragent.console import load_config_or_exit
 
-    config = load_config_or_exit(config_path)
-    try:
-        store = Store.open(data_dir / "agent.db", config)
-    except StoreError as error:
-        _fail(str(error))
-        return
+    config = load_config(config_path)
+    store = Store.open(data_dir / "agent.db", config)
     try:
         outbox = Outbox(data_dir / "outbox.db")
         jwks = [json.loads((key_dir / "agent-key.jwk.json").read_text())]
@@ -273,17 +266,18 @@ def evidence_export(
             if i.period_slot.split("/")[1].startswith(period)
         ]
         if not reports:
-            _fail(f"No report in {data_dir / 'outbox.db'} for a period starting with {period!r}.")
-            return
+            raise InvalidInput(
+                f"No report in {data_dir / 'outbox.db'} for a period starting with {period!r}."
+            )
         manifest = export_bundle(out, reports, jwks, segments_for=segments_of_report(store))
-    except (OutboxError, OSError, ValueError) as error:
-        _fail(str(error))
-        return
+    except ValueError as error:  # e.g. a key file that is not JSON
+        raise InvalidInput(str(error)) from None
     finally:
         store.close()
     typer.echo(f"Wrote {len(reports)} report(s) with their raw segments to {manifest.parent}.")
 
 
+@handle_errors
 def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle directory.")) -> None:
     """Verify an agent audit bundle or a bureau evidence folder, offline."""
     from bureau.evidence_verify import is_evidence_dir
@@ -294,20 +288,13 @@ def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle dire
         verify_evidence_command(bundle)
         return
     result = verify_bundle(bundle)
-    for problem in result.problems:
-        typer.echo(f"FAIL {problem}")
-    typer.echo(
-        f"{result.reports} report(s), {result.segments} raw segment(s) checked: "
-        f"{'OK' if result.ok else f'{len(result.problems)} problem(s)'}."
+    print_verification(
+        result.problems, f"{result.reports} report(s), {result.segments} raw segment(s)"
     )
-    if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
 
 
 def register(app: typer.Typer) -> None:
-    """Add report, keys, evidence and verify to the `tieragent` app."""
-    from tieragent.commands.report_build import report_from_store
-
+    """Add `report`, `evidence` and `verify` to the `tieragent` app."""
     report_app.callback()(report_from_store)
     app.add_typer(report_app, name="report")
     app.add_typer(evidence_app, name="evidence")

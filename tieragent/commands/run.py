@@ -16,22 +16,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent.backfill import HistoryError
+from agent.config import load_config
 from agent.store import Store, StoreError
 from indicators.columns import MEASURE_COLUMNS
-from tieragent.console import EXIT_INVALID, err_console, load_config_or_exit
+from tieragent.console import InvalidInput, RunFailed, err_console, handle_errors_failing_on
 
-EXIT_FAILED = 1
 DB_NAME = "agent.db"
 
 console = Console()
 log = logging.getLogger("tieragent.cli")
 
 
-def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
+# In these commands a store or a history folder that cannot be used means the run failed (1).
+@handle_errors_failing_on(StoreError, HistoryError)
 def run(
     config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
@@ -53,17 +51,14 @@ def run(
     from tieragent.logging_setup import setup_logging
 
     setup_logging(json_lines=log_json)
-    factory = load_config_or_exit(config)
+    factory = load_config(config)
     try:
         connectors = build_connectors(factory)
-    except ValueError as exc:
-        raise _fail(f"{config}: {exc}", EXIT_INVALID) from None
+    except ValueError as exc:  # a signal binding the protocol connector cannot serve
+        raise InvalidInput(f"{config}: {exc}") from None
     except ImportError as exc:
-        raise _fail(f"a protocol connector is not available: {exc}") from None
-    try:
-        store = Store.open(data_dir / DB_NAME, factory)
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise RunFailed(f"a protocol connector is not available: {exc}") from None
+    store = Store.open(data_dir / DB_NAME, factory)
     metrics = AgentMetrics()
     mirror = None
     if influx_url:
@@ -74,7 +69,8 @@ def run(
         server = MetricsServer(metrics, runtime.health, metrics_port)
     except OSError as exc:
         store.close()
-        raise _fail(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc.strerror}") from None
+        where = f"127.0.0.1:{metrics_port}"
+        raise RunFailed(f"cannot serve metrics on {where}: {exc.strerror}") from None
     server.start()
     log.info("Metrics served.", extra={"fields": {"url": f"http://127.0.0.1:{server.port}/metrics"}})
 
@@ -89,8 +85,6 @@ def run(
 
     try:
         asyncio.run(main())
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
     finally:
         server.stop()
         if mirror is not None:
@@ -98,16 +92,16 @@ def run(
         store.close()
 
 
+@handle_errors_failing_on(StoreError, HistoryError)
 def backfill(
     config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     history: Path = typer.Option(..., "--history", help="Simulator history folder."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
 ) -> None:
     """Import the simulator's offline history through the live derivation code."""
-    from agent.backfill import HistoryError
     from agent.backfill import backfill as run_backfill
 
-    factory = load_config_or_exit(config)
+    factory = load_config(config)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         task = progress.add_task("importing", total=None)
@@ -115,10 +109,7 @@ def backfill(
         def step(device_id: str, done: int, total: int) -> None:
             progress.update(task, completed=done, total=total, description=device_id)
 
-        try:
-            summary = run_backfill(factory, history, data_dir / DB_NAME, progress=step)
-        except (HistoryError, StoreError) as exc:
-            raise _fail(str(exc)) from None
+        summary = run_backfill(factory, history, data_dir / DB_NAME, progress=step)
     console.print(
         f"imported {summary.samples:,} samples of {summary.devices} devices in "
         f"{summary.seconds:.1f} s into {data_dir / DB_NAME}"
@@ -129,6 +120,7 @@ def backfill(
         console.print(f"[yellow]ignored files of unknown devices[/] {', '.join(summary.unknown)}")
 
 
+@handle_errors_failing_on(StoreError, HistoryError)
 def measures(
     config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     period: str = typer.Option(..., "--period", help="2026, 2026-11 or 2026-11-21 (local)."),
@@ -136,20 +128,14 @@ def measures(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print the base measures of a period, summed per device and in total."""
-    from agent.protocol.period import Period, PeriodError
+    from agent.protocol.period import Period
 
-    factory = load_config_or_exit(config)
-    try:
-        start, end = Period.parse(period, factory.factory.time_zone).bounds()
-    except PeriodError as exc:
-        raise _fail(str(exc), EXIT_INVALID) from None
+    factory = load_config(config)
+    start, end = Period.parse(period, factory.factory.time_zone).bounds()
     db = data_dir / DB_NAME
     if not db.exists():
-        raise _fail(f"{db} does not exist; run `tieragent run` or `tieragent backfill` first")
-    try:
-        store = Store.open(db, factory)
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise RunFailed(f"{db} does not exist; run `tieragent run` or `tieragent backfill` first")
+    store = Store.open(db, factory)
     try:
         rows = store.base_measures(start, end)
     finally:

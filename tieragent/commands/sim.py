@@ -34,10 +34,10 @@ from simulator.certs import (
     generate_certificate,
 )
 from simulator.control import ControlError, send_command
-from simulator.model import FactoryError, SimFactory, load_factory
+from simulator.model import load_factory
 from simulator.opcua_face import SECURITY_ENDPOINTS
+from tieragent.console import InvalidInput, handle_errors
 
-EXIT_INVALID = 2
 DEFAULT_ENDPOINTS = ("None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt")
 SECURITY_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "none": ("None",),
@@ -55,21 +55,6 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = EXIT_INVALID) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def _load(factory: Path) -> SimFactory:
-    try:
-        return load_factory(factory)
-    except FactoryError as exc:
-        err.print(f"[bold red]Invalid factory[/] ({len(exc.problems)} problem(s)):")
-        for problem in exc.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
-
-
 def _endpoints(security: list[str]) -> tuple[str, ...]:
     chosen: list[str] = []
     for name in security or ["default"]:
@@ -77,7 +62,7 @@ def _endpoints(security: list[str]) -> tuple[str, ...]:
         for endpoint in expanded:
             if endpoint not in SECURITY_ENDPOINTS:
                 choices = sorted({*SECURITY_SHORTCUTS, *SECURITY_ENDPOINTS})
-                raise _fail(f"unknown --security {name!r}; choose from {', '.join(choices)}")
+                raise InvalidInput(f"unknown --security {name!r}; choose from {', '.join(choices)}")
             if endpoint not in chosen:
                 chosen.append(endpoint)
     return tuple(chosen)
@@ -88,12 +73,13 @@ def _users(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, password = pair.partition(":")
         if not sep or not name or not password:
-            raise _fail(f"--user wants NAME:PASSWORD, not {pair!r}")
+            raise InvalidInput(f"--user wants NAME:PASSWORD, not {pair!r}")
         users[name] = password
     return users
 
 
 @app.callback(invoke_without_command=True)
+@handle_errors
 def serve(
     ctx: typer.Context,
     factory: Path | None = typer.Option(None, "--factory", "-f", help="Factory YAML to simulate."),
@@ -128,17 +114,17 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     if factory is None:
-        raise _fail("give the factory to simulate: tieragent sim --factory FILE.yaml")
+        raise InvalidInput("give the factory to simulate: tieragent sim --factory FILE.yaml")
     from simulator.live import LiveFactory
     from simulator.modbus_face import ModbusFaceConfig
     from simulator.opcua_face import OpcUaFaceConfig
     from simulator.opcua_server import OperationLimits
 
-    model = _load(factory)
+    model = load_factory(factory)
     try:
         model.profile(profile)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise InvalidInput(str(exc)) from None
     endpoints = _endpoints(security)
     users = _users(user)
     tokens = [*([] if strict else ["anonymous"]), *(["username"] if users else [])]
@@ -149,7 +135,9 @@ def serve(
         try:
             pair = ensure_certificate(pki_dir, "server", SERVER_APPLICATION_URI)
         except OSError as exc:
-            raise _fail(f"cannot write the server certificate into {pki_dir}: {exc}") from None
+            raise InvalidInput(
+                f"cannot write the server certificate into {pki_dir}: {exc}"
+            ) from None
         certificate, private_key = pair.certificate, pair.private_key
     opcua = OpcUaFaceConfig(
         host=host,
@@ -168,7 +156,7 @@ def serve(
     )
     problems = opcua.problems()
     if problems:
-        raise _fail("; ".join(problems))
+        raise InvalidInput("; ".join(problems))
     _quiet_libraries(verbose)
     live = LiveFactory(model, seed=seed, profile=profile)
     try:
@@ -182,7 +170,7 @@ def serve(
             )
         )
     except OSError as exc:  # a port in use, an unwritable ledger folder, ...
-        raise _fail(f"the simulator could not run: {exc}") from None
+        raise InvalidInput(f"the simulator could not run: {exc}") from None
 
 
 async def _serve(
@@ -219,6 +207,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 @app.command()
+@handle_errors
 def fault(
     action: str = typer.Argument(
         ...,
@@ -267,8 +256,8 @@ def fault(
         command["down_s"] = down_s
     try:
         reply = send_command(control, command)
-    except ControlError as exc:
-        raise _fail(str(exc)) from None
+    except ControlError as exc:  # not in console.USER_ERRORS: simulator.control imports asyncua
+        raise InvalidInput(str(exc)) from None
     out.print_json(json.dumps(reply))
 
 
@@ -276,10 +265,11 @@ def _epoch(day: str, zone: str, option: str) -> float:
     try:
         return datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(zone)).timestamp()
     except ValueError:
-        raise _fail(f"{option} wants a date like 2026-01-01, not {day!r}") from None
+        raise InvalidInput(f"{option} wants a date like 2026-01-01, not {day!r}") from None
 
 
 @app.command()
+@handle_errors
 def history(
     factory: Path = typer.Option(..., "--factory", "-f", help="Factory YAML."),
     start: str = typer.Option(..., help="First day, e.g. 2026-01-01 (factory time zone)."),
@@ -292,11 +282,11 @@ def history(
     """Generate a period of history offline: ledger plus the samples a collector stores."""
     from simulator.history import generate_history
 
-    model = _load(factory)
+    model = load_factory(factory)
     zone = model.identity.time_zone
     begin, finish = _epoch(start, zone, "--start"), _epoch(end, zone, "--end")
     if finish <= begin:
-        raise _fail("--end must be after --start")
+        raise InvalidInput("--end must be after --start")
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -321,13 +311,14 @@ def history(
                 profile=profile,
             )
         except ValueError as exc:
-            raise _fail(str(exc)) from None
+            raise InvalidInput(str(exc)) from None
         except OSError as exc:
-            raise _fail(f"cannot write into {out_dir}: {exc}") from None
+            raise InvalidInput(f"cannot write into {out_dir}: {exc}") from None
     out.print(f"wrote {out_dir}")
 
 
 @app.command()
+@handle_errors
 def certs(
     out_dir: Path = typer.Option(Path("pki"), "--out", help="Folder for the certificates."),
     hostname: list[str] = typer.Option(["localhost"], help="DNS names in the certificates."),
@@ -342,12 +333,13 @@ def certs(
             out_dir, "client", CLIENT_APPLICATION_URI, hostnames=tuple(hostname), valid_days=days
         )
     except OSError as exc:
-        raise _fail(f"cannot write into {out_dir}: {exc}") from None
+        raise InvalidInput(f"cannot write into {out_dir}: {exc}") from None
     for role, pair in (("server", server), ("client", client)):
         out.print(f"{role}: {pair.certificate} {pair.private_key}", highlight=False)
 
 
 @app.command("agent-config")
+@handle_errors
 def agent_config(
     factory: Path = typer.Option(..., "--factory", "-f", help="Factory YAML."),
     opcua_endpoint: str = typer.Option(
@@ -360,7 +352,7 @@ def agent_config(
     """Print the agent configuration (YAML) that collects this simulated factory."""
     from simulator.agent_config import render_agent_config
 
-    model = _load(factory)
+    model = load_factory(factory)
     try:
         text = render_agent_config(
             model,
@@ -371,5 +363,5 @@ def agent_config(
             profile=profile,
         )
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise InvalidInput(str(exc)) from None
     sys.stdout.write(text)

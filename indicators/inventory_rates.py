@@ -1,0 +1,178 @@
+"""Inventory-based rates (docs/indicators.md §3): digitization, networking and key-process CNC
+rates.
+
+They count device-days over the local days present in `base`: a device-day is networked when
+enough of its expected samples arrived, and run in auto mode when enough of its running time was
+automatic. Devices in the inventory but never connected count in the denominators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from indicators.catalog import (
+    INSUFFICIENT_DATA,
+    NO_INVENTORY,
+    NO_PRODUCTION,
+    IndicatorValue,
+    Params,
+    defined,
+    undefined,
+)
+from indicators.local_days import local_day_index
+from indicators.measures import device_codes
+
+AUTOMATED_KINDS = frozenset({"cnc", "robot", "plc_automated", "dcs"})
+
+
+def inventory_rates(
+    base: pd.DataFrame, inventory: pd.DataFrame, params: Params
+) -> list[IndicatorValue]:
+    ids = (
+        "digitization_rate",
+        "networking_rate",
+        "networking_rate_digital",
+        "key_process_cnc_rate",
+        "key_process_cnc_rate_device",
+        "key_process_cnc_rate_process",
+        "key_process_cnc_rate_measured",
+        "key_process_auto_share",
+    )
+    inv = _inventory(inventory)
+    if inv.empty:
+        return [undefined(key, NO_INVENTORY, {}) for key in ids]
+    days = _device_days(base, list(inv["device_id"]), params)
+    n_days = float(days.n_days)
+    digital = inv["digital"].to_numpy(bool)
+    key = inv["key_process"].to_numpy(bool)
+    automated = inv["kind"].isin(list(AUTOMATED_KINDS)).to_numpy(bool)
+    networked = days.networked  # device-days per inventory device
+    auto_days = days.auto_networked
+    out: list[IndicatorValue] = []
+
+    def rate(name: str, numerator: float, denominator: float, **extra: float) -> IndicatorValue:
+        inputs = {"numerator_device_days": numerator, "denominator_device_days": denominator}
+        inputs.update(extra)
+        inputs["days"] = n_days
+        if n_days == 0:
+            return undefined(name, INSUFFICIENT_DATA, inputs)
+        if denominator <= 0:
+            return undefined(name, NO_INVENTORY, inputs)
+        return defined(name, numerator / denominator, inputs)
+
+    devices = float(len(inv))
+    out.append(rate("digitization_rate", float(digital.sum()) * n_days, devices * n_days))
+    out.append(rate("networking_rate", float(networked.sum()), devices * n_days))
+    out.append(
+        rate(
+            "networking_rate_digital",
+            float(networked[digital].sum()),
+            float(digital.sum()) * n_days,
+        )
+    )
+    by_device = rate(
+        "key_process_cnc_rate_device",
+        float((key & automated).sum()) * n_days,
+        float(key.sum()) * n_days,
+    )
+    steps = inv.loc[key, ["process_step"]].assign(automated=automated[key])
+    served = steps.groupby("process_step", sort=True)["automated"].any()
+    by_process = rate(
+        "key_process_cnc_rate_process",
+        float(served.sum()) * n_days,
+        float(len(served)) * n_days,
+        key_processes=float(len(served)),
+    )
+    headline = by_process if params.industry_type == "process" else by_device
+    out.append(
+        IndicatorValue(
+            "key_process_cnc_rate",
+            headline.value,
+            headline.reason,
+            dict(headline.inputs),
+            headline.unit,
+            (f"basis_{'process' if params.industry_type == 'process' else 'device'}",),
+        )
+    )
+    out.append(by_device)
+    out.append(by_process)
+    out.append(
+        rate(
+            "key_process_cnc_rate_measured",
+            float(auto_days[key & automated].sum()),
+            float(key.sum()) * n_days,
+        )
+    )
+    key_ids = set(inv.loc[key, "device_id"])
+    if not key_ids:
+        out.append(undefined("key_process_auto_share", NO_INVENTORY, {}))
+    else:
+        rows = base["device_id"].isin(list(key_ids)).to_numpy()
+        auto_apt = float(base["auto_apt_s"].to_numpy()[rows].sum(dtype=np.float64))
+        apt = float(base["apt_s"].to_numpy()[rows].sum(dtype=np.float64))
+        inputs = {"auto_apt_s": auto_apt, "apt_s": apt}
+        if apt <= 0:
+            out.append(undefined("key_process_auto_share", NO_PRODUCTION, inputs))
+        else:
+            out.append(defined("key_process_auto_share", auto_apt / apt, inputs))
+    return out
+
+
+def _inventory(inventory: pd.DataFrame) -> pd.DataFrame:
+    needed = ("device_id", "process_step", "key_process", "kind", "digital")
+    missing = [c for c in needed if c not in inventory.columns]
+    if missing and not inventory.empty:
+        raise ValueError(f"inventory: missing column(s) {', '.join(missing)}")
+    if inventory.empty:
+        return pd.DataFrame({c: [] for c in needed})
+    inv = inventory.loc[:, list(needed)].copy()
+    inv["device_id"] = inv["device_id"].astype(str)
+    inv["key_process"] = inv["key_process"].fillna(False).astype(bool)
+    inv["digital"] = inv["digital"].fillna(False).astype(bool)
+    inv["kind"] = inv["kind"].astype(str)
+    inv["process_step"] = inv["process_step"].astype(str)
+    return inv.drop_duplicates("device_id").sort_values("device_id", ignore_index=True)
+
+
+@dataclass(frozen=True)
+class _DeviceDays:
+    n_days: int
+    networked: npt.NDArray[np.int64]  # per inventory device: networked device-days
+    auto_networked: npt.NDArray[np.int64]  # networked and run in auto mode
+
+
+def _device_days(base: pd.DataFrame, device_ids: list[str], params: Params) -> _DeviceDays:
+    if base.empty:
+        zeros = np.zeros(len(device_ids), dtype=np.int64)
+        return _DeviceDays(0, zeros, zeros)
+    day_values, day_index = local_day_index(base["hour_start"].to_numpy(np.int64), params.time_zone)
+    n_days = len(day_values)
+    codes, names = device_codes(base["device_id"])
+    lookup = {d: i for i, d in enumerate(device_ids)}
+    inventory_index = np.array([lookup.get(name, -1) for name in names], dtype=np.int64)
+    per_row = inventory_index[codes]
+    known = per_row >= 0
+    dev = per_row[known]
+    group = dev * n_days + day_index[known]
+    size = len(device_ids) * n_days
+
+    def per_day(column: str) -> npt.NDArray[np.float64]:
+        values = base[column].to_numpy()[known].astype(np.float64)
+        return np.bincount(group, weights=values, minlength=size).astype(np.float64)
+
+    expected = per_day("samples_expected")
+    received = per_day("samples_received")
+    networked = (expected > 0) & (received >= params.networked_completeness * expected)
+    apt = per_day("apt_s")
+    auto_apt = per_day("auto_apt_s")
+    auto = (auto_apt > 0) & (auto_apt >= params.min_auto_share * apt)
+    shape = (len(device_ids), n_days)
+    return _DeviceDays(
+        n_days,
+        networked.reshape(shape).sum(axis=1).astype(np.int64),
+        (networked & auto).reshape(shape).sum(axis=1).astype(np.int64),
+    )

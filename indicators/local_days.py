@@ -1,0 +1,56 @@
+"""The local-day calendar: which day in the factory's time zone each UTC hour belongs to.
+
+Inventory-based rates count device-days and daily rows sum device-days, both over local days.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+
+def local_day(hour_start: npt.NDArray[np.int64], time_zone: str) -> npt.NDArray[np.int64]:
+    """Local calendar day (days since 1970-01-01 in `time_zone`) of each UTC hour start."""
+    days, index = local_day_index(hour_start, time_zone)
+    return days[index]
+
+
+def local_day_index(
+    hour_start: npt.NDArray[np.int64], time_zone: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The sorted distinct local days of `hour_start` and each row's index into them.
+
+    Converts each distinct hour once through a dense table, so a year of rows costs one pass
+    and no sort.
+    """
+    if len(hour_start) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    hours = hour_start // 3600
+    low, high = int(hours.min()), int(hours.max())
+    if high - low > 4 * len(hours) + 1_000_000:
+        span = np.unique(hours)
+        slot = np.searchsorted(span, hours)
+    else:
+        span = np.arange(low, high + 1, dtype=np.int64)
+        hours -= low
+        slot = hours
+    stamps = pd.to_datetime(span * 3600, unit="s", utc=True).tz_convert(time_zone)
+    local = stamps.tz_localize(None).normalize()
+    span_days = local.to_numpy().astype("datetime64[D]").astype(np.int64)
+    days, span_index = np.unique(span_days, return_inverse=True)
+    return days.astype(np.int64), span_index.astype(np.int32)[slot]
+
+
+def local_midnight_epoch(days: npt.NDArray[np.int64], time_zone: str) -> npt.NDArray[np.int64]:
+    """The UTC epoch second of each local midnight (`days` since 1970-01-01 in `time_zone`)."""
+    midnight = pd.to_datetime(days, unit="D").tz_localize(
+        time_zone, ambiguous=False, nonexistent="shift_forward"
+    )
+    return np.asarray(
+        midnight.tz_convert("UTC")
+        .tz_localize(None)
+        .to_numpy()
+        .astype("datetime64[s]")
+        .astype(np.int64)
+    )

@@ -1,6 +1,0 @@
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from delivery_support import mosquitto  # noqa: F401

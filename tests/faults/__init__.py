@@ -1,5 +1,0 @@
-"""Fault injection for tests that need a broken network without privileges."""
-
-from .proxy import FaultProxy
-
-__all__ = ["FaultProxy"]
