@@ -26,6 +26,8 @@ from connectors.config import (
     ModbusConnection,
     OpcUaAddress,
     OpcUaConnection,
+    Secret,
+    SecretUnavailable,
 )
 from indicators.columns import INVENTORY_COLUMNS
 from indicators.policy import file_sha256
@@ -82,6 +84,10 @@ class Collection(Strict):
     min_failure_s: float = Field(0.0, ge=0, description="Shorter unplanned stops are not failures.")
     raw_retention_days: int = Field(400, ge=1)
     queue_size: int = Field(10_000, ge=100)
+    report_grace_s: float = Field(
+        900.0, ge=0, description="Wait this long after a period ends (late data) before its "
+        "report may be built."
+    )
 
 
 class Signal(Strict):
@@ -286,19 +292,143 @@ def parse_config(raw: Any, file: str = "<config>") -> FactoryConfig:
         raise ConfigError(_problems_from(exc, file)) from None
 
 
-def load_config(path: Path) -> FactoryConfig:
+def load_config(path: Path, *, resolve_secrets: bool = False) -> FactoryConfig:
+    """Read, decode and validate a configuration file; raise ConfigError with every problem.
+
+    With `resolve_secrets` every `{env: ...}` / `{file: ...}` secret is also read once (and
+    dropped), so a command that needs them (`run`, `check-config`) stops before it starts.
+    """
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigProblem(file, "(file)", exc.strerror or str(exc))]) from None
+    text = decode_config_text(data, file)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
         raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {exc}")]) from None
-    return parse_config(raw, file)
+    config = parse_config(raw, file)
+    if resolve_secrets:
+        problems = secret_problems(config, file)
+        if problems:
+            raise ConfigError(problems)
+    return config
+
+
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+_SAVE_AS_UTF8 = "save it as UTF-8 (in Notepad: Save As, Encoding UTF-8)"
+
+
+def decode_config_text(data: bytes, file: str) -> str:
+    """The text of a configuration file: UTF-8, with or without a BOM.
+
+    Anything else raises a ConfigError that names what the file is instead: UTF-16/32,
+    GBK/GB18030 (a Chinese Windows default), another encoding, or not text at all.
+    """
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            message = f"is encoded as {name}; {_SAVE_AS_UTF8}"
+            raise ConfigError([ConfigProblem(file, "(file)", message)])
+    head = data[:8192]
+    if b"\x00" in head:
+        raise ConfigError([ConfigProblem(file, "(file)", _nul_message(head))])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    line = data.count(b"\n", 0, bad) + 1
+    column = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
+    at = f"line {line}, column {column}"
+    if _looks_binary(head):
+        message = "is not a text file (binary data); give the YAML configuration file"
+    elif _looks_chinese(data):
+        message = f"is encoded as GBK/GB18030, not UTF-8 (first non-UTF-8 byte at {at}); "
+        message += _SAVE_AS_UTF8
+    else:
+        message = f"is not UTF-8 text (byte 0x{data[bad]:02X} at {at}); {_SAVE_AS_UTF8}"
+    raise ConfigError([ConfigProblem(file, "(file)", message)])
+
+
+def _nul_message(head: bytes) -> str:
+    """A file with NUL bytes: UTF-16 without a BOM (NUL every other byte), else binary."""
+    even, odd = head[0::2], head[1::2]
+    if len(head) >= 4 and (even.count(0) >= 0.9 * len(even) or odd.count(0) >= 0.9 * len(odd)):
+        return f"is encoded as UTF-16; {_SAVE_AS_UTF8}"
+    return "is not a text file (binary data); give the YAML configuration file"
+
+
+def _looks_chinese(data: bytes) -> bool:
+    """True if `data` decodes as GB18030 and its non-ASCII text is mostly common Chinese.
+
+    Common Chinese characters and punctuation are in GB2312 (both bytes 0xA1-0xFE), which
+    text in a Latin encoding (an accented letter, then an ASCII one) rarely forms.
+    """
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    wide = [c for c in text if ord(c) > 0x7F]
+    common = 0
+    for c in wide:
+        try:
+            c.encode("gb2312")
+        except UnicodeEncodeError:
+            continue
+        common += 1
+    return bool(wide) and common >= 0.8 * len(wide)
+
+
+def _looks_binary(head: bytes) -> bool:
+    """More than a few control characters (other than tab, CR, LF, FF) is not text."""
+    controls = sum(1 for b in head if (b < 0x20 and b not in (9, 10, 12, 13)) or b == 0x7F)
+    return controls > max(2, len(head) // 100)
+
+
+def secret_problems(config: FactoryConfig, file: str) -> list[ConfigProblem]:
+    """One problem per secret reference that cannot be resolved (the values are not kept)."""
+    problems: list[ConfigProblem] = []
+    for key, secret in _secrets(config, ()):
+        try:
+            secret.resolve()
+        except SecretUnavailable as exc:
+            source = "env" if secret.env is not None else "file"
+            problems.append(ConfigProblem(file, _key_path((*key, source)), str(exc)))
+    return problems
+
+
+_Key = tuple[int | str, ...]
+
+
+def secret_keys(config: FactoryConfig) -> list[str]:
+    """The key path of every secret reference in the configuration."""
+    return [_key_path(key) for key, _ in _secrets(config, ())]
+
+
+def _secrets(node: object, key: _Key) -> list[tuple[_Key, Secret]]:
+    """Every `Secret` in the configuration with its key path, wherever a model declares one."""
+    if isinstance(node, Secret):
+        return [(key, node)]
+    found: list[tuple[_Key, Secret]] = []
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            field = type(node).model_fields[name]
+            found.extend(_secrets(getattr(node, name), (*key, field.alias or name)))
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            found.extend(_secrets(value, (*key, str(name))))
+    elif isinstance(node, tuple | list):
+        for index, value in enumerate(node):
+            found.extend(_secrets(value, (*key, index)))
+    return found
 
 
 def config_digest(path: Path) -> str:

@@ -28,8 +28,10 @@ class AgentMetrics:
                                    ["device"], registry=r)
         self.samples_skewed = Counter(
             "tieragent_samples_skewed",
-            f"Committed samples whose source timestamp was off the receive time by more than "
-            f"{MAX_SOURCE_SKEW_S:.0f} s (kept, flagged uncertain, derived on the receive time).",
+            f"Committed samples whose source timestamp shows a wrong clock: more than "
+            f"{MAX_SOURCE_SKEW_S:.0f} s ahead of the receive time, or behind it for a change "
+            f"(a held, unchanged value may be older); kept, flagged uncertain, derived on the "
+            f"receive time.",
             ["device"], registry=r)
         self.source_skew = Gauge(
             "tieragent_source_skew_seconds",

@@ -200,6 +200,14 @@ class Outbox:
         ).fetchone()
         return OutboxItem(*row) if row else None
 
+    def find(self, factory_id: str, period_slot: str) -> OutboxItem | None:
+        """The report queued for `period_slot` ('day/2026-11-21/0'), if any."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE factory_id = ? AND period_slot = ?",
+            (factory_id, period_slot),
+        ).fetchone()
+        return OutboxItem(*row) if row else None
+
     def window(self, factory_id: str, size: int) -> list[OutboxItem]:
         """The first `size` unacknowledged rows in seq order: the send window."""
         rows = self._db.execute(

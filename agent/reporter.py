@@ -2,8 +2,18 @@
 
 Reads a period's base measures, inventory and raw samples from the store, evaluates the
 tier policy, computes the raw-data segment digests, and builds, signs and commits the
-report in one outbox transaction (agent.outbox). A period that already has a report is
-not rebuilt: the outbox keeps the signed bytes and resends those.
+report in one outbox transaction (agent.outbox).
+
+Only what is true is signed:
+
+- A period is built only once it has ended plus the grace for late data
+    (`collection.report_grace_s`); before that `PeriodNotOver` names the earliest local time.
+- A period without any received sample is reported as such: coverage 0, every condition
+    insufficient_data (agent.assess), and the bureau does not count it as a coverage day.
+- A period that already has a report at this revision is not rebuilt: the outbox keeps the
+    signed bytes and resends those. If the store's data for the period changed since (base
+    measures or raw-data Merkle root), `PeriodDataChanged` says so and asks for a new
+    revision with a reason.
 """
 
 from __future__ import annotations
@@ -12,9 +22,10 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -22,12 +33,20 @@ from joserfc.jwk import OKPKey
 
 from agent.assess import assess, params_for
 from agent.config import FactoryConfig
+from agent.errors import AgentError
 from agent.outbox import Outbox, OutboxItem
-from agent.protocol.envelope import Kind, canonical_bytes, public_jwk, sign_compact, thumbprint
+from agent.protocol.envelope import (
+    Kind,
+    canonical_bytes,
+    public_jwk,
+    sign_compact,
+    thumbprint,
+    unverified_payload,
+)
 from agent.protocol.keys import PRIVATE_NAME, load_private_key
 from agent.protocol.merkle import RECORD, Segment, leaf_hash, segment_header
 from agent.protocol.period import Period
-from agent.protocol.report import ReportMeta, build_report
+from agent.protocol.report import ReportMeta, build_report, has_samples, report_id
 from agent.store.store import Store
 from indicators.catalog import BASELINE_INDICATORS, INDICATORS
 from indicators.policy import PolicySet, file_sha256
@@ -123,6 +142,18 @@ def segments_of_report(store: Store) -> Callable[[Mapping[str, Any]], Iterable[S
     return segments_for
 
 
+class PeriodNotOver(AgentError):
+    """A report asked for a period that has not ended plus the grace for late data."""
+
+
+class PeriodDataChanged(AgentError):
+    """The period already has a report at this revision and the store's data changed since."""
+
+
+class RevisionReasonMissing(AgentError):
+    """A correction (revision > 0) without a reason."""
+
+
 @dataclass(frozen=True)
 class ReportContext:
     config: FactoryConfig
@@ -133,19 +164,67 @@ class ReportContext:
     policy: PolicySet
     bureau_id: str = "bureau"
     passphrase: bytes | None = None
+    now: Callable[[], float] = time.time  # the clock that decides whether a period is over
 
 
-def build_period_report(context: ReportContext, key: str, *, revision: int = 0) -> OutboxItem:
-    """Build, sign and commit the report of one period (day, month or year)."""
+@dataclass(frozen=True)
+class PeriodReport:
+    """What `build_period_report` did: `created` False when the period already had this
+    report at this revision and the store's data is unchanged (the queued one is returned)."""
+
+    item: OutboxItem
+    created: bool
+    has_data: bool
+
+
+def local_time(epoch_s: float, time_zone: str) -> str:
+    """'2026-11-22 00:15 CST (Asia/Shanghai)': a moment as the factory's people read it."""
+    moment = datetime.fromtimestamp(epoch_s, ZoneInfo(time_zone))
+    return f"{moment:%Y-%m-%d %H:%M %Z} ({time_zone})"
+
+
+def buildable_from(period: Period, grace_s: float) -> float:
+    """The earliest epoch second at which `period`'s report may be built: its end + grace."""
+    return period.bounds()[1] + grace_s
+
+
+def check_period_over(period: Period, grace_s: float, now: float) -> None:
+    """Raise PeriodNotOver unless `period` ended at least `grace_s` before `now`."""
+    ready = buildable_from(period, grace_s)
+    if now < ready:
+        raise PeriodNotOver(
+            f"{period.kind} {period.key} is not over: its report can be built from "
+            f"{local_time(ready, period.time_zone)} on, when the period has ended plus "
+            f"{grace_s / 60:g} min of grace for late data (collection.report_grace_s)."
+        )
+
+
+def build_period_report(
+    context: ReportContext, key: str, *, revision: int = 0, reason: str | None = None
+) -> PeriodReport:
+    """Build, sign and commit the report of one period (day, month or year), once it is over.
+
+    Raises PeriodNotOver, PeriodDataChanged (the queued report at this revision no longer
+    matches the store) or RevisionReasonMissing (revision > 0 without `reason`).
+    """
     config = context.config
     period = Period.parse(key, config.factory.time_zone)
+    check_period_over(period, config.collection.report_grace_s, context.now())
+    reason = reason.strip() if reason else None
+    if revision > 0 and not reason:
+        raise RevisionReasonMissing(
+            f"revision {revision} of {period.kind} {period.key} is a correction: give --reason "
+            "with what changed and why."
+        )
+    factory_id = config.factory.factory_id
+    queued = context.outbox.find(factory_id, period.slot(revision))
     start, end = period.bounds()
     base = context.store.base_measures(start, end)
     inventory = context.store.inventory()
-    assessed = assess(config, base, inventory, context.policy) if not base.empty else None
-    evaluation = assessed.to_json() if assessed is not None else {}
+    assessed = assess(config, base, inventory, context.policy)
+    evaluation = assessed.to_json()
     # The evaluation computed the factory's indicators from these base measures already.
-    factory_scope = assessed.indicators.get("factory") if assessed is not None else None
+    factory_scope = assessed.indicators.get("factory")
     indicators = (
         {
             key: value.to_json()
@@ -162,7 +241,7 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
     digests = segment_digests(raw)
     signing_key = load_private_key(context.key_dir / PRIVATE_NAME, context.passphrase)
     meta = ReportMeta(
-        factory_id=config.factory.factory_id,
+        factory_id=factory_id,
         enterprise_id=config.factory.enterprise_id,
         bureau_id=context.bureau_id,
         agent_version=agent_version(),
@@ -172,19 +251,63 @@ def build_period_report(context: ReportContext, key: str, *, revision: int = 0) 
         period=period,
         issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         revision=revision,
+        supersedes=_superseded(context.outbox, factory_id, period, revision),
+        revision_reason=reason if revision > 0 else None,
     )
+    report_args: dict[str, Any] = {
+        "inventory": inventory,
+        "base": base,
+        "evaluation": evaluation,
+        "segment_digests": digests,
+        "params": params,
+        "indicators": indicators,
+    }
+    with_data = has_samples(base)
+    if queued is not None:
+        _check_unchanged(queued, meta, report_args, _next_revision(context.outbox, meta))
+        return PeriodReport(queued, created=False, has_data=with_data)
+    item = commit_signed_report(context.outbox, meta, signing_key, **report_args)
+    return PeriodReport(item, created=True, has_data=with_data)
 
-    return commit_signed_report(
-        context.outbox,
-        meta,
-        signing_key,
-        inventory=inventory,
-        base=base,
-        evaluation=evaluation,
-        segment_digests=digests,
-        params=params,
-        indicators=indicators,
+
+def _superseded(outbox: Outbox, factory_id: str, period: Period, revision: int) -> str | None:
+    """The report id of the period's highest queued revision below `revision`."""
+    for earlier in range(revision - 1, -1, -1):
+        if outbox.find(factory_id, period.slot(earlier)) is not None:
+            return report_id(factory_id, period, earlier)
+    return None
+
+
+def _next_revision(outbox: Outbox, meta: ReportMeta) -> int:
+    """The lowest revision above `meta.revision` that the period has no report for."""
+    revision = meta.revision + 1
+    while outbox.find(meta.factory_id, meta.period.slot(revision)) is not None:
+        revision += 1
+    return revision
+
+
+def _check_unchanged(
+    queued: OutboxItem, meta: ReportMeta, report_args: dict[str, Any], next_revision: int
+) -> None:
+    """Raise PeriodDataChanged when the report the store gives now differs from the queued
+    one in its base measures or its raw-data Merkle root."""
+    old = unverified_payload(queued.jws, Kind.REPORT)
+    new = build_report(
+        meta, seq=int(old["seq"]), prev_sha256=str(old["prev_sha256"]), **report_args
     )
+    changed = [
+        what
+        for what, member in (("base measures", "base_measures"), ("raw data", "raw_data"))
+        if new[member] != old[member]
+    ]
+    if changed:
+        period = meta.period
+        raise PeriodDataChanged(
+            f"{period.kind} {period.key} already has report {queued.report_id} (revision "
+            f"{meta.revision}, seq {queued.seq}, {queued.state}), and the store's "
+            f"{' and '.join(changed)} for it changed since: build a correction with "
+            f"--revision {next_revision} --reason \"<what changed and why>\"."
+        )
 
 
 def commit_signed_report(

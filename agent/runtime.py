@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import FactoryConfig
@@ -131,12 +132,20 @@ def bindings_by_connection(config: FactoryConfig) -> dict[str, list[SignalBindin
     return out
 
 
-def build_connectors(config: FactoryConfig) -> dict[str, Connector]:
-    """One connector per used connection (imports the protocol modules lazily)."""
+def build_connectors(
+    config: FactoryConfig, *, splits_file: Path | None = None
+) -> dict[str, Connector]:
+    """One connector per used connection (imports the protocol modules lazily).
+
+    `splits_file`: where Modbus connectors keep the read splits devices taught them
+    (`agent.modbus_splits`); None keeps them in memory only.
+    """
     connectors: dict[str, Connector] = {}
+    splits = None
     for name, bindings in bindings_by_connection(config).items():
         connection = config.connections[name]
         factory: Any
+        extra: dict[str, Any] = {}
         if connection.protocol == "opcua":
             from connectors.opcua import OpcUaConnector
 
@@ -145,7 +154,13 @@ def build_connectors(config: FactoryConfig) -> dict[str, Connector]:
             from connectors.modbus import ModbusConnector
 
             factory = ModbusConnector
-        connectors[name] = factory(name=name, connection=connection, bindings=bindings)
+            if splits_file is not None:
+                from agent.modbus_splits import SplitFile
+
+                splits = splits or SplitFile(splits_file)
+                extra = {"learned_splits": splits.load(name, connection),
+                         "on_split": splits.recorder(name, connection)}
+        connectors[name] = factory(name=name, connection=connection, bindings=bindings, **extra)
     return connectors
 
 
@@ -214,8 +229,15 @@ class Runtime:
                 await connector.run(sink, links)
                 log.warning("Connector returned; restarting it.",
                             extra={"fields": {"connection": name}})
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if self.state.stopping or (task is not None and task.cancelling()):
+                    raise
+                # A cancellation the connector let out (an asyncua future cancelled inside
+                # the library) while nobody cancelled this task: re-raising it ended the
+                # supervision and left the connection dead until the agent restarted.
+                log.error("Connector cancelled from inside; restarting it.", exc_info=exc,
+                          extra={"fields": {"connection": name}})
             except Exception as exc:  # the one broad catch: a crash must not stop others
                 log.error("Connector crashed; restarting it.", exc_info=exc,
                           extra={"fields": {"connection": name, "error": repr(exc)}})

@@ -1,16 +1,19 @@
 """The annual evaluation of a factory at the bureau: aggregate a year of daily reports, show the
 coverage, evaluate the tier policy.
 
-Only ACCEPTED daily reports count. Their hourly base measures are summed per device and local
-day (never a ratio averaged) and the indicators are recomputed with `indicators.kpi` and
-evaluated with `indicators.evaluate`, the same code the agent runs. A day with several accepted
-revisions counts once, with its highest revision.
+Only ACCEPTED daily reports with data count. Their hourly base measures are summed per device
+and local day (never a ratio averaged) and the indicators are recomputed with `indicators.kpi`
+and evaluated with `indicators.evaluate`, the same code the agent runs. A day with several
+accepted revisions counts once, with its highest revision. A report whose base measures rest on
+no received sample (a day the agent did not collect) is a day without data: it is shown as
+`no_data` and never counted as a coverage day (the agent applies the same rule,
+`agent.protocol.report.has_samples`).
 
 Coverage is explicit: for every month of the period, the days with an accepted report, the days
-with no report, and the days with only rejected or pending-link reports. When the share of days
-with an accepted report is below the policy's bound for the period or for any single month, every
-measured condition is insufficient_data (its measured value is still shown): a month withheld
-must not hide inside a good year.
+with no report, the days whose accepted report has no data, and the days with only rejected or
+pending-link reports. When the share of days with an accepted report is below the policy's
+bound for the period or for any single month, every measured condition is insufficient_data
+(its measured value is still shown): a month withheld must not hide inside a good year.
 
 `evaluate_year` is pure (no I/O apart from reading the policy files named in `PolicyFiles`),
 so the offline verifier of an evidence folder runs exactly the same computation.
@@ -28,7 +31,7 @@ import pandas as pd
 
 from agent.protocol.chain import ChainEntry, walk_chain
 from agent.protocol.envelope import payload_sha256
-from agent.protocol.report import base_frame
+from agent.protocol.report import base_frame, report_has_samples
 from bureau.errors import BureauError
 from bureau.store import ACCEPTED, PENDING_LINK, REJECTED, YearEntry
 from indicators.baseline import improvement
@@ -47,6 +50,7 @@ from indicators.policy import PolicyFileError, PolicyFiles
 
 FORMAT = "tieragent-annual-evaluation/v1"
 COVERAGE_REASON = "coverage_below_bound"
+NO_DATA = "no_data"  # a day whose accepted report has no sample: not a coverage day
 # Indicators shown month by month (trend table and charts of the evidence report).
 KEY_INDICATORS: tuple[str, ...] = (
     "oee",
@@ -191,10 +195,13 @@ def evaluate_year(
     policy, benchmarks, declarations = loaded.policy, loaded.benchmarks, loaded.declarations
     first, last = year_days(year, through)
     in_period = [e for e in entries if _day_in(e.period_key, first, last)]
-    chosen = _chosen(in_period)
+    accepted = _latest_accepted(in_period)
+    chosen = _with_data(accepted)
     if not chosen:
+        without = f" with data ({len(accepted)} without)" if accepted else ""
         raise AnnualError(
-            f"Factory {factory_id!r} has no accepted daily report between {first} and {last}."
+            f"Factory {factory_id!r} has no accepted daily report{without} between {first} "
+            f"and {last}."
         )
     latest = chosen[max(chosen)].payload
     assert latest is not None
@@ -215,7 +222,10 @@ def evaluate_year(
         _daily_base(list(baseline_chosen.values()), time_zone) if baseline_chosen else None
     )
 
-    coverage = _coverage(in_period, chosen, first, last, policy.coverage.min_day_share)
+    coverage = _coverage(
+        in_period, chosen, set(accepted) - set(chosen), first, last,
+        policy.coverage.min_day_share,
+    )
     evaluation = evaluate(
         base,
         inventory,
@@ -264,6 +274,20 @@ def _day_in(period_key: str, first: date, last: date) -> bool:
 
 
 def _chosen(entries: Sequence[DayEntry]) -> dict[str, DayEntry]:
+    """The accepted report of each day that counts: its highest revision, if it has data."""
+    return _with_data(_latest_accepted(entries))
+
+
+def _with_data(accepted: Mapping[str, DayEntry]) -> dict[str, DayEntry]:
+    """The days whose report rests on received samples (`report_has_samples`)."""
+    return {
+        day: entry
+        for day, entry in accepted.items()
+        if entry.payload is not None and report_has_samples(entry.payload)
+    }
+
+
+def _latest_accepted(entries: Sequence[DayEntry]) -> dict[str, DayEntry]:
     """The accepted report of each day; the highest revision when the day was revised."""
     chosen: dict[str, DayEntry] = {}
     for entry in entries:
@@ -307,6 +331,7 @@ def _days(first: date, last: date) -> list[date]:
 def _coverage(
     entries: Sequence[DayEntry],
     chosen: Mapping[str, DayEntry],
+    no_data: set[str],
     first: date,
     last: date,
     bound: float,
@@ -318,6 +343,8 @@ def _coverage(
     def status(day: str) -> str:
         if day in chosen:
             return ACCEPTED
+        if day in no_data:
+            return NO_DATA
         seen = states.get(day, set())
         if PENDING_LINK in seen:
             return PENDING_LINK
@@ -338,6 +365,7 @@ def _coverage(
         "months": months,
         "months_below_bound": [m["month"] for m in months if not m["ok"]],
         "missing_days": [d for d, s in by_day.items() if s == "missing"],
+        "no_data_days": [d for d, s in by_day.items() if s == NO_DATA],
         "rejected_days": [d for d, s in by_day.items() if s == REJECTED],
         "pending_link_days": [d for d, s in by_day.items() if s == PENDING_LINK],
     }
@@ -347,11 +375,13 @@ def _tally(days: Mapping[str, str], bound: float) -> dict[str, Any]:
     counts = {s: sum(1 for v in days.values() if v == s) for s in (ACCEPTED, "missing")}
     counts[REJECTED] = sum(1 for v in days.values() if v == REJECTED)
     counts[PENDING_LINK] = sum(1 for v in days.values() if v == PENDING_LINK)
+    counts[NO_DATA] = sum(1 for v in days.values() if v == NO_DATA)
     share = counts[ACCEPTED] / len(days) if days else 0.0
     return {
         "days": len(days),
         "accepted": counts[ACCEPTED],
         "missing": counts["missing"],
+        "no_data": counts[NO_DATA],
         "rejected": counts[REJECTED],
         "pending_link": counts[PENDING_LINK],
         "share": share,

@@ -37,6 +37,7 @@ STATE_LABELS: dict[str, str] = {
     "pending-link": "待链接 pending link",
     "rejected": "已拒绝 rejected",
     "missing": "缺失 missing",
+    "no_data": "无数据 no data",
 }
 CHARTED: tuple[str, ...] = ("oee", "defect_rate", "energy_per_unit", "data_collection_rate")
 
@@ -46,8 +47,8 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;border-bottom:2px solid #2
 padding-bottom:2px;margin-top:28px}table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #bbb;padding:3px 6px;vertical-align:top}th{background:#e8eef7}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.pass,.declared_pass,.accepted{
-color:#16702e}.fail,.declared_fail,.rejected{color:#b3261e;font-weight:bold}
-.insufficient_data,.pending-link,.missing{color:#9a6700;font-weight:bold}.warn{background:#fff4ce;
+color:#16702e}.fail,.declared_fail,.not_declared,.rejected{color:#b3261e;font-weight:bold}
+.insufficient_data,.pending-link,.missing,.no_data{color:#9a6700;font-weight:bold}.warn{background:#fff4ce;
 padding:6px;border:1px solid #e0c060}.charts{display:flex;flex-wrap:wrap;gap:16px}
 .chart{border:1px solid #ccc;padding:6px}.small{font-size:12px;color:#555}dl{display:grid;
 grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}dd{margin:0}
@@ -357,7 +358,7 @@ def _coverage_chart(months: Sequence[Mapping[str, Any]], bound: float) -> str:
 def _quality(result: Mapping[str, Any]) -> str:
     coverage = result["coverage"]
     rows = []
-    fields = ("days", "accepted", "missing", "rejected", "pending_link")
+    fields = ("days", "accepted", "missing", "no_data", "rejected", "pending_link")
     for i, m in enumerate(coverage["months"]):
         cells = "".join(
             _num(
@@ -404,7 +405,8 @@ def _quality(result: Mapping[str, Any]) -> str:
         "<h2>数据采集质量 Data-collection quality</h2>"
         + _coverage_chart(coverage["months"], coverage["min_day_share"])
         + '<table id="coverage"><tr><th>月 Month</th><th>天数 Days</th><th>已接受 Accepted</th>'
-        "<th>缺失 Missing</th><th>已拒绝 Rejected</th><th>待链接 Pending link</th>"
+        "<th>缺失 Missing</th><th>无数据 No data</th><th>已拒绝 Rejected</th>"
+        "<th>待链接 Pending link</th>"
         f"<th>覆盖率 Share</th><th>状态 State</th></tr>{''.join(rows)}</table>"
         f"<ul>{quality}</ul>"
     )
@@ -462,6 +464,7 @@ def _gaps(result: Mapping[str, Any]) -> str:
         "<h2>缺口与拒绝 Gaps and rejections</h2>"
         '<dl id="gaps"><dt>缺失日 Missing days</dt>'
         f'<dd id="missing-days">{days("missing_days")}</dd>'
+        f'<dt>无数据日 Days without data</dt><dd id="no-data-days">{days("no_data_days")}</dd>'
         f'<dt>仅有被拒报告的日 Days with rejected reports only</dt><dd id="rejected-days">'
         f"{days('rejected_days')}</dd>"
         f'<dt>待链接日 Pending-link days</dt><dd id="pending-link-days">'

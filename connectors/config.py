@@ -19,6 +19,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SecretUnavailable(LookupError):
+    """A secret that cannot be resolved; str() names the source and the fix, never the value."""
+
+
 class Secret(Strict):
     """A secret read at run time from an environment variable or a file, never inline."""
 
@@ -32,13 +36,45 @@ class Secret(Strict):
         return self
 
     def resolve(self) -> str:
+        """The secret (a file's content without surrounding white space); the one resolver.
+
+        Raises SecretUnavailable (a LookupError) when the variable is unset or empty, or the
+        file is missing, unreadable, not UTF-8 or empty. The message never holds the value.
+        """
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise LookupError(f"environment variable {self.env} is not set")
+                raise SecretUnavailable(
+                    f"environment variable {self.env} is not set; set it in the agent's "
+                    "environment (e.g. Environment= in its systemd unit) or use `file:`"
+                )
+            if not value.strip():
+                raise SecretUnavailable(
+                    f"environment variable {self.env} is empty; set it to the secret"
+                )
             return value
         assert self.file is not None
-        return self.file.read_text(encoding="utf-8").strip()
+        try:
+            data = self.file.read_bytes()
+        except FileNotFoundError:
+            raise SecretUnavailable(
+                f"secret file {self.file} does not exist; create it (readable only by the "
+                "agent, mode 0600) or correct the path"
+            ) from None
+        except OSError as exc:
+            raise SecretUnavailable(
+                f"secret file {self.file} cannot be read ({exc.strerror or exc}); give the "
+                "agent's user read permission on it"
+            ) from None
+        try:
+            value = data.decode("utf-8-sig").strip()
+        except UnicodeDecodeError:
+            raise SecretUnavailable(
+                f"secret file {self.file} is not UTF-8 text; write the secret as UTF-8"
+            ) from None
+        if not value:
+            raise SecretUnavailable(f"secret file {self.file} is empty; write the secret in it")
+        return value
 
 
 # --- OPC UA -------------------------------------------------------------------------
@@ -112,7 +148,20 @@ class OpcUaConnection(Strict):
     poll_interval_s: float = Field(1.0, gt=0)
     request_timeout_s: float = Field(4.0, gt=0)
     reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between attempts once an outage is past the "
+        "fast window."
+    )
+    reconnect_fast_s: float = Field(
+        4.0, gt=0, description="Longest wait between attempts during the first "
+        "`reconnect_fast_window_s` of an outage (the first retry is immediate), so a "
+        "restarted server is collected from again within about 5 s."
+    )
+    reconnect_fast_window_s: float = Field(60.0, ge=0)
+    reconnect_refused_max_s: float = Field(
+        300.0, gt=0, description="Longest wait after a refusal only an operator can fix "
+        "(untrusted certificate, credentials); such retries start at `reconnect_fast_s`."
+    )
     security: OpcUaSecurity = OpcUaSecurity()
     subscription: OpcUaSubscription = OpcUaSubscription()
 
@@ -206,7 +255,13 @@ class ModbusConnection(Strict):
     reconnect_max_s: float = Field(30.0, gt=0)
     max_registers_per_read: int = Field(125, ge=1, le=125)
     max_bits_per_read: int = Field(2000, ge=1, le=2000)
-    max_gap: int = Field(8, ge=0, description="unused addresses bridged to merge two reads")
+    max_gap: int | None = Field(
+        None,
+        ge=0,
+        description="Most unused addresses bridged to merge two reads. Unset: any gap that "
+        "fits in one read (the fewest requests); a device refusing a bridged gap with "
+        "exception 02 gets its reads split there, and the split is remembered.",
+    )
 
 
 Connection = Annotated[OpcUaConnection | ModbusConnection, Field(discriminator="protocol")]

@@ -7,9 +7,19 @@ late reply to its request reliably (pymodbus #2709, #538). Every reply is also c
 against the request it answers (transaction id, unit, function code, length), so a stray
 or rewritten reply is never decoded as a value.
 
+Coalescing: the signals of one (unit, table) are merged into as few block reads as the
+protocol allows (125 registers, 2000 coils or discrete inputs per read), bridging unused
+addresses of any length; `max_gap`, when set, caps the bridged stretch instead.
+
 An exception response marks only the signals of that block bad: the block is bisected
 until the failing address is isolated, and that signal is read on its own from then on,
-so the other signals keep their coalesced reads.
+so the other signals keep their coalesced reads. When both halves of a failing block read
+fine, what fails is the seam (an invalid unused address, or a request size the device
+refuses), and reads are split there from then on.
+
+Splits learned from exception 02 (illegal data address) outlive the connector: the caller
+passes the ones learned earlier as `learned_splits` and is told the current set through
+`on_split` whenever it changes. Where they are kept is the caller's business.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +60,10 @@ log = logging.getLogger(__name__)
 # illegal data value, device failure. Others (illegal function, gateway errors) concern
 # the whole request, so bisecting would only multiply failing requests.
 _BISECT_CODES = frozenset({2, 3, 4})
+# Exception 02, illegal data address: the device's map, so a split it causes is kept.
+_ILLEGAL_ADDRESS = 2
+# The `max_gap` meaning "any gap that fits in one read": a block's size limit decides.
+_BRIDGE_ANY_GAP = 65536
 # Sample.status for a value that arrived but cannot be decoded (NaN, bad length). Outside
 # the one-byte range of Modbus exception codes.
 STATUS_DECODE_ERROR = 0x1_0000
@@ -111,6 +125,9 @@ class _Link:
         self.guard = guard
 
 
+SplitSink = Callable[[tuple[Hole, ...]], None]
+
+
 class ModbusConnector:
     """Polls the signals of one Modbus TCP connection and emits `Sample` batches.
 
@@ -118,6 +135,11 @@ class ModbusConnector:
     multiples of its interval (a 1 s group at every whole second). One batch per group and
     poll is awaited on the sink. Construction validates the addresses and raises ValueError
     (or PlanError) for a configuration that cannot be read; it does no I/O.
+
+    `learned_splits` are splits an earlier run learned from exception 02 (as passed to
+    `on_split`): a hole that is exactly one signal's addresses marks that signal as read
+    alone, any other hole is never bridged. `on_split` receives every such split known
+    now, sorted, each time the set changes; it runs on the event loop and should be quick.
     """
 
     def __init__(
@@ -127,6 +149,8 @@ class ModbusConnector:
         bindings: Sequence[SignalBinding],
         *,
         clock: Callable[[], float] = time.time,
+        learned_splits: Iterable[Hole] = (),
+        on_split: SplitSink | None = None,
     ) -> None:
         self.name = name
         self.stats = ModbusStats()
@@ -149,8 +173,13 @@ class ModbusConnector:
             )
             groups[binding.interval_s].append(key)
         self._groups = dict(groups)
+        self._max_gap = _BRIDGE_ANY_GAP if connection.max_gap is None else connection.max_gap
         self._known_bad: set[int] = set()
         self._barriers: set[Hole] = set()
+        # Splits learned from exception 02: the set handed to `on_split`.
+        self._learned: set[Hole] = set()
+        self._on_split = on_split
+        self._adopt(learned_splits)
         self._plans: dict[float, list[ReadBlock]] = {}
         for interval in self._groups:
             self._plans[interval] = self._plan(interval)  # raises PlanError early
@@ -196,7 +225,7 @@ class ModbusConnector:
             healthy,
             max_registers=self._conn.max_registers_per_read,
             max_bits=self._conn.max_bits_per_read,
-            max_gap=self._conn.max_gap,
+            max_gap=self._max_gap,
             avoid=holes,
         )
         for key in keys:
@@ -211,8 +240,30 @@ class ModbusConnector:
                 )
         return blocks
 
-    def _mark(self, key: int, bad: bool) -> None:
+    def _adopt(self, learned: Iterable[Hole]) -> None:
+        """Apply splits learned by an earlier run, before the first plan."""
+        own: dict[Hole, list[int]] = defaultdict(list)
+        for key in range(len(self._spans)):
+            own[self._own_hole(key)].append(key)
+        for hole in learned:
+            if hole.end < hole.start:
+                continue
+            self._learned.add(hole)
+            if hole in own:
+                self._known_bad.update(own[hole])
+            else:
+                self._barriers.add(hole)
+
+    def _own_hole(self, key: int) -> Hole:
+        span = self._spans[key]
+        return Hole(span.unit, span.table, span.address, span.end)
+
+    def _mark(self, key: int, bad: bool, code: int = 0) -> None:
         """Track signals whose own address fails; they are read alone so others coalesce."""
+        if bad and code == _ILLEGAL_ADDRESS:
+            self._learn(self._own_hole(key))
+        elif not bad and key in self._known_bad:
+            self._forget(self._own_hole(key))
         if bad == (key in self._known_bad):
             return
         if bad:
@@ -221,19 +272,41 @@ class ModbusConnector:
             self._known_bad.discard(key)
         self._replan()
 
-    def _add_barrier(self, hole: Hole) -> None:
+    def _add_barrier(self, hole: Hole, code: int) -> None:
         """Never again bridge these addresses: reading across them fails."""
-        if hole.end >= hole.start and hole not in self._barriers:
+        if hole.end < hole.start:
+            return
+        if code == _ILLEGAL_ADDRESS:
+            self._learn(hole)
+        if hole not in self._barriers:
             log.info(
-                "Modbus %s: reads across %s %d..%d of unit %d fail; splitting there.",
+                "Modbus %s: reads across %s %d..%d of unit %d fail (exception %d); "
+                "splitting there.",
                 self.name,
                 hole.table.value,
                 hole.start,
                 hole.end,
                 hole.unit,
+                code,
             )
             self._barriers.add(hole)
             self._replan()
+
+    def _learn(self, hole: Hole) -> None:
+        if hole not in self._learned:
+            self._learned.add(hole)
+            self._tell()
+
+    def _forget(self, hole: Hole) -> None:
+        if hole in self._learned:
+            self._learned.discard(hole)
+            self._tell()
+
+    def _tell(self) -> None:
+        if self._on_split is not None:
+            self._on_split(
+                tuple(sorted(self._learned, key=lambda h: (h.unit, h.table.value, h.start, h.end)))
+            )
 
     def _replan(self) -> None:
         for interval in self._groups:
@@ -280,11 +353,12 @@ class ModbusConnector:
                     # Both halves read fine, so what fails is reading across the seam:
                     # an invalid gap address, or a device limit on the request size.
                     self._add_barrier(
-                        Hole(block.unit, block.table, left.start + left.count, right.start)
+                        Hole(block.unit, block.table, left.start + left.count, right.start),
+                        exc.code,
                     )
                 return False
             if exc.code in _BISECT_CODES:
-                self._mark(block.members[0].key, bad=True)
+                self._mark(block.members[0].key, bad=True, code=exc.code)
             now = self._clock()
             for span in block.members:
                 out[span.key] = self._sample(span.key, None, Quality.BAD, now, exc.code)

@@ -4,9 +4,14 @@ Reconnection is owned here; asyncua's `auto_reconnect` stays off. After any loss
 Client object is thrown away and a new one is created (asyncua #1660: a reused client can
 hang), node ids are resolved again (namespace URIs may map to new indexes after a server
 restart), the subscription and its monitored items are created again, and current values
-are read once so every signal has a fresh sample. Losses are detected by asyncua's
+are read once so every signal has a fresh sample (marked `held`: its source timestamp is when
+the value last changed, which may be long ago); the subscription's first notification of a
+monitored item repeats that value and is dropped when it is the very same DataValue, so each
+value is stored once. Losses are detected by asyncua's
 connection watchdog (probe every second) and by our liveness check: no data nor keepalive
-for `publishing_interval x keepalive_count x 2` ends the session.
+for `publishing_interval x keepalive_count x 2` ends the session. What happens between
+sessions (the reason, the delay, what is logged, the wait after a refusal) is decided by
+`connectors.opcua_reconnect`.
 
 The subscription's notifications only enter a bounded inbox (drops are counted, oldest
 first); conversion and the awaited sink run in the connector's own loop, never in a
@@ -24,8 +29,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from asyncua import Client, ua
 from asyncua.common.subscription import (
@@ -35,22 +40,23 @@ from asyncua.common.subscription import (
     SubEvent,
     Subscription,
 )
-from asyncua.common.utils import ServiceError
 
-from connectors.backoff import Backoff
+from connectors.backoff import ReconnectSchedule
 from connectors.base import LinkEvent, LinkSink, LinkState, SampleSink, SignalBinding
 from connectors.config import OpcUaConnection
-from connectors.errors import ConnectorError, ConnectorUnavailable
+from connectors.errors import ConnectorUnavailable
+from connectors.opcua_reconnect import ReconnectPolicy
 from connectors.opcua_session import (
     BatchedSession,
     close_client,
     describe,
     open_client,
     read_operation_limits,
+    refusal_inputs,
     reraise_cancellation,
 )
 from connectors.opcua_values import bad_sample, parse_node, resolve_node, to_sample
-from connectors.sample import Sample
+from connectors.sample import Quality, Sample
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,8 @@ class OpcUaStats:
     dropped_notifications: int = 0
     polls: int = 0
     subscription_refusals: int = 0
+    failed_attempts: int = 0  # lost sessions and failed connection attempts
+    refusals: int = 0  # attempts refused for a cause only an operator can fix
 
 
 class _Inbox:
@@ -127,9 +135,17 @@ class OpcUaConnector:
         bindings: Sequence[SignalBinding],
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`monotonic` and `sleep` drive the reconnect schedule (injectable for tests)."""
         self.name = name
         self.stats = OpcUaStats()
+        # The reconnect policy (docs/reliability.md b.4): `reconnect` is its schedule,
+        # `retry_delays` keeps the latest delays.
+        self._policy = ReconnectPolicy(name, connection, monotonic=monotonic, sleep=sleep)
+        self.reconnect = self._policy.schedule
+        self.retry_delays = self._policy.delays
         self.mode_in_use: str | None = None
         self._conn = connection
         self._clock = clock
@@ -141,27 +157,43 @@ class OpcUaConnector:
             self._nodes.append(parse_node(binding.opcua.node))
         self._state: LinkState | None = None
         self._reason = ""
+        # Per session: what the read after subscribing gave (value, status, timestamp,
+        # origin) until the item's first notification, and each polled node's last timestamp.
+        self._first_read: dict[int, tuple[object, ...]] = {}
+        self._polled_ts: dict[int, float] = {}
 
     async def run(self, samples: SampleSink, links: LinkSink) -> None:
-        """Collect until cancelled; a lost or refused link backs off and starts again."""
-        backoff = Backoff(self._conn.reconnect_min_s, self._conn.reconnect_max_s)
+        """Collect until cancelled; a lost or refused link backs off and starts again.
+
+        Every failure of a session, whatever asyncua raised, ends in the reconnect loop
+        here: nothing but a cancellation of this task leaves it (an escaping error would
+        put the connection in the runtime's slower restart backoff).
+        """
         while True:
             self._emit(links, LinkState.CONNECTING)
+            inputs = refusal_inputs(self._conn)
+            refused = False
             try:
-                await self._session(samples, links, backoff)
+                await self._session(samples, links, self.reconnect)
                 reason = "The session ended."
-            except ConnectorError as exc:
-                reason = str(exc)
-            except (OSError, TimeoutError, ua.UaError, ServiceError) as exc:
-                reason = f"The OPC UA link to {self._conn.endpoint} failed: {describe(exc)}."
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                reason, refused = self._policy.reason(exc)
+            except Exception as exc:
+                reason, refused = self._policy.reason(exc)
             reraise_cancellation()
-            log.warning("OPC UA %s: %s", self.name, reason)
+            delay = self._policy.failed(reason, refused)
+            self.stats.failed_attempts += 1
+            self.stats.refusals += refused
             self._emit(links, LinkState.DISCONNECTED, reason)
-            await asyncio.sleep(backoff.next_delay())
+            await self._policy.pause(delay, inputs if refused else None)
 
     # --- one session ----------------------------------------------------------------------
 
-    async def _session(self, samples: SampleSink, links: LinkSink, backoff: Backoff) -> None:
+    async def _session(
+        self, samples: SampleSink, links: LinkSink, backoff: ReconnectSchedule
+    ) -> None:
         lost: list[str] = []
         lost_event = asyncio.Event()
 
@@ -171,6 +203,8 @@ class OpcUaConnector:
 
         client = await open_client(self._conn, on_lost)
         self.stats.sessions += 1
+        self._first_read.clear()
+        self._polled_ts.clear()
         try:
             session = BatchedSession(client, await read_operation_limits(client))
             targets, unknown = await self._resolve(client)
@@ -196,6 +230,7 @@ class OpcUaConnector:
                 await self._poll(session, targets, samples, watch, backoff)
                 return
             reraise_cancellation()
+            backoff.reset()  # subscribed and read: data flows again
             await self._stream(subscription, samples, watch, backoff)
         finally:
             self.mode_in_use = None
@@ -226,14 +261,14 @@ class OpcUaConnector:
         targets: dict[int, ua.NodeId],
         samples: SampleSink,
         watch: _LinkWatch,
-        backoff: Backoff,
+        backoff: ReconnectSchedule,
     ) -> None:
         self.mode_in_use = "poll"
         keys = list(targets)
         interval = self._conn.poll_interval_s
         while True:
             watch.check()
-            await self._read_all(session, keys, targets, samples)
+            await self._read_all(session, keys, targets, samples, first=False)
             self.stats.polls += 1
             backoff.reset()
             now = self._clock()
@@ -245,15 +280,34 @@ class OpcUaConnector:
         keys: list[int],
         targets: dict[int, ua.NodeId],
         samples: SampleSink,
+        *,
+        first: bool,
     ) -> None:
+        """Read the current values. `first`: the read after subscribing, whose samples are
+        all held values; a poll's sample is held when it is the node's first in this session
+        or its timestamp has not moved since the previous poll (the value did not change)."""
         values = await session.read([targets[key] for key in keys])
         received = self._clock()
-        await samples(
-            [
-                to_sample(self._bindings[key], value, received)
+        if first:
+            batch = [
+                to_sample(self._bindings[key], value, received, held=True)
                 for key, value in zip(keys, values, strict=True)
             ]
-        )
+            self._first_read = {
+                key: (s.value, s.status, s.source_ts, s.ts_origin)
+                for key, s in zip(keys, batch, strict=True)
+            }
+        else:
+            batch = []
+            polled = self._polled_ts
+            for key, value in zip(keys, values, strict=True):
+                sample = to_sample(self._bindings[key], value, received)
+                if sample.quality is not Quality.BAD:
+                    if polled.get(key, sample.source_ts) == sample.source_ts:
+                        sample = replace(sample, held=True)
+                    polled[key] = sample.source_ts
+                batch.append(sample)
+        await samples(batch)
 
     # --- subscription ---------------------------------------------------------------------
 
@@ -290,7 +344,7 @@ class OpcUaConnector:
         self.mode_in_use = "subscribe"
         # A fresh sample for every signal, whatever the server sends first.
         monitored = [key for key in targets if key not in failed]
-        await self._read_all(session, monitored, targets, samples)
+        await self._read_all(session, monitored, targets, samples, first=True)
         return subscription
 
     async def _monitor(
@@ -331,7 +385,11 @@ class OpcUaConnector:
         }
 
     async def _stream(
-        self, subscription: Subscription, samples: SampleSink, watch: _LinkWatch, backoff: Backoff
+        self,
+        subscription: Subscription,
+        samples: SampleSink,
+        watch: _LinkWatch,
+        backoff: ReconnectSchedule,
     ) -> None:
         settings = self._conn.subscription
         silence_limit = max(
@@ -388,7 +446,11 @@ class OpcUaConnector:
             value = event.data.monitored_item.Value
             if 0 <= key < len(self._bindings) and value is not None:
                 self.stats.notifications += 1
-                batch.append(to_sample(self._bindings[key], value, received))
+                sample = to_sample(self._bindings[key], value, received)
+                read = self._first_read.pop(key, None) if self._first_read else None
+                if read == (sample.value, sample.status, sample.source_ts, sample.ts_origin):
+                    continue  # the item's initial notification: the value already read
+                batch.append(sample)
         return batch
 
     # --- link state -----------------------------------------------------------------------
@@ -401,6 +463,11 @@ class OpcUaConnector:
             return
         self._state, self._reason = state, reason
         links(LinkEvent(state=state, ts=self._clock(), reason=reason))
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class _LinkWatch:

@@ -9,9 +9,11 @@ batch halved and resent, so thousands of nodes work on any server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from asyncua import Client, ua
@@ -71,6 +73,50 @@ def describe(exc: BaseException) -> str:
         return ua.StatusCode(exc.code).name
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def refusal_inputs(connection: OpcUaConnection) -> str:
+    """A digest of what a refusal can depend on and an operator may change while the agent
+    runs: the client certificate and key files, the trust list folders and the password's
+    current value (environment variable or file). A different digest means "something
+    changed": a refused connection is worth trying again at once."""
+    security = connection.security
+    digest = hashlib.sha256()
+
+    def add(text: str) -> None:
+        digest.update(text.encode("utf-8", "surrogateescape") + b"\0")
+
+    def add_path(path: Path) -> None:
+        try:
+            stat = path.stat()
+        except OSError:
+            add(f"{path}:missing")
+            return
+        add(f"{path}:{stat.st_mtime_ns}:{stat.st_size}")
+
+    for path in (security.certificate, security.private_key):
+        if path is not None:
+            add_path(path)
+    if security.certificate is not None or security.pki_dir is not None:
+        pki = security.pki_dir or (
+            security.certificate.parent / "pki" if security.certificate else None
+        )
+        if pki is not None:
+            for folder in ("trusted", "crl"):
+                root = pki / folder  # a missing folder reads as an empty one
+                try:
+                    entries = sorted(root.iterdir())
+                except OSError:
+                    entries = []
+                for entry in entries[:1000]:  # bounded: a trust list is small
+                    add_path(entry)
+    add(security.username or "")
+    if security.password is not None:
+        try:
+            add(hashlib.sha256(security.password.resolve().encode()).hexdigest())
+        except (LookupError, OSError) as exc:
+            add(f"unreadable:{type(exc).__name__}")
+    return digest.hexdigest()
 
 
 async def open_client(

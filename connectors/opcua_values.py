@@ -63,8 +63,11 @@ def plain_value(value: object) -> SampleValue:
     return str(value)
 
 
-def to_sample(binding: SignalBinding, value: ua.DataValue, received: float) -> Sample:
-    """The Sample for one DataValue of `binding`'s node, received at `received` (epoch s)."""
+def to_sample(
+    binding: SignalBinding, value: ua.DataValue, received: float, held: bool = False
+) -> Sample:
+    """The Sample for one DataValue of `binding`'s node, received at `received` (epoch s);
+    `held`: read as the current value, not notified as a change (`Sample.held`)."""
     status = value.StatusCode.value if value.StatusCode is not None else 0
     quality = quality_of(status)
     source = epoch_seconds(value.SourceTimestamp)
@@ -79,7 +82,7 @@ def to_sample(binding: SignalBinding, value: ua.DataValue, received: float) -> S
     # Positional: this runs for every notification.
     return Sample(binding.device_id, binding.signal_id,
                   None if quality is _BAD else plain_value(payload), quality, ts, received,
-                  status, origin)
+                  status, origin, held and quality is not _BAD)
 
 
 def bad_sample(binding: SignalBinding, status: int, received: float) -> Sample:

@@ -38,3 +38,8 @@ class Sample:
     # Protocol status kept verbatim: OPC UA StatusCode value, Modbus exception code, 0 = good.
     status: int = 0
     ts_origin: TimestampOrigin = TimestampOrigin.SOURCE
+    # A value the connector read as the signal's current value, not one notified as a change:
+    # the first value of a session (OPC UA's read after subscribing, a first poll) or a poll
+    # that finds the same source timestamp as the previous one. Its source timestamp says when
+    # the value last changed, which may be long before it was read (docs/indicators.md §5).
+    held: bool = False

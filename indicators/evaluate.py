@@ -366,8 +366,9 @@ def _declared(
     measured: float | bool | str | None = None
     reason: str | None = None
     status: Status
-    if item is None:
-        status, reason = "fail", "missing_declaration"
+    if item is None:  # failing: a condition nobody declared is not met
+        status = "not_declared"
+        reason = "no_declarations_file" if declarations is None else "missing_declaration"
     else:
         value = item.value
         measured = float(len(value)) if isinstance(value, list) else value

@@ -28,6 +28,7 @@ from indicators.columns import (
 )
 from indicators.vocabulary import (
     DELTA_ROLES,
+    IDEAL_TIME,
     INTERVAL_STATES,
     REWORK_COUNT,
     UNKNOWN_STATE,
@@ -75,8 +76,10 @@ def base_measures(
 
     `intervals` [start, end) in epoch seconds; overlapping intervals of one device are clipped so
     that no second is counted twice (the later interval loses the overlap). `deltas` belong to the
-    hour h with h*3600 < end <= (h+1)*3600. `sample_counts` are already hourly. Devices missing
-    from `ideal_cycle_time_s` get no ideal time. Inputs are never mutated.
+    hour h with h*3600 < end <= (h+1)*3600. `sample_counts` are already hourly. Ideal time is the
+    sum of `ideal_time_s` deltas (measured with an ideal-cycle-time signal) in a device-hour
+    that has them, else `ideal_cycle_time_s` x PQ; devices missing from it get no declared
+    ideal time. Inputs are never mutated.
 
     Raises ValueError (one sentence naming the column) on missing columns, unknown states or
     roles, end < start, or negative deltas.
@@ -120,7 +123,11 @@ def base_measures(
         frame[name] = out.get(name, np.zeros(n_rows, dtype=default_dtype))
     result = pd.DataFrame(frame)
     ict = np.array([float(ideal_cycle_time_s.get(d, 0.0)) for d in device_ids], dtype=np.float64)
-    result["ideal_time_s"] = ict[device_code] * result["produced"].to_numpy(np.float64)
+    # Ideal time from `ideal_time_s` deltas (an ideal-cycle-time signal, per piece) where the
+    # device-hour has them, else the declared ideal cycle time x PQ.
+    declared = ict[device_code] * result["produced"].to_numpy(np.float64)
+    measured = out.get("ideal_measured", np.zeros(n_rows, dtype=bool))
+    result["ideal_time_s"] = np.where(measured, result["ideal_time_s"].to_numpy(), declared)
     # POT is the sum of its parts, so the identities hold for every row by construction.
     result["pot_s"] = (
         result["pdt_s"]
@@ -151,7 +158,7 @@ def _time_elements(iv: pd.DataFrame, codes: Mapping[str, int], min_failure_s: fl
     same_device_as_prev = np.concatenate([[False], device[1:] == device[:-1]])
 
     element = _elements(iv, state)
-    events = _unplanned_events(device, start, end, state, same_device_as_prev, min_failure_s)
+    events = _unplanned_events(iv, device, start, end, state, same_device_as_prev, min_failure_s)
 
     first_hour = np.floor(start / HOUR_S).astype(np.int64)
     last_hour = np.ceil(end / HOUR_S).astype(np.int64) - 1
@@ -199,6 +206,7 @@ def _elements(iv: pd.DataFrame, state: npt.NDArray[np.object_]) -> IntArray:
 
 
 def _unplanned_events(
+    iv: pd.DataFrame,
     device: IntArray,
     start: FloatArray,
     end: FloatArray,
@@ -208,8 +216,12 @@ def _unplanned_events(
 ) -> tuple[IntArray, npt.NDArray[np.bool_]]:
     """Unplanned stops as events: keys of their start hours and whether each is a failure.
 
-    Adjacent unplanned_stop rows of one device are one event (an agent restart or an hour split
-    in the store must not double the stop count); its duration is the sum of its rows.
+    Adjacent unplanned_stop rows of one device are one stop (an hour split in the store must
+    not double the stop count); its duration is the sum of its rows. A stop is a new event
+    only when it was seen to begin: the last known state before it (neither unknown nor
+    offline) is another state. A stop that is already there when the rows begin, or that
+    follows unknown time after a known unplanned_stop (an agent restart, a link loss), began
+    before: it is not counted again, while its time still counts as ADET.
     """
     stopped = state == State.UNPLANNED_STOP.value
     continues = np.concatenate([[False], stopped[:-1]]) & same_device_as_prev & stopped
@@ -218,8 +230,14 @@ def _unplanned_events(
     rows = np.flatnonzero(stopped)
     duration = np.bincount(event_of_row[rows], weights=(end - start)[rows])
     firsts = np.flatnonzero(first)
+    groups = iv["device_id"].to_numpy()
+    known = pd.Series(state).where(~np.isin(state, [State.OFFLINE.value, UNKNOWN_STATE]))
+    before = known.groupby(groups).shift(1).groupby(groups).ffill().iloc[firsts]
+    seen_begin = (before.notna() & (before != State.UNPLANNED_STOP.value)).to_numpy(bool)
+    failure = duration[: len(firsts)] >= min_failure_s
+    firsts = firsts[seen_begin]
     key = device[firsts] * _HOURS_SPAN + np.floor(start[firsts] / HOUR_S).astype(np.int64)
-    return key, duration[: len(firsts)] >= min_failure_s
+    return key, failure[seen_begin]
 
 
 def _counts(dl: pd.DataFrame, codes: Mapping[str, int]) -> _Part:
@@ -257,6 +275,9 @@ def _counts(dl: pd.DataFrame, codes: Mapping[str, int]) -> _Part:
         "scrap": scrap,
         "rework": rework,
         "energy_kwh": total(Role.ENERGY_KWH.value),
+        # Σ PRI x PQ where an ideal-cycle-time signal measured it (see base_measures).
+        "ideal_time_s": total(IDEAL_TIME),
+        "ideal_measured": np.bincount(rows[role == IDEAL_TIME], minlength=n) > 0,
     }
     return keys, columns
 

@@ -103,8 +103,14 @@ COUNTER_ROLES = frozenset({Role.GOOD_COUNT, Role.REJECT_COUNT, Role.TOTAL_COUNT,
 # Reworked units: a counter-delta role the time model accepts that no configured signal has.
 REWORK_COUNT = "rework_count"
 
+# Ideal time Σ PRI x PQ measured with an ideal-cycle-time signal: a delta per produced delta
+# (a product mix changes PRI between pieces).
+IDEAL_TIME = "ideal_time_s"
+
 # The roles counter deltas may carry (the time model's input).
-DELTA_ROLES: frozenset[str] = frozenset({*(r.value for r in COUNTER_ROLES), REWORK_COUNT})
+DELTA_ROLES: frozenset[str] = frozenset(
+    {*(r.value for r in COUNTER_ROLES), REWORK_COUNT, IDEAL_TIME}
+)
 
 # --- sample quality ------------------------------------------------------------------------------
 
@@ -132,7 +138,9 @@ TIERS: dict[str, Bilingual] = {
 }
 NO_TIER = Bilingual("未达到", "none")  # no tier reached
 
-Status = Literal["pass", "fail", "insufficient_data", "declared_pass", "declared_fail"]
+Status = Literal[
+    "pass", "fail", "insufficient_data", "declared_pass", "declared_fail", "not_declared"
+]
 PASSING: frozenset[str] = frozenset({"pass", "declared_pass"})
 STATUSES: dict[str, Bilingual] = {
     "pass": Bilingual("通过", "pass"),
@@ -140,6 +148,8 @@ STATUSES: dict[str, Bilingual] = {
     "insufficient_data": Bilingual("数据不足", "insufficient data"),
     "declared_pass": Bilingual("声明通过", "declared pass"),
     "declared_fail": Bilingual("声明未通过", "declared fail"),
+    # No declaration for the condition (no declarations file, or no item in it): failing.
+    "not_declared": Bilingual("未声明", "not declared"),
 }
 
 Source = Literal["measured", "declared", "benchmark"]

@@ -3,11 +3,13 @@
 Each device is a unit id with its own four tables (coils, discrete inputs, holding and
 input registers), laid out from its `ModbusSpec`s and refreshed every tick. A table is as
 long as its highest mapped address, so reading past it gives exception 0x02 like a real
-device, while unmapped gaps inside it read as 0 (collectors bridge small gaps).
+device, while unmapped gaps inside it read as 0 (collectors bridge them).
 
 The face counts requests per (unit id, function code), so a test can prove that a
-collector coalesces reads, and answers chosen addresses with a chosen exception code
-(0x02 illegal address, 0x06 busy, ...). The simulator is read-only: writes get 0x01.
+collector coalesces reads, and the exception responses it sends per (unit id, exception
+code), so a test can prove that a collector stopped provoking them. It answers chosen
+addresses with a chosen exception code (0x02 illegal address, 0x06 busy, ...). The
+simulator is read-only: writes get 0x01.
 
 Register encoding (what a collector must decode): the value becomes
 `round((value - offset) / scale)` for integer types (`(value - offset) / scale` for
@@ -99,6 +101,7 @@ class RegisterStore(ModbusServerContext):
             for unit, tables in sizes.items()
         }
         self.request_counts: Counter[tuple[int, int]] = Counter()
+        self.exception_counts: Counter[tuple[int, int]] = Counter()
         self.exceptions: dict[tuple[int, str, int], int] = {}
 
     def device_ids(self) -> list[int]:
@@ -119,14 +122,14 @@ class RegisterStore(ModbusServerContext):
             raise NoSuchIdException(f"unit id {device_id} is not simulated")
         table = _READ_TABLE.get(func_code)
         if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
+            return self._refuse(device_id, ExcCodes.ILLEGAL_FUNCTION)
         for offset in range(count):
             code = self.exceptions.get((device_id, table, address + offset))
             if code is not None:
-                return ExcCodes(code)
+                return self._refuse(device_id, ExcCodes(code))
         data = tables.get(table, [])
         if address + count > len(data):
-            return ExcCodes.ILLEGAL_ADDRESS
+            return self._refuse(device_id, ExcCodes.ILLEGAL_ADDRESS)
         window = data[address : address + count]
         if table in BIT_TABLES:
             return [bool(bit) for bit in window]
@@ -142,7 +145,11 @@ class RegisterStore(ModbusServerContext):
         self.request_counts[(device_id, func_code)] += 1
         if device_id not in self._tables:
             raise NoSuchIdException(f"unit id {device_id} is not simulated")
-        return ExcCodes.ILLEGAL_FUNCTION
+        return self._refuse(device_id, ExcCodes.ILLEGAL_FUNCTION)
+
+    def _refuse(self, device_id: int, code: ExcCodes) -> ExcCodes:
+        self.exception_counts[(device_id, int(code))] += 1
+        return code
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +313,11 @@ class ModbusFace:
 
     def request_count(self, unit_id: int, function_code: int) -> int:
         return self.store.request_counts[(unit_id, function_code)]
+
+    def exception_count(self, unit_id: int, code: int) -> int:
+        """Exception responses with `code` sent for unit `unit_id` (0x0B not included:
+        pymodbus answers an unknown unit itself)."""
+        return self.store.exception_counts[(unit_id, code)]
 
     # --- internals -------------------------------------------------------------------
 

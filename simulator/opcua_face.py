@@ -11,7 +11,8 @@ server: advertised *and enforced* operation limits (BadTooManyOperations), a str
 security mode offering only the configured endpoints and identity tokens (both enforced
 by the server subclasses in `simulator.opcua_server`), and fault hooks (bad status
 codes, timestamp skew, suspended notifications, dropped connections, restart on the
-same port). The hooks are driven by `simulator.faults.FaultController`.
+same port). The hooks are driven by `simulator.faults.FaultController`; what restarts and
+hooks do to the running asyncua server (private API) is in `simulator.opcua_server`.
 
 Values are written straight into the address space (no client-side write service), so
 one process serves 5,000 tags changing at 1 Hz to a subscribing client with about 36 %
@@ -49,7 +50,18 @@ from simulator.opcua_nodes import (
     variable_item,
     variant_type_of,
 )
-from simulator.opcua_server import OperationLimits, SimInternalServer, advertise_operation_limits
+from simulator.opcua_server import (
+    OperationLimits,
+    SimInternalServer,
+    abort_clients,
+    advertise_operation_limits,
+    close_client_sessions,
+    close_listener,
+    quietly_stop,
+    reopen_listener,
+    resume_publishing,
+    stop_publishing,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -182,7 +194,8 @@ class OpcUaFace:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        """True while the face accepts connections (false during a fast restart's pause)."""
+        return self._server is not None and self._server.bserver is not None
 
     @property
     def port(self) -> int:
@@ -214,7 +227,7 @@ class OpcUaFace:
             try:
                 await server.start()
             except OSError:
-                await _quietly_stop(server)
+                await quietly_stop(server)
                 if attempt == attempts - 1:
                     raise
                 continue
@@ -231,16 +244,36 @@ class OpcUaFace:
             self._task = None
         if self._server is not None:
             server, self._server = self._server, None
-            self._abort_clients(server)
-            await _quietly_stop(server)
+            abort_clients(server)
+            await close_client_sessions(server)
+            await quietly_stop(server)
         self._suspended_subs.clear()
 
-    async def restart(self, down_s: float = 0.0) -> None:
-        """Stop, stay down `down_s` seconds, start again on the same port (new sessions)."""
-        await self.stop()
-        if down_s > 0:
-            await asyncio.sleep(down_s)
-        await self.start()
+    async def restart(self, down_s: float = 0.0, *, fast: bool = False) -> None:
+        """Stop, stay down `down_s` seconds, start again on the same port (new sessions).
+
+        `fast` restarts only the network side, as a real server process restart looks to
+        a client: every connection is aborted, every session and subscription is closed,
+        the listener is closed for `down_s`, then a new listener accepts connections on
+        the same port. The address space is kept, so the face is back in milliseconds
+        instead of the seconds a full rebuild takes (and the rebuild does not stall the
+        event loop the agent under test may share). Values keep being updated meanwhile.
+        """
+        if not fast or self._server is None:
+            await self.stop()
+            if down_s > 0:
+                await asyncio.sleep(down_s)
+            await self.start()
+            return
+        server = self._server
+        await close_listener(server)
+        self._suspended_subs.clear()
+        try:
+            if down_s > 0:
+                await asyncio.sleep(down_s)
+        finally:
+            if self._server is server:  # not stopped meanwhile
+                await reopen_listener(server, self._config.host, self._port)
 
     # --- fault hooks -----------------------------------------------------------------
 
@@ -280,21 +313,14 @@ class OpcUaFace:
             return
         if self._server is None:
             return
-        subscriptions = self._server.iserver.subscription_service.subscriptions
-        for sub_id in list(self._suspended_subs):
-            sub = subscriptions.get(sub_id)
-            if sub is not None and sub._task is None:
-                # Private asyncua API: restart the loop that `InternalSubscription.start`
-                # would create, keeping the monitored items (stop() would delete them).
-                sub._closing = False
-                sub._task = asyncio.create_task(sub._subscription_loop())
+        resume_publishing(self._server, self._suspended_subs)
         self._suspended_subs.clear()
 
     def drop_connections(self) -> int:
         """Abort every client TCP connection (the listener stays up). Returns how many."""
         if self._server is None:
             return 0
-        return self._abort_clients(self._server)
+        return abort_clients(self._server)
 
     def clear_faults(self) -> None:
         self._status.clear()
@@ -302,28 +328,10 @@ class OpcUaFace:
 
     # --- internals -------------------------------------------------------------------
 
-    @staticmethod
-    def _abort_clients(server: Server) -> int:
-        if server.bserver is None:
-            return 0
-        clients = list(server.bserver.clients)
-        for protocol in clients:
-            if protocol.transport is not None:
-                protocol.transport.abort()
-        return len(clients)
-
     async def _enforce_suspension(self) -> None:
         if self._server is None:
             return
-        for sub_id, sub in list(self._server.iserver.subscription_service.subscriptions.items()):
-            task = sub._task
-            if task is None or sub.pub_request_callback is None:
-                continue  # server-internal subscriptions have no client to starve
-            sub._task = None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._suspended_subs.add(int(sub_id))
+        await stop_publishing(self._server, self._suspended_subs)
 
     async def _build_server(self) -> Server:
         cfg = self._config
@@ -481,10 +489,3 @@ class OpcUaFace:
                     await asyncio.sleep(0)
         return writes
 
-
-async def _quietly_stop(server: Server) -> None:
-    # Stopping a server that failed half-way through start must not mask the real error.
-    try:
-        await server.stop()
-    except Exception:
-        _log.debug("OPC UA server stop raised; ignored during shutdown.", exc_info=True)

@@ -4,6 +4,11 @@ asyncua's own server neither enforces operation limits nor refuses sessions over
 unsecured channel, and knows no username passwords; the subclasses here add that, and
 `advertise_operation_limits` publishes the limits they enforce. `simulator.opcua_face`
 builds its server from `SimInternalServer`.
+
+The functions at the end do, through asyncua's private API, what the face's restarts and
+fault hooks need from a running server: abort client connections, close client sessions
+as a restart does, close and reopen the listener (a fast restart), stop quietly, and stop
+or resume the subscriptions' publishing loops.
 """
 
 from __future__ import annotations
@@ -11,18 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.binary_server_asyncio import BinaryServer
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.user_managers import UserManager
 
 from simulator.opcua_nodes import standard_node
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +153,88 @@ async def advertise_operation_limits(server: Server, limits: OperationLimits) ->
         await server.write_attribute_value(
             standard_node(node), ua.DataValue(ua.Variant(value, ua.VariantType.UInt32))
         )
+
+
+# --- a running server's network side and publishing loops (private asyncua API) -------
+
+
+def abort_clients(server: Server) -> int:
+    """Abort every client TCP connection (the listener stays up). Returns how many."""
+    if server.bserver is None:
+        return 0
+    clients = list(server.bserver.clients)
+    for protocol in clients:
+        if protocol.transport is not None:
+            protocol.transport.abort()
+    return len(clients)
+
+
+async def close_client_sessions(server: Server) -> None:
+    """Close every client session with its subscriptions, as a server restart does.
+
+    asyncua keeps a session that has subscriptions after its connection is lost (so a
+    client may reactivate it, Part 4 §6.7) and `Server.stop` does not close them: their
+    publish and timeout loops would outlive the stopped server. Private asyncua API.
+    """
+    iserver = server.iserver
+    for session in list(iserver._external_sessions.values()):
+        try:
+            await session.close_session(delete_subs=True)
+        except Exception:
+            _log.debug("Closing a client session raised; ignored.", exc_info=True)
+    iserver._external_sessions.clear()
+
+
+async def quietly_stop(server: Server) -> None:
+    # Stopping a server that failed half-way through start must not mask the real error.
+    try:
+        await server.stop()
+    except Exception:
+        _log.debug("OPC UA server stop raised; ignored during shutdown.", exc_info=True)
+
+
+async def close_listener(server: Server) -> None:
+    """A process restart as a client sees it: abort every connection, close every session
+    and subscription, and close the listener. The address space is kept."""
+    abort_clients(server)
+    await close_client_sessions(server)
+    if server.bserver is not None:
+        await server.bserver.stop()
+        server.bserver = None
+
+
+async def reopen_listener(server: Server, host: str, port: int) -> None:
+    """Accept connections again after `close_listener`, on `host:port`."""
+    # Private asyncua API: what `Server.start` does for the network side.
+    listener = BinaryServer(server.iserver, host, port, server.limits)
+    listener.set_policies(server._policies)
+    await listener.start()
+    server.bserver = listener
+
+
+async def stop_publishing(server: Server, stopped: set[int]) -> None:
+    """Stop every client subscription's publishing loop; sessions and monitored items stay.
+
+    Adds the id of each subscription stopped to `stopped`.
+    """
+    for sub_id, sub in list(server.iserver.subscription_service.subscriptions.items()):
+        task = sub._task
+        if task is None or sub.pub_request_callback is None:
+            continue  # server-internal subscriptions have no client to starve
+        sub._task = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        stopped.add(int(sub_id))
+
+
+def resume_publishing(server: Server, sub_ids: Iterable[int]) -> None:
+    """Restart the publishing loops `stop_publishing` stopped (of those still open)."""
+    subscriptions = server.iserver.subscription_service.subscriptions
+    for sub_id in list(sub_ids):
+        sub = subscriptions.get(sub_id)
+        if sub is not None and sub._task is None:
+            # Private asyncua API: restart the loop that `InternalSubscription.start`
+            # would create, keeping the monitored items (stop() would delete them).
+            sub._closing = False
+            sub._task = asyncio.create_task(sub._subscription_loop())

@@ -28,6 +28,31 @@ console = Console()
 config.register(app)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tieragent")
+    except PackageNotFoundError:  # a checkout that was never installed
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tieragent {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Measured, signed evidence for smart-factory tier evaluation."""
+
+
 @app.command("demo")
 @handle_errors
 def demo(

@@ -26,7 +26,7 @@ from rich.text import Text
 from agent.config import ConfigError
 from agent.protocol.errors import TieragentError
 from connectors.errors import ConnectorError
-from indicators.policy import PolicyFileError
+from indicators.policy import DEFAULT_POLICY, PolicyFileError
 from simulator.model import FactoryError
 
 EXIT_FAILED = 1
@@ -118,3 +118,18 @@ def _handled(command: Callable[P, R], failures: tuple[type[Exception], ...]) -> 
             raise typer.Exit(report_error(error)) from None
 
     return run
+
+
+# The tier-policy inputs, the same on the agent's and the bureau's commands. No example file is
+# a default: benchmarks and declarations are the factory's own or absent.
+POLICY_OPTION = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy YAML.")
+BENCHMARKS_OPTION = typer.Option(
+    None,
+    "--benchmarks",
+    help="Industry benchmarks YAML (none: benchmark conditions are insufficient_data).",
+)
+DECLARATIONS_OPTION = typer.Option(
+    None,
+    "--declarations",
+    help="The factory's own declarations YAML (none: declared conditions are not_declared).",
+)

@@ -124,9 +124,10 @@ def embedded_broker(processes: Processes, work: Path) -> Iterator[str]:
         processes.stop(process)
 
 
-def year_to_date(year: int, time_zone: str) -> tuple[date, date]:
-    """First and last full local day of `year` up to yesterday (the whole year if past)."""
-    today = datetime.now(ZoneInfo(time_zone)).date()
+def year_to_date(year: int, time_zone: str, grace_s: float = 0.0) -> tuple[date, date]:
+    """First and last local day of `year` that is over, with `grace_s` for late data (the
+    whole year if past): a report is never built for a day that has not ended."""
+    today = datetime.fromtimestamp(time.time() - grace_s, ZoneInfo(time_zone)).date()
     first = date(year, 1, 1)
     last = min(date(year, 12, 31), today - timedelta(days=1))
     if last < first:
@@ -191,7 +192,7 @@ def run_demo(
     demo_config = load_config(AGENT_CONFIG)
     tz = demo_config.factory.time_zone
     factory_id = demo_config.factory.factory_id
-    first_day, last_day = year_to_date(year, tz)
+    first_day, last_day = year_to_date(year, tz, demo_config.collection.report_grace_s)
     if history_days is not None:
         first_day = max(first_day, last_day - timedelta(days=history_days - 1))
     days = days_between(first_day, last_day)
@@ -313,6 +314,13 @@ def run_demo(
             context = ReportContext(
                 config=demo_config, config_path=AGENT_CONFIG, store=store, outbox=outbox,
                 key_dir=agent_keys, policy=DEMO_POLICY.load(), bureau_id=BUREAU_ID,
+            )
+            console.print(
+                "  reports evaluated with the demo's EXAMPLE files, passed explicitly: "
+                f"benchmarks {DEMO_POLICY.benchmarks} (illustrative numbers, not statistics) "
+                f"and declarations {DEMO_POLICY.declarations} (the fictitious demo factory's);"
+                " a real factory passes its own --declarations and --benchmarks",
+                highlight=False,
             )
             settings = PublisherSettings(
                 broker_url=broker_url, factory_id=factory_id,

@@ -19,6 +19,7 @@ _STATUS_STYLE: dict[str, tuple[str, str]] = {
     "fail": ("FAIL", "bold red"),
     "declared_fail": ("FAIL (declared)", "red"),
     "insufficient_data": ("NO DATA", "bold yellow"),
+    "not_declared": ("NOT DECLARED", "bold red"),
 }
 _SOURCE_LABEL = {source: f"{label.en} {label.zh}" for source, label in SOURCES.items()}
 
@@ -76,7 +77,7 @@ def evaluation_json(evaluation: Evaluation) -> str:
 
 def _status(row: ConditionResult) -> Text:
     label, style = _STATUS_STYLE.get(row.status, (row.status, ""))
-    if row.reason and row.status in ("insufficient_data", "fail"):
+    if row.reason and row.status in ("insufficient_data", "fail", "not_declared"):
         label = f"{label} ({row.reason})"
     return Text(label, style=style)
 

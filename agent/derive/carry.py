@@ -40,6 +40,7 @@ class DeviceCarry:
     # Latest event time seen per counter / state / auto signal, before clamping to the
     # cursor: a sample older than that describes the past and is skipped (see `feed`).
     latest: dict[str, float] = field(default_factory=dict)
+    ideal_s: float | None = None  # the ideal cycle time signal's last good value
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,7 +48,7 @@ class DeviceCarry:
             "state": self.state, "auto": self.auto, "dirty_hours": sorted(self.dirty_hours),
             "state_seen": self.state_seen, "auto_seen": self.auto_seen,
             "counters": {k: [c.last_value, c.last_ts] for k, c in self.counters.items()},
-            "slots": self.slots.to_json(), "latest": self.latest,
+            "slots": self.slots.to_json(), "latest": self.latest, "ideal_s": self.ideal_s,
         }
 
     @classmethod
@@ -63,6 +64,7 @@ class DeviceCarry:
                 np.array([NO_SLOT if v[2] is None else v[2] for v in rows], np.int64),
                 np.array([bool(v[3]) for v in rows], bool),
                 np.array([bool(v[4]) for v in rows], bool),
+                np.array([bool(v[4]) for v in rows], bool),  # held slots were on time then
             )
         else:
             counters = {k: CounterCarry(*v) for k, v in data["counters"].items()}
@@ -72,6 +74,7 @@ class DeviceCarry:
             slots=slots, state=data["state"], auto=data["auto"], counters=counters,
             dirty_hours=set(data["dirty_hours"]), state_seen=data["state_seen"],
             auto_seen=data["auto_seen"], latest=dict(data.get("latest", {})),
+            ideal_s=data.get("ideal_s"),
         )
 
     def copy(self) -> DeviceCarry:
@@ -80,7 +83,7 @@ class DeviceCarry:
             slots=self.slots.copy(), state=self.state, auto=self.auto,
             counters={k: CounterCarry(c.last_value, c.last_ts) for k, c in self.counters.items()},
             dirty_hours=set(self.dirty_hours), state_seen=self.state_seen,
-            auto_seen=self.auto_seen, latest=dict(self.latest),
+            auto_seen=self.auto_seen, latest=dict(self.latest), ideal_s=self.ideal_s,
         )
 
 

@@ -37,6 +37,11 @@ class DevicePlan:
     signals: Mapping[str, SignalPlan]
     state_signal: str | None
     auto_signal: str | None
+    # The ideal cycle time (PRI): a signal, else (and before its first good value) the
+    # device field; the counter roles whose deltas are the produced quantity PQ.
+    ideal_signal: str | None
+    ideal_field: float | None
+    produced_roles: frozenset[Role]
     signal_ids: tuple[str, ...]  # the order of the slot arrays (`grid`, `SlotCarry`)
     positions: Mapping[str, int]  # signal id -> index in `signal_ids`
     special_positions: tuple[int, ...]  # counters, state and auto mode: derived one by one
@@ -82,6 +87,8 @@ def plan_devices(
             )
         state = device.signal(Role.STATE)
         auto = device.signal(Role.AUTO_MODE)
+        ideal = device.signal(Role.IDEAL_CYCLE_TIME_S)
+        counted_roles = {p.role for p in signals.values()}
         ordered = list(signals.values())
         plans[device.id] = DevicePlan(
             device_id=device.id,
@@ -89,6 +96,13 @@ def plan_devices(
             signals=signals,
             state_signal=state.id if state else None,
             auto_signal=auto.id if auto else None,
+            ideal_signal=ideal.id if ideal else None,
+            ideal_field=device.ideal_cycle_time_s,
+            # As the time model counts PQ: total_count where there is one, else good + reject.
+            produced_roles=frozenset(
+                {Role.TOTAL_COUNT} if Role.TOTAL_COUNT in counted_roles
+                else {Role.GOOD_COUNT, Role.REJECT_COUNT}
+            ),
             signal_ids=tuple(signals),
             positions={signal_id: i for i, signal_id in enumerate(signals)},
             special_positions=tuple(

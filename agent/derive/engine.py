@@ -8,10 +8,11 @@ restart continues exactly where the last commit stopped.
 
 Rules (documented here because reports depend on them):
 
-* Event time of a sample = its source timestamp when it has one within
-  `MAX_SOURCE_SKEW_S` of the receive time, else the receive time (skewed device
-  clocks). Event times never go backwards per device: an earlier one is clamped to the
-  device's cursor, so intervals are never negative.
+* Event time of a sample = its source timestamp when it has one that does not show a
+  wrong source clock, else the receive time (`agent.derive.sample_columns`: more than
+  `MAX_SOURCE_SKEW_S` ahead of the receive time, or behind it for a change; a held value,
+  read as the current one, may be any age). Event times never go backwards per device: an
+  earlier one is clamped to the device's cursor, so intervals are never negative.
 * State intervals are [start, end), split at every UTC hour boundary, labelled with a
   canonical state or `unknown`. The state is `unknown` until a state sample arrives,
   after a link loss, after a bad-quality state sample and across agent downtime;
@@ -22,11 +23,25 @@ Rules (documented here because reports depend on them):
   and the new one is in the bottom quarter (modulus 2**bits x Modbus scale); any other
   drop is a reset and its delta is the new value. The first value ever seen is a
   baseline, and the last value persists across restarts, so nothing is counted twice.
+* Ideal time (PRI x PQ) where the device maps an `ideal_cycle_time_s` signal: every produced
+  delta (total_count, else good and reject) gives an `ideal_time_s` delta, its pieces times
+  the signal's last good value at the delta's end (a product mix changes it); before the
+  signal's first good value, the device's `ideal_cycle_time_s` field, if any. Without the
+  signal, the time model uses the field x PQ.
+* Unplanned stops are counted by the time model from these intervals: a stop counts when
+  the last known state before it is another state, so a stop already in progress when the
+  device's state is first known (a fresh start), or one that continues a stop known before
+  a restart or a link loss, is not a new stop (indicators.timemodel).
 * Sample counts (required signals only), on a grid of slots k x interval (epoch based):
   expected = slot starts inside the measured time (the union of the intervals);
-  received, on_time, with_source_ts and bad as `agent.derive.slots` counts them. A sample is on
-  time when it has a protocol timestamp within the realtime bound of its receive time, on
-  either side: a source clock ahead of the gateway is as wrong as one behind it.
+  received, on_time, with_source_ts and bad as `agent.derive.slots` counts them (a
+  subscription value is held, received in every slot, from the sample that brought it). A
+  change is on time when it has a protocol timestamp within the realtime bound of its receive
+  time, on either side: a source clock ahead of the gateway is as wrong as one behind it. A
+  held value (`Sample.held`: the read after subscribing, a poll of an unchanged value) was
+  current when it was read, so it is on time unless its timestamp is more than the bound
+  ahead of the receive time; its age is how long the value has not changed, not a delay. A
+  sample whose timestamp shows a wrong clock is never on time.
 """
 
 from __future__ import annotations
@@ -39,16 +54,17 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agent.derive.carry import CounterCarry, Derived, DeviceCarry
+from agent.derive.carry import Derived, DeviceCarry
+from agent.derive.counters import IdealTimes, counter_deltas, hour_of_end, ideal_time_deltas
 from agent.derive.device_plans import OFFLINE, STATE_LABELS, UNKNOWN, DevicePlan, SignalPlan
 from agent.derive.sample_columns import (
     O_RECEIVED,
     SampleColumns,
     as_float,
     event_times,
+    source_skew,
 )
 from agent.derive.slots import (
-    EPS,
     HOUR_S,
     SlotCarry,
     SlotRanges,
@@ -57,7 +73,7 @@ from agent.derive.slots import (
     expected_slots,
     hour_of_start,
 )
-from indicators.vocabulary import COUNTER_ROLES, Q_BAD, Role
+from indicators.vocabulary import COUNTER_ROLES, IDEAL_TIME, Q_BAD, Role
 
 # Status codes meaning "the device is unreachable" rather than "no data": OPC UA
 # BadNotConnected, BadDeviceFailure, BadCommunicationError, BadServerNotConnected,
@@ -68,11 +84,6 @@ UNREACHABLE_STATUS = frozenset(
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-
-def _hour_of_end(ts: FloatArray) -> IntArray:
-    """A delta observed at `end` belongs to the hour h with h < end <= h + 1h."""
-    return ((np.ceil(ts / HOUR_S - EPS) - 1) * HOUR_S).astype(np.int64)
 
 
 def _ffill(values: npt.NDArray[np.int8], initial: int) -> npt.NDArray[np.int64]:
@@ -225,6 +236,7 @@ class Deriver:
         position = np.array([get(name, -1) for name in cols.signal_id.tolist()], np.int64)
         state_ev = np.full(len(et), -1, np.int8)
         auto_ev = np.full(len(et), -1, np.int8)
+        ideal = self._ideal_values(plan, carry, position, cols, et, unclamped)
         # Counters, state and auto mode: a few signals per device, one at a time.
         for signal_position in plan.special_positions:
             signal = plan.signals[plan.signal_ids[signal_position]]
@@ -235,7 +247,8 @@ class Deriver:
                 continue
             sub, sub_et = cols.take(index), et[index]
             if signal.role in COUNTER_ROLES:
-                self._counter(device_id, signal, carry, sub, sub_et)
+                produced = ideal is not None and signal.role in plan.produced_roles
+                self._counter(device_id, signal, carry, sub, sub_et, ideal if produced else None)
             elif signal.role == Role.STATE:
                 state_ev[index] = self._state_labels(signal, sub)
             else:
@@ -268,43 +281,52 @@ class Deriver:
         carry.latest[signal_id] = max(latest, float(times.max()))
         return index[times >= before]
 
+    def _ideal_values(
+        self, plan: DevicePlan, carry: DeviceCarry, position: IntArray, cols: SampleColumns,
+        et: FloatArray, unclamped: FloatArray,
+    ) -> IdealTimes | None:
+        """The ideal cycle time in effect through this feed, for a device with an ideal-cycle-
+        time signal: (event times and good positive values of its samples, the value before
+        them: the signal's last good value, else the device field). Updates the carry."""
+        if plan.ideal_signal is None:
+            return None
+        index = self._in_order(
+            carry, plan.ideal_signal,
+            np.flatnonzero(position == plan.positions[plan.ideal_signal]), unclamped,
+        )
+        sub = cols.take(index)
+        values = as_float(sub.value)
+        good = (sub.quality != Q_BAD) & np.isfinite(values) & (values > 0)
+        before = carry.ideal_s if carry.ideal_s is not None else plan.ideal_field
+        times, values = et[index][good], values[good]
+        if len(values):
+            carry.ideal_s = float(values[-1])
+        return times, values, before
+
     def _counter(
         self, device_id: str, signal: SignalPlan, device: DeviceCarry,
-        cols: SampleColumns, et: FloatArray,
+        cols: SampleColumns, et: FloatArray, ideal: IdealTimes | None = None,
     ) -> None:
-        good = cols.quality != Q_BAD
-        values = as_float(cols.value[good])
-        ts = et[good]
-        finite = np.isfinite(values)
-        values, ts = values[finite], ts[finite]
-        if len(values) == 0:
+        deltas = counter_deltas(signal, device, cols, et)
+        if deltas is None:
             return
-        carry = device.counters.get(signal.signal_id)
-        if carry is None:
-            prev_v, prev_t = values[:-1], ts[:-1]
-            cur_v, cur_t = values[1:], ts[1:]
-        else:
-            prev_v = np.concatenate([[carry.last_value], values[:-1]])
-            prev_t = np.concatenate([[carry.last_ts], ts[:-1]])
-            cur_v, cur_t = values, ts
-        delta = cur_v - prev_v
-        drop = delta < 0
-        if drop.any():
-            m = signal.modulus
-            wrap = drop & (prev_v >= 0.75 * m) & (cur_v < 0.25 * m)
-            delta = np.where(wrap, cur_v + m - prev_v, np.where(drop, cur_v, delta))
-        keep = delta > 0
-        device.counters[signal.signal_id] = CounterCarry(float(values[-1]), float(ts[-1]))
-        if not keep.any():
+        starts, ends, amounts = deltas
+        self._deltas(device_id, signal.role.value, starts, ends, amounts)
+        if ideal is not None:
+            known, ideal_s = ideal_time_deltas(ideal, ends, amounts)
+            self._deltas(device_id, IDEAL_TIME, starts[known], ends[known], ideal_s)
+
+    def _deltas(
+        self, device_id: str, role: str, starts: FloatArray, ends: FloatArray, amounts: FloatArray
+    ) -> None:
+        """Consecutive deltas of one hour are merged into one row: hourly sums are all that
+        base measures use, and the raw samples keep the detail."""
+        if len(amounts) == 0:
             return
-        starts, ends, amounts = prev_t[keep], cur_t[keep], delta[keep]
-        # Consecutive deltas of one hour are merged into one row: hourly sums are all that
-        # base measures use, and the raw samples keep the detail.
-        hours = _hour_of_end(ends)
+        hours = hour_of_end(ends)
         uniq, first = np.unique(hours, return_index=True)
         last = np.concatenate([first[1:], [len(hours)]]) - 1
         sums = np.add.reduceat(amounts, first)
-        role = signal.role.value
         self.out.deltas.extend(
             (device_id, role, s, e, d)
             for s, e, d in zip(
@@ -338,7 +360,13 @@ class Deriver:
     ) -> None:
         with_source = cols.origin[counted] != O_RECEIVED
         latency = cols.received_ts[counted] - cols.source_ts[counted]
-        on_time = with_source & (np.abs(latency) <= self.realtime_bound_s)
+        held = cols.held_mask()[counted]
+        bound = self.realtime_bound_s
+        # A held value was current when read, however old its timestamp; it is late only
+        # when its timestamp is ahead (a wrong clock). A change is on time within the bound.
+        on_time = with_source & (source_skew(cols)[counted] == 0) & np.where(
+            held, latency >= -bound, np.abs(latency) <= bound
+        )
         ranges = count_samples(
             plan.grid, carry.slots, carry.start, position[counted], et[counted],
             on_time, with_source, cols.quality[counted] == Q_BAD,

@@ -1,9 +1,23 @@
 """Samples as columns: what derivation and backfill work on.
 
 Quality and timestamp origin are small integer codes (history files use the same). The
-event time of a sample is its source timestamp, unless there is none or it is further than
-`MAX_SOURCE_SKEW_S` from the receive time (a skewed device clock, docs/reliability.md C3): then it
-is the receive time.
+event time of a sample is its source timestamp, unless there is none or it shows a wrong
+source clock (docs/reliability.md C3): then it is the receive time.
+
+A protocol timestamp shows a wrong clock when it is more than `MAX_SOURCE_SKEW_S` away from
+the receive time, except that a *held* value (`Sample.held`: read as the signal's current
+value, not notified as a change) may be any age: its source timestamp is when the value last
+changed, and a value that has not changed for hours legitimately carries an hours-old
+timestamp. So:
+
+* ahead of the receive time by more than the bound: always a wrong clock (the future cannot
+  have been observed);
+* behind by more than the bound: a wrong clock for a change (a subscription notification, or a
+  poll that finds a new timestamp), since a value that has just changed cannot be that old;
+  not for a held value, whose age is not a clock error.
+
+A clock 2 h behind is therefore not seen on the first read of an unchanged value (nothing can
+tell it from a value unchanged for 2 h), but on the first change it reports.
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ class SampleColumns:
     quality: npt.NDArray[np.uint8]
     status: IntArray
     origin: npt.NDArray[np.uint8]
+    held: npt.NDArray[np.bool_] | None = None  # `Sample.held`; None: no sample is held
 
     def __len__(self) -> int:
         return len(self.source_ts)
@@ -45,14 +60,20 @@ class SampleColumns:
         return SampleColumns(
             self.signal_id[index], self.source_ts[index], self.received_ts[index],
             self.value[index], self.quality[index], self.status[index], self.origin[index],
+            None if self.held is None else self.held[index],
         )
+
+    def held_mask(self) -> npt.NDArray[np.bool_]:
+        return np.zeros(len(self), bool) if self.held is None else self.held
 
 
 def source_skew(cols: SampleColumns) -> FloatArray:
-    """source_ts - received_ts where a protocol timestamp is off by more than
-    MAX_SOURCE_SKEW_S (a skewed device clock), else 0."""
+    """source_ts - received_ts where the protocol timestamp shows a wrong source clock (see
+    the module docstring: more than MAX_SOURCE_SKEW_S ahead, or behind for a sample that is
+    not a held value), else 0."""
     skew = np.where(cols.origin != O_RECEIVED, cols.source_ts - cols.received_ts, 0.0)
-    return np.where(np.abs(skew) > MAX_SOURCE_SKEW_S, skew, 0.0)
+    wrong = (skew > MAX_SOURCE_SKEW_S) | ((skew < -MAX_SOURCE_SKEW_S) & ~cols.held_mask())
+    return np.where(wrong, skew, 0.0)
 
 
 def event_times(cols: SampleColumns) -> FloatArray:
@@ -84,4 +105,5 @@ def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:
         quality=np.array([QUALITY_CODES[s.quality] for s in samples], dtype=np.uint8),
         status=np.array([s.status for s in samples], dtype=np.int64),
         origin=np.array([origin_code[s.ts_origin] for s in samples], dtype=np.uint8),
+        held=np.array([s.held for s in samples], dtype=bool),
     )

@@ -5,19 +5,27 @@ received when a sample of the signal lands in it; the first sample of a slot dec
 flags (on time, with a protocol timestamp, bad). A subscription signal (OPC UA subscribe
 mode) is notified on change only, so while its connection is up and its last sample was not
 bad, the slots it holds its value through count as received too, with the flags of that last
-sample (never bad).
+sample (never bad): on time and with a protocol timestamp as that sample was. A value is
+held from the sample that brought it, even when that sample's own slot is not counted (it
+starts before the measured time, e.g. the initial read of a value older than the agent's
+start, clamped to the start): a signal that never changes is received in every slot from
+the first one of the measured time on.
 
 The rules, per signal, walking its samples in time order, are those of this scalar loop
 (tests/agent/test_agent_slots.py checks the vectorised form against it):
 
     for sample in samples:
-        if subscription and known and last_slot is not None:       # held value
+        if subscription and known:                                  # held value
             count slots max(last_slot + 1, first_slot) .. ceil(ts / interval) - 1
-            last_slot = max(last_slot, ceil(ts / interval) - 1)
+                with on_time = known_on_time, with_source = known_source, not bad
+            last_slot = max(last_slot, ceil(ts / interval) - 1)     # (None counts as -1)
         slot = floor(ts / interval)
         if slot >= first_slot and (last_slot is None or slot > last_slot):
             count slot with the sample's flags; last_slot = slot
-        known, known_source = not bad, has protocol timestamp
+        known = subscription and not bad
+        known_source, known_on_time = has protocol timestamp, on time
+
+`count_held` (no new sample up to `until`) is the held-value step alone, with `until` as ts.
 
 Whole batches are done at once: `last_slot` after each sample is a running maximum of
 per-sample candidates, so it is one grouped `maximum.accumulate`, not a Python loop.
@@ -49,15 +57,20 @@ class SlotCarry:
     last_slot: IntArray
     known: BoolArray  # subscription value held (link up, last sample not bad)
     known_source: BoolArray  # the held value's sample had a protocol timestamp
+    known_on_time: BoolArray  # the held value's sample was on time
 
     @classmethod
     def empty(cls, signal_ids: tuple[str, ...]) -> SlotCarry:
         n = len(signal_ids)
-        return cls(signal_ids, np.full(n, NO_SLOT, np.int64), np.zeros(n, bool), np.zeros(n, bool))
+        return cls(
+            signal_ids, np.full(n, NO_SLOT, np.int64), np.zeros(n, bool), np.zeros(n, bool),
+            np.zeros(n, bool),
+        )
 
     def copy(self) -> SlotCarry:
         return SlotCarry(
-            self.signal_ids, self.last_slot.copy(), self.known.copy(), self.known_source.copy()
+            self.signal_ids, self.last_slot.copy(), self.known.copy(), self.known_source.copy(),
+            self.known_on_time.copy(),
         )
 
     def aligned(self, signal_ids: tuple[str, ...]) -> SlotCarry:
@@ -72,20 +85,24 @@ class SlotCarry:
             if j is not None:
                 out.last_slot[i] = self.last_slot[j]
                 out.known[i], out.known_source[i] = self.known[j], self.known_source[j]
+                out.known_on_time[i] = self.known_on_time[j]
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ids": list(self.signal_ids), "last_slot": self.last_slot.tolist(),
             "known": self.known.tolist(), "known_source": self.known_source.tolist(),
+            "known_on_time": self.known_on_time.tolist(),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SlotCarry:
+        known_source = np.array(data["known_source"], bool).reshape(-1)
         return cls(
             tuple(data["ids"]), np.array(data["last_slot"], np.int64).reshape(-1),
-            np.array(data["known"], bool).reshape(-1),
-            np.array(data["known_source"], bool).reshape(-1),
+            np.array(data["known"], bool).reshape(-1), known_source,
+            # Memory written before on-time was carried: held slots were on time with a source.
+            np.array(data.get("known_on_time", known_source), bool).reshape(-1),
         )
 
 
@@ -190,11 +207,10 @@ def count_samples(
     initial = carry.last_slot[signal]
     known_before = _previous_in_group(~bad, group_start, carry.known[signal])
     source_before = _previous_in_group(with_source, group_start, carry.known_source[signal])
+    on_time_before = _previous_in_group(on_time, group_start, carry.known_on_time[signal])
 
     own = slot >= first_slot
-    own_before = _previous_in_group(_group_cummax(own.astype(np.int64), group), group_start, 0)
-    has_slot = (initial != NO_SLOT) | (own_before > 0)
-    held = grid.subscription[signal] & known_before & has_slot
+    held = grid.subscription[signal] & known_before
     candidate = np.maximum(np.where(held, held_end, NO_SLOT), np.where(own, slot, NO_SLOT))
     running = _group_cummax(candidate, group)
     last_before = np.maximum(initial, _previous_in_group(running, group_start, NO_SLOT))
@@ -208,9 +224,11 @@ def count_samples(
     carry.last_slot[ends] = np.maximum(initial[group_last], running[group_last])
     carry.known[ends] = ~bad[group_last] & grid.subscription[ends]
     carry.known_source[ends] = with_source[group_last]
+    carry.known_on_time[ends] = on_time[group_last]
 
     fills = held_count > 0
     source_held = source_before[fills].astype(np.int64)
+    on_time_held = on_time_before[fills].astype(np.int64)
     return SlotRanges.concat([
         SlotRanges(
             slot[own_counted], np.ones(int(own_counted.sum()), np.int64), interval[own_counted],
@@ -218,7 +236,7 @@ def count_samples(
             bad[own_counted].astype(np.int64),
         ),
         SlotRanges(
-            held_first[fills], held_count[fills], interval[fills], source_held, source_held,
+            held_first[fills], held_count[fills], interval[fills], on_time_held, source_held,
             np.zeros(len(source_held), np.int64),
         ),
     ])
@@ -227,20 +245,17 @@ def count_samples(
 def count_held(grid: SignalGrid, carry: SlotCarry, start: float, until: float) -> SlotRanges:
     """Slots starting before `until` through which subscription values were held (no new
     sample); updates `carry`."""
-    active = np.flatnonzero(
-        grid.counted & grid.subscription & carry.known & (carry.last_slot != NO_SLOT)
-    )
+    active = np.flatnonzero(grid.counted & grid.subscription & carry.known)
     interval = grid.interval_s[active]
     last = np.ceil(until / interval - EPS).astype(np.int64) - 1
     first = np.maximum(carry.last_slot[active] + 1, grid.first_slots(start)[active])
     count = last - first + 1
+    carry.last_slot[active] = np.maximum(carry.last_slot[active], last)
     keep = count > 0
-    active, interval, first, count, last = (
-        active[keep], interval[keep], first[keep], count[keep], last[keep]
-    )
-    carry.last_slot[active] = last
+    active, interval, first, count = active[keep], interval[keep], first[keep], count[keep]
     source = carry.known_source[active].astype(np.int64)
-    return SlotRanges(first, count, interval, source, source, np.zeros(len(active), np.int64))
+    on_time = carry.known_on_time[active].astype(np.int64)
+    return SlotRanges(first, count, interval, on_time, source, np.zeros(len(active), np.int64))
 
 
 def expected_slots(grid: SignalGrid, starts: FloatArray, ends: FloatArray) -> IntArray:

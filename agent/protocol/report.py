@@ -69,6 +69,7 @@ class ReportMeta:
     issued_at: str  # UTC ISO 8601, informational (replay protection uses ids and the chain)
     revision: int = 0
     supersedes: str | None = None
+    revision_reason: str | None = None  # why a correction (revision > 0) was built
 
 
 def report_id(factory_id: str, period: Period, revision: int) -> str:
@@ -107,6 +108,22 @@ def _typed_rows(base: pd.DataFrame) -> list[list[Any]]:
             row.append(int(number) if column in COUNT_COLUMNS else number)
         rows.append(row)
     return rows
+
+
+def has_samples(base: pd.DataFrame) -> bool:
+    """Whether base measures rest on any received sample. A period without one has no data:
+    its report says so, and the bureau does not count it as a coverage day."""
+    return not base.empty and float(base["samples_received"].sum()) > 0
+
+
+def report_has_samples(report: Mapping[str, Any]) -> bool:
+    """`has_samples` of a report's own `base_measures` member."""
+    member = report.get("base_measures") or {}
+    columns = list(member.get("columns") or [])
+    if "samples_received" not in columns:
+        return False
+    at = columns.index("samples_received")
+    return any(float(row[at]) > 0 for row in member.get("rows") or [])
 
 
 def base_frame(base_json: Mapping[str, Any]) -> pd.DataFrame:
@@ -201,6 +218,8 @@ def build_report(
             "segmenting_rule": SEGMENTING_RULE,
         },
     }
+    if meta.revision_reason is not None:  # optional: reports without it stay as they were
+        report["revision_reason"] = meta.revision_reason
     # Round-trip through canonical JSON so that what we validate and return is exactly
     # what gets signed (numpy scalars, tuples and NaN cannot slip through).
     try:

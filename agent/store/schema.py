@@ -10,7 +10,9 @@ _MEASURES = ",\n    ".join(f"{name} REAL NOT NULL" for name in MEASURE_COLUMNS)
 
 DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    # `value` has no declared type so ints, floats and strings keep their own type.
+    # `value` has no declared type so ints, floats and strings keep their own type. Ints in
+    # [2^63, 2^64) and NaN, which SQLite cannot hold as such, are tagged BLOBs
+    # (agent.store.values); read them through Store.raw_samples.
     """CREATE TABLE IF NOT EXISTS samples (
     device_id TEXT NOT NULL, signal_id TEXT NOT NULL, source_ts REAL NOT NULL,
     received_ts REAL NOT NULL, value, quality INTEGER NOT NULL, status INTEGER NOT NULL,

@@ -35,6 +35,7 @@ from agent.derive.sample_columns import (
     columns_from_samples,
     source_skew,
 )
+from agent.store.raw import as_bad, delete_raw_before, insert_raw, read_raw
 from agent.store.sqlite import StoreError, is_space_error, open_database
 from connectors.base import LinkEvent, LinkState
 from connectors.sample import Sample
@@ -70,12 +71,11 @@ class IngestResult:
     # MAX_SOURCE_SKEW_S, and per device the worst such skew (source - received, s).
     skewed_by_device: dict[str, int] = field(default_factory=dict)
     worst_skew_by_device: dict[str, float] = field(default_factory=dict)
+    # Samples whose value the store cannot hold (agent.store.values): stored BAD without
+    # value, so they are also in bad_by_device.
+    unstorable_by_device: dict[str, int] = field(default_factory=dict)
 
 
-_SAMPLE_INSERT = (
-    "INSERT INTO samples (device_id, signal_id, source_ts, received_ts, value, quality, status, "
-    "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _COUNT_UPSERT = (
     "INSERT INTO sample_counts (device_id, hour_start, " + ", ".join(COUNT_FIELDS) + ") "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, hour_start) DO UPDATE SET "
@@ -92,6 +92,10 @@ class Store:
         self._conn = conn
         self.deriver = deriver
         self._pending_loss: list[float] = []  # first_ts, last_ts, samples, of unrecorded losses
+        # Committed samples whose value could not be stored (kept BAD without value), and the
+        # (device, signal) pairs already logged: one warning each, not one per sample.
+        self.unstorable_samples = 0
+        self._unstorable_logged: set[tuple[str, str]] = set()
         for device_id, state in conn.execute("SELECT device_id, state FROM carry"):
             deriver.restore(device_id, json.loads(state))
 
@@ -143,12 +147,7 @@ class Store:
         devices = np.array([s.device_id for s in samples], dtype=object)
         device_codes, device_names = pd.factorize(devices)
         skew = source_skew(cols)
-        result = IngestResult(
-            stored_by_device=_per_device(device_names, device_codes, None),
-            bad_by_device=_per_device(device_names, device_codes, cols.quality == Q_BAD),
-            skewed_by_device=_per_device(device_names, device_codes, skew != 0),
-            worst_skew_by_device=_worst_per_device(device_names, device_codes, skew),
-        )
+        unstorable: npt.NDArray[np.bool_] | None = None
 
         def feed(first: int, end: int) -> None:
             codes = device_codes[first:end]
@@ -160,72 +159,81 @@ class Store:
                     self.deriver.feed(device_id, cols.take(first + index))
 
         def work() -> None:
+            nonlocal cols, unstorable
+            # A skewed device clock (docs/reliability.md C3): the timestamp is kept verbatim but the
+            # sample is flagged uncertain; derivations already use the receive time for it.
+            quality = np.where((skew != 0) & (cols.quality == Q_GOOD), Q_UNCERTAIN, cols.quality)
+            # Raw rows first: a value the store cannot hold turns its sample BAD (without
+            # value), and the derivation must see it that way too.
+            unstorable = insert_raw(
+                self._conn, self.path, devices.tolist(), cols, quality, self._log_unstorable
+            )
+            if unstorable is not None:
+                cols = as_bad(cols, unstorable)
             done = 0
             for at, link in links:
                 feed(done, at)
                 self._link(link)
                 done = at
             feed(done, len(samples))
-            # A skewed device clock (docs/reliability.md C3): the timestamp is kept verbatim but the
-            # sample is flagged uncertain; derivations already use the receive time for it.
-            quality = np.where((skew != 0) & (cols.quality == Q_GOOD), Q_UNCERTAIN, cols.quality)
-            self._insert_raw(devices.tolist(), cols, quality)
             if advance_to is not None:
                 for device_id in self.deriver.carries:
                     self.deriver.advance(device_id, advance_to)
 
         span = (float(cols.received_ts.min()), float(cols.received_ts.max())) if samples else None
         error = self._transaction(work, samples=len(samples), span=span)
-        if error is None:
-            result.stored = len(samples)
-        else:
-            result = IngestResult(dropped=len(samples), error=error)
+        if error is not None:
+            return IngestResult(dropped=len(samples), error=error)
+        result = IngestResult(
+            stored=len(samples),
+            stored_by_device=_per_device(device_names, device_codes, None),
+            bad_by_device=_per_device(device_names, device_codes, cols.quality == Q_BAD),
+            skewed_by_device=_per_device(device_names, device_codes, skew != 0),
+            worst_skew_by_device=_worst_per_device(device_names, device_codes, skew),
+        )
+        if unstorable is not None:
+            result.unstorable_by_device = _per_device(device_names, device_codes, unstorable)
+            self.unstorable_samples += int(unstorable.sum())
         return result
 
     def ingest_columns(
         self, device_id: str, cols: SampleColumns, until: float, count_until: float | None = None
     ) -> None:
         """Backfill path: one device's columns, derived up to `until`, one transaction."""
+        unstorable: npt.NDArray[np.bool_] | None = None
+
         def work() -> None:
-            self._insert_raw([device_id] * len(cols), cols, cols.quality)
-            self.deriver.feed(device_id, cols, count_until=count_until)
+            nonlocal unstorable
+            unstorable = insert_raw(
+                self._conn, self.path, [device_id] * len(cols), cols, cols.quality,
+                self._log_unstorable,
+            )
+            fed = cols if unstorable is None else as_bad(cols, unstorable)
+            self.deriver.feed(device_id, fed, count_until=count_until)
             self.deriver.advance(device_id, until)
 
         error = self._transaction(work, samples=len(cols), span=None)
         if error is not None:
             raise StoreError(f"{self.path}: import of {device_id!r} failed: {error}")
+        if unstorable is not None:
+            self.unstorable_samples += int(unstorable.sum())
 
-    def _insert_raw(
-        self, device_ids: list[str], cols: SampleColumns, quality: npt.NDArray[np.uint8]
+    def _log_unstorable(
+        self, device_ids: list[str], cols: SampleColumns, unstorable: npt.NDArray[np.bool_]
     ) -> None:
-        """Append raw samples (with `quality` as stored) and record each device-hour's
-        rowid range in sample_index."""
-        if len(device_ids) == 0:
-            return
-        rows = zip(
-            device_ids, cols.signal_id.tolist(), cols.source_ts.tolist(),
-            cols.received_ts.tolist(), cols.value.tolist(), quality.tolist(),
-            cols.status.tolist(), cols.origin.tolist(), strict=True,
-        )
-        base = self._conn.execute("SELECT coalesce(max(rowid), 0) FROM samples").fetchone()[0]
-        self._conn.executemany(_SAMPLE_INSERT, rows)
-        top = self._conn.execute("SELECT max(rowid) FROM samples").fetchone()[0]
-        if top != base + len(device_ids):
-            raise StoreError(f"{self.path}: sample rowids are not consecutive; refusing to index")
-        frame = pd.DataFrame({
-            "device_id": device_ids,
-            "hour_start": (np.floor(cols.source_ts / HOUR_S) * HOUR_S).astype(np.int64),
-            "rowid": np.arange(base + 1, top + 1, dtype=np.int64),
-        })
-        ranges = frame.groupby(["device_id", "hour_start"], sort=False)["rowid"].agg(["min", "max"])
-        self._conn.executemany(
-            "INSERT INTO sample_index (device_id, hour_start, first_rowid, last_rowid) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (device_id, hour_start) DO UPDATE SET "
-            "first_rowid = min(first_rowid, excluded.first_rowid), "
-            "last_rowid = max(last_rowid, excluded.last_rowid)",
-            ((d, int(h), int(lo), int(hi)) for (d, h), lo, hi in zip(
-                ranges.index, ranges["min"], ranges["max"], strict=True)),
-        )
+        """One warning per (device, signal) for the store's lifetime: a register stuck at
+        such a value would otherwise log at the poll rate."""
+        for index in np.flatnonzero(unstorable).tolist():
+            key = (device_ids[index], str(cols.signal_id[index]))
+            if key in self._unstorable_logged:
+                continue
+            self._unstorable_logged.add(key)
+            value = cols.value[index]
+            log.warning(
+                "Sample value cannot be stored; kept as a bad sample without value.",
+                extra={"fields": {"device": key[0], "signal": key[1],
+                                  "type": type(value).__name__, "value": repr(value)[:80]}},
+            )
 
     def _link(self, item: LinkItem) -> None:
         event = item.event
@@ -322,10 +330,18 @@ class Store:
     def _materialise(self, device_id: str, start: int, end: int) -> None:
         from indicators.timemodel import base_measures
 
+        # From the last known state before the window on: a stop or an offline spell that
+        # crosses into the window is judged by the state before it (timemodel; its hours
+        # before the window are dropped below).
+        known_before = self._conn.execute(
+            "SELECT start FROM intervals WHERE device_id = ? AND start < ? "
+            "AND state NOT IN ('unknown', 'offline') ORDER BY start DESC LIMIT 1",
+            (device_id, start),
+        ).fetchone()
         intervals = self._frame(
             'SELECT device_id, start, "end", state, auto FROM intervals '
             "WHERE device_id = ? AND start >= ? AND start < ? ORDER BY start",
-            (device_id, start, end), INTERVAL_COLUMNS,
+            (device_id, known_before[0] if known_before else start, end), INTERVAL_COLUMNS,
         )
         intervals["auto"] = intervals["auto"].astype(bool)
         deltas = self._frame(
@@ -381,19 +397,7 @@ class Store:
 
         def work() -> None:
             nonlocal deleted
-            ranges = self._conn.execute(
-                "SELECT device_id, hour_start, first_rowid, last_rowid FROM sample_index "
-                "WHERE hour_start + 3600 <= ?", (cutoff,),
-            ).fetchall()
-            for device_id, hour, first, last in ranges:
-                deleted += self._conn.execute(
-                    "DELETE FROM samples WHERE rowid BETWEEN ? AND ? AND device_id = ? "
-                    "AND source_ts < ?", (first, last, device_id, hour + HOUR_S),
-                ).rowcount
-                self._conn.execute(
-                    "DELETE FROM sample_index WHERE device_id = ? AND hour_start = ?",
-                    (device_id, hour),
-                )
+            deleted = delete_raw_before(self._conn, cutoff)
 
         error = self._transaction(work, samples=0)
         if error is not None:
@@ -442,22 +446,14 @@ class Store:
     def raw_samples(
         self, start: float, end: float, device_id: str | None = None
     ) -> pd.DataFrame:
-        """Raw samples with start <= source_ts < end, ordered by device and insertion."""
-        columns = ("device_id", "signal_id", "source_ts", "received_ts", "value", "quality",
-                   "status", "origin")
-        ranges = self._conn.execute(
-            "SELECT device_id, first_rowid, last_rowid FROM sample_index WHERE hour_start >= ? "
-            "AND hour_start < ? AND (? IS NULL OR device_id = ?) ORDER BY device_id, first_rowid",
-            (int(start // HOUR_S) * HOUR_S, end, device_id, device_id),
-        ).fetchall()
-        rows: list[tuple[object, ...]] = []
-        for device, first, last in ranges:
-            rows.extend(self._conn.execute(
-                f"SELECT {', '.join(columns)} FROM samples WHERE rowid BETWEEN ? AND ? "
-                "AND device_id = ? AND source_ts >= ? AND source_ts < ? ORDER BY rowid",
-                (first, last, device, start, end),
-            ).fetchall())
-        return pd.DataFrame.from_records(rows, columns=list(columns))
+        """Raw samples with start <= source_ts < end, ordered by device and insertion.
+
+        Values come back exactly as ingested (agent.store.values), except bools, which come
+        back as 0 / 1. The value column is left to pandas' inference unless that would lose
+        something: with an integer beyond 2^53 (not exact as a float64) it holds the Python
+        values as objects.
+        """
+        return read_raw(self._conn, start, end, device_id)
 
     def losses(self) -> pd.DataFrame:
         return self._frame(

@@ -32,6 +32,7 @@ class ScalarSignal:
     last_slot: int | None = None
     known: bool = False
     known_source: bool = False
+    known_on_time: bool = False
     counted: Counter[tuple[int, int, int, int]] = field(default_factory=Counter)
 
     def add(self, slot: int, on_time: bool, with_source: bool, bad: bool) -> None:
@@ -39,12 +40,13 @@ class ScalarSignal:
         self.counted[(hour, int(on_time), int(with_source), int(bad))] += 1
 
     def hold(self, first_slot: int, until: float) -> None:
-        if not (self.subscription and self.known and self.last_slot is not None):
+        if not (self.subscription and self.known):
             return
+        previous = NO_SLOT if self.last_slot is None else self.last_slot
         last = math.ceil(until / self.interval - EPS) - 1
-        for slot in range(max(self.last_slot + 1, first_slot), last + 1):
-            self.add(slot, self.known_source, self.known_source, False)
-        self.last_slot = max(self.last_slot, last)
+        for slot in range(max(previous + 1, first_slot), last + 1):
+            self.add(slot, self.known_on_time, self.known_source, False)
+        self.last_slot = max(previous, last)
 
     def sample(self, first_slot: int, ts: float, on_time: bool, source: bool, bad: bool) -> None:
         self.hold(first_slot, ts)
@@ -53,6 +55,7 @@ class ScalarSignal:
             self.add(slot, on_time, source, bad)
             self.last_slot = slot
         self.known, self.known_source = (not bad) and self.subscription, source
+        self.known_on_time = on_time
 
 
 def _tally(ranges: SlotRanges) -> Counter[tuple[int, int, int, int]]:
@@ -150,8 +153,9 @@ def test_carry_realigns_when_signals_change() -> None:
     """If the configuration adds and removes signals between runs, then a restored slot
     memory keeps the surviving signals' values and starts new ones empty."""
     carry = SlotCarry(("a", "b", "c"), np.array([5, 6, 7]), np.array([True, False, True]),
-                      np.array([True, True, False]))
+                      np.array([True, True, False]), np.array([False, True, True]))
     again = SlotCarry.from_json(carry.to_json()).aligned(("c", "new", "a"))
     assert again.last_slot.tolist() == [7, NO_SLOT, 5]
     assert again.known.tolist() == [True, False, True]
     assert again.known_source.tolist() == [False, False, True]
+    assert again.known_on_time.tolist() == [True, False, False]

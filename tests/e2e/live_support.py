@@ -116,6 +116,34 @@ def stored_intervals(store: Store) -> pd.DataFrame:
     return frame.sort_values(["device_id", "start"], ignore_index=True)
 
 
+def measures_so_far(store: Store) -> pd.DataFrame:
+    """Hourly base measures of everything the store derived, the open hour included: the
+    stored rows plus each device's open interval, whose expected slots are counted when it
+    closes (at a state change or the hour's end)."""
+    from agent.derive.slots import expected_slots
+    from indicators.timemodel import base_measures
+
+    intervals = stored_intervals(store)
+    counts = store.sample_counts(0, 4e9)
+    still_open = [
+        (device_id, int(carry.open_start // 3600 * 3600),
+         int(expected_slots(store.deriver.plans[device_id].grid,
+                            np.array([carry.open_start]), np.array([carry.cursor]))[0]))
+        for device_id, carry in store.deriver.carries.items()
+        if carry.cursor > carry.open_start
+    ]
+    extra = pd.DataFrame(
+        [(d, h, n, 0, 0, 0, 0) for d, h, n in still_open], columns=list(counts.columns)
+    )
+    counts = pd.concat([counts, extra], ignore_index=True)
+    counts = counts.groupby(["device_id", "hour_start"], as_index=False).sum()
+    ideal = {d.id: d.ideal_cycle_time_s for d in store.config.devices if d.ideal_cycle_time_s}
+    return base_measures(
+        intervals.assign(auto=intervals["auto"].astype(bool)), store.deltas(0, 4e9), counts,
+        ideal,
+    )
+
+
 def read_ledger(sim: SimulatorServer, ledger_dir: Path) -> Ledger:
     sim.flush_ledger()
     return load_ledger(ledger_dir)

@@ -23,17 +23,19 @@ from live_support import (
     demo_server,
     expected_labels,
     link_log,
+    measures_so_far,
     read_ledger,
     running_agent,
     stored_intervals,
 )
 
-from agent.config import parse_config
+from agent.config import declared_inventory, parse_config
 from agent.store import Store
 from connectors.base import LinkEvent, SignalBinding
 from connectors.config import OpcUaAddress, OpcUaConnection
 from connectors.opcua import OpcUaConnector
 from connectors.sample import Quality, Sample
+from indicators.kpi import compute
 from simulator.live import LiveFactory
 from simulator.modbus_face import ModbusFaceConfig
 from simulator.opcua_face import OpcUaFaceConfig
@@ -43,6 +45,7 @@ from simulator.server import SimulatorServer
 from tests.support.waiting import wait_until_async
 
 LIVE_S = 60.0
+LIVE_FRESH_S = 12.0
 BOUNDARY_S = 1.0  # the issue's bound between an agent boundary and the ledger's
 MODBUS_POLL_S = 0.5
 MODBUS_LAG_S = 1.0
@@ -120,6 +123,60 @@ async def test_a_minute_of_live_collection_matches_the_ledger(tmp_path: Path) ->
         f"{compared} boundaries compared (worst OPC UA {by_face['opcua']:.3f} s, "
         f"Modbus {by_face['modbus']:.3f} s), {len(checks)} counters of {len(steady)} devices "
         f"exact over {pieces} pieces; links dropped: {sorted(dropped) or 'none'}"
+    )
+
+
+@pytest.mark.slow
+async def test_a_fresh_agent_on_devices_that_never_change(tmp_path: Path) -> None:
+    """If a fresh agent (new data directory) collects the demo factory's OPC UA devices while
+    none of their values changes (frozen 700 s before the agent starts, so every source
+    timestamp is older than the 600 s clock bound), then within its first hour the data-
+    collection and real-time rates are 1.0, every connected device is networked, no sample
+    is flagged for a wrong clock, and each signal's first value is stored once (the read
+    after subscribing; the subscription's initial notification repeats it)."""
+    now = time.time()
+    factory = demo_factory()
+    source = LiveFactory(factory, profile="compressed", seed=3, start=now - 900)
+    for device in factory.devices:
+        if device.networked:
+            source.freeze(device.id, at=now - 700)
+    sim = SimulatorServer(source, control_port=None)
+    async with sim:
+        raw_config = agent_config(factory, sim)
+        raw_config["devices"] = [
+            d for d in raw_config["devices"] if d["connection"] == "sim-opcua"
+        ]
+        raw_config["connections"].pop("sim-modbus")
+        config = parse_config(raw_config)
+        db = tmp_path / "agent.db"
+        async with running_agent(config, db):
+            await asyncio.sleep(LIVE_FRESH_S)
+        store = Store.open(db, config)
+        try:
+            base = measures_so_far(store)
+            raw = store.raw_samples(0, 4e9)
+        finally:
+            store.close()
+    devices = [d.id for d in config.devices]
+    required = sum(s.required for d in config.devices for s in d.signals)
+    signals = sum(len(d.signals) for d in config.devices)
+    rates = compute(base, declared_inventory(config))
+    collection = rates["data_collection_rate"]
+    assert collection.value == 1.0, collection
+    assert rates["realtime_rate"].value == 1.0, rates["realtime_rate"]
+    assert rates["networking_rate"].value == 1.0, rates["networking_rate"]
+    assert set(base["device_id"]) == set(devices)
+    # Measured up to the runtime's cursor, which trails the clock by the realtime bound.
+    measured_s = LIVE_FRESH_S - config.collection.realtime_bound_s - 2
+    assert base["samples_expected"].sum() >= required * measured_s
+    assert (raw["received_ts"] - raw["source_ts"]).min() > 600  # all older than the bound
+    assert set(raw["quality"]) == {0}  # good: none flagged uncertain
+    assert len(raw) == signals, raw.groupby(["device_id", "signal_id"]).size().max()
+    print(
+        f"\nfresh agent, {len(devices)} frozen OPC UA devices, {LIVE_FRESH_S:.0f} s: "
+        f"data_collection_rate {collection.value} "
+        f"({collection.inputs}), networking_rate {rates['networking_rate'].value}, "
+        f"realtime_rate {rates['realtime_rate'].value}; {len(raw)} samples for {signals} signals"
     )
 
 

@@ -232,12 +232,15 @@ def test_declared_conditions(policy: Policy, declarations: Declarations) -> None
     scenarios = result(evaluation, "advanced.key_scenarios")
     assert (scenarios.status, scenarios.measured) == ("declared_fail", 3.0)
     twin = result(evaluation, "leading.digital_twin")
-    assert (twin.status, twin.reason, twin.source) == ("fail", "missing_declaration", "declared")
+    assert (twin.status, twin.reason, twin.source) == (
+        "not_declared", "missing_declaration", "declared"
+    )
     mes = result(evaluation, "basic.production_management_system")
     assert mes.evidence["documents"][0]["reference"] == "IT-2023-014"
     nothing = run(base, inventory, policy, None)
     assert nothing.tier_reached is None
-    assert status(nothing, "basic.production_management_system") == "fail"
+    assert status(nothing, "basic.production_management_system") == "not_declared"
+    assert result(nothing, "basic.production_management_system").reason == "no_declarations_file"
 
 
 def test_line_level_condition_needs_every_line(declarations: Declarations) -> None:
@@ -381,7 +384,7 @@ def test_rich_view_shows_labels_values_and_statuses(
         "Key production processes",
         "PASS",
         "FAIL (declared)",
-        "FAIL (missing_declaration)",
+        "NOT DECLARED (missing_declaration)",
         ">= 95.0%",
         "province.avg",
         "Gaps to 先进级 advanced",

@@ -78,6 +78,43 @@ async def test_opcua_face_stops_and_restarts_on_the_same_port(sim: SimulatorServ
     await old.disconnect()  # only cleans up the client side: the link is already gone
 
 
+async def test_opcua_fast_restart_drops_sessions_and_is_back_right_after_the_downtime(
+    sim: SimulatorServer,
+) -> None:
+    """If the OPC UA face gets a fast restart (JSON command `restart` with `fast`), then
+    while it is down connecting fails, every session and subscription is gone (none keeps
+    publishing for a vanished client), and right after the downtime a new client reads on
+    the same endpoint; the journal records the stop and the start."""
+    url = sim.opcua_endpoint
+    assert url is not None and sim.opcua is not None
+    old = Client(url, timeout=2)
+    await old.connect()
+    await old.create_subscription(100, Notifications())
+    server = sim.opcua._server
+    assert server is not None
+    subscriptions = server.iserver.subscription_service.subscriptions
+    assert subscriptions
+    restart = asyncio.create_task(
+        sim.faults.apply({"action": "restart", "face": "opcua", "down_s": 0.5, "fast": True})
+    )
+    await asyncio.sleep(0.2)
+    assert not sim.opcua.running
+    with pytest.raises(LINK_ERRORS):
+        async with Client(url, timeout=1):
+            pass
+    started = asyncio.get_running_loop().time()
+    assert (await restart)["ok"]
+    assert asyncio.get_running_loop().time() - started < 0.6  # no rebuild of seconds
+    assert sim.opcua.running and sim.opcua._server is server
+    assert not subscriptions and not server.iserver._external_sessions
+    async with Client(url, timeout=2) as fresh:
+        assert await _node(sim, fresh, "CNC-01", "state").read_value() == 3
+    with pytest.raises(LINK_ERRORS):
+        await _node(sim, old, "CNC-01", "state").read_value()
+    await old.disconnect()
+    assert [e.action for e in sim.faults.events[-2:]] == ["stop", "start"]
+
+
 async def test_modbus_face_stops_and_restarts_on_the_same_port(modbus_sim: SimulatorServer) -> None:
     """If the Modbus face is stopped, then connecting is refused; after start, reads work
     on the same port."""

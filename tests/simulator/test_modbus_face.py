@@ -161,7 +161,8 @@ async def test_request_counter_counts_per_unit_and_function_code(
 
 async def test_real_device_exceptions(face: ModbusFace, client: AsyncModbusTcpClient) -> None:
     """If a client reads past a table, an unknown unit or writes, then it gets 0x02, 0x0B
-    and 0x01 as from a real device/gateway, and gaps inside a table read as 0."""
+    and 0x01 as from a real device/gateway, and gaps inside a table read as 0; the face
+    counts each exception it sends (an injected one too) per unit and code."""
     past_end = await client.read_holding_registers(0, count=25, device_id=3)
     assert past_end.isError() and past_end.exception_code == 0x02
     unknown_unit = await client.read_holding_registers(0, count=1, device_id=99)
@@ -170,6 +171,11 @@ async def test_real_device_exceptions(face: ModbusFace, client: AsyncModbusTcpCl
     assert write.isError() and write.exception_code == 0x01
     gap = await client.read_holding_registers(16, count=4, device_id=3)
     assert gap.registers == [0, 0, 0, 0]
+    assert face.exception_count(3, 0x02) == 1 and face.exception_count(3, 0x01) == 1
+    face.set_exception(3, "holding", 17, 0x06)
+    busy = await client.read_holding_registers(16, count=4, device_id=3)
+    assert busy.isError() and busy.exception_code == 0x06
+    assert face.exception_count(3, 0x06) == 1 and face.exception_count(3, 0x02) == 1
 
 
 def test_overlapping_registers_are_refused(modbus_source: Any) -> None:

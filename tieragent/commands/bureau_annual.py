@@ -25,16 +25,20 @@ from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store, export_evidence
 from bureau.evidence_verify import verify_evidence_dir
 from bureau.store import SqliteReportStore
-from indicators.policy import DEFAULT_POLICY, PolicyFiles
-from tieragent.console import InvalidInput, handle_errors, print_verification
+from indicators.policy import PolicyFiles
+from tieragent.console import (
+    BENCHMARKS_OPTION,
+    DECLARATIONS_OPTION,
+    POLICY_OPTION,
+    InvalidInput,
+    handle_errors,
+    print_verification,
+)
 from tieragent.evaluation_view import render_evaluation
 
 _DB = typer.Option(..., "--db", help="Bureau SQLite database.")
 _FACTORY = typer.Option(..., "--factory", help="Factory id.")
 _YEAR = typer.Option(..., "--year", help="Calendar year evaluated.")
-_POLICY = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy file.")
-_BENCH = typer.Option(None, "--benchmarks", help="Industry benchmark file.")
-_DECL = typer.Option(None, "--declarations", help="Signed declarations file of the factory.")
 _BASE = typer.Option(
     None, "--baseline-year", help="Baseline year (default: the declarations' baseline)."
 )
@@ -134,9 +138,9 @@ def evaluate_command(
     db: Path = _DB,
     factory: str = _FACTORY,
     year: int = _YEAR,
-    policy: Path = _POLICY,
-    benchmarks: Path | None = _BENCH,
-    declarations: Path | None = _DECL,
+    policy: Path = POLICY_OPTION,
+    benchmarks: Path | None = BENCHMARKS_OPTION,
+    declarations: Path | None = DECLARATIONS_OPTION,
     baseline_year: int | None = _BASE,
     through: str | None = _THROUGH,
     industry_code: str | None = _INDUSTRY,
@@ -170,9 +174,9 @@ def evidence_command(
     factory: str = _FACTORY,
     year: int = _YEAR,
     out: Path = typer.Option(..., "--out", help="Evidence folder to create (new or empty)."),
-    policy: Path = _POLICY,
-    benchmarks: Path | None = _BENCH,
-    declarations: Path | None = _DECL,
+    policy: Path = POLICY_OPTION,
+    benchmarks: Path | None = BENCHMARKS_OPTION,
+    declarations: Path | None = DECLARATIONS_OPTION,
     baseline_year: int | None = _BASE,
     through: str | None = _THROUGH,
     industry_code: str | None = _INDUSTRY,
@@ -223,7 +227,8 @@ def render_summary(result: AnnualEvaluation, console: Console) -> None:
     table = Table(
         title="Coverage 覆盖率 (days with an accepted daily report)", title_justify="left"
     )
-    for name in ("Month", "Days", "Accepted", "Missing", "Rejected", "Pending link", "Share", ""):
+    for name in ("Month", "Days", "Accepted", "Missing", "No data", "Rejected", "Pending link",
+                 "Share", ""):
         table.add_column(name, justify="right" if name not in ("Month", "") else "left")
     for month in [*coverage["months"], {**coverage, "month": "total"}]:
         table.add_row(
@@ -231,6 +236,7 @@ def render_summary(result: AnnualEvaluation, console: Console) -> None:
             str(month["days"]),
             str(month["accepted"]),
             str(month["missing"]),
+            str(month["no_data"]),
             str(month["rejected"]),
             str(month["pending_link"]),
             f"{month['share']:.1%}",

@@ -8,21 +8,33 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.config import json_schema, load_config
+from agent.config import json_schema, load_config, secret_keys
 from tieragent.console import InvalidInput, handle_errors
 
 console = Console()
 
 
 @handle_errors
-def check_config(file: Path = typer.Argument(..., help="Factory configuration YAML.")) -> None:
+def check_config(
+    file: Path = typer.Argument(..., help="Factory configuration YAML."),
+    secrets: bool = typer.Option(
+        True,
+        "--secrets/--no-secrets",
+        help="Resolve every {env: ...}/{file: ...} secret as `run` will (--no-secrets: on a "
+        "machine without the agent's environment).",
+    ),
+) -> None:
     """Validate a factory configuration and print every problem with its key."""
-    config = load_config(file)
+    config = load_config(file, resolve_secrets=secrets)
     connected = sum(1 for d in config.devices if d.connection != "none")
     signals = sum(len(d.signals) for d in config.devices)
+    count = len(secret_keys(config))
+    resolved = f", {count} secret(s) {'resolved' if secrets else 'not resolved'}" if count else ""
     console.print(
         f"[green]OK[/] {file}: factory {config.factory.factory_id}, {len(config.devices)} devices "
         f"({connected} connected), {signals} signals, {len(config.connections)} connections"
+        f"{resolved}",
+        soft_wrap=True,
     )
 
 

@@ -11,13 +11,15 @@ from agent.assess import assess
 from agent.config import load_config
 from agent.protocol.period import Period
 from agent.store.store import Store
-from indicators.policy import (
-    DEFAULT_POLICY,
-    EXAMPLE_BENCHMARKS,
-    EXAMPLE_DECLARATIONS,
-    PolicyFiles,
+from indicators.policy import PolicyFiles
+from tieragent.console import (
+    BENCHMARKS_OPTION,
+    DECLARATIONS_OPTION,
+    POLICY_OPTION,
+    InvalidInput,
+    err_console,
+    handle_errors,
 )
-from tieragent.console import InvalidInput, handle_errors
 from tieragent.evaluation_view import evaluation_json, render_evaluation
 
 
@@ -26,11 +28,9 @@ def evaluate_command(
     config_path: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     period: str = typer.Option(..., "--period", help="2026, 2026-11 or 2026-11-21 (local time)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
-    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy YAML."),
-    benchmarks: Path = typer.Option(EXAMPLE_BENCHMARKS, "--benchmarks", help="Benchmarks YAML."),
-    declarations: Path = typer.Option(
-        EXAMPLE_DECLARATIONS, "--declarations", help="Declared conditions (documents)."
-    ),
+    policy: Path = POLICY_OPTION,
+    benchmarks: Path | None = BENCHMARKS_OPTION,
+    declarations: Path | None = DECLARATIONS_OPTION,
     baseline: str | None = typer.Option(None, "--baseline", help="Baseline period, e.g. 2025."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -56,6 +56,12 @@ def evaluate_command(
     if base.empty:
         raise InvalidInput(f"No base measures in {db} for {period}.")
     evaluation = assess(config, base, inventory, loaded, baseline_base=baseline_base)
+    if declarations is None:
+        err_console.print("[yellow]No --declarations:[/] declared conditions are not_declared.")
+    if benchmarks is None:
+        err_console.print(
+            "[yellow]No --benchmarks:[/] benchmark conditions are insufficient_data."
+        )
     if as_json:
         typer.echo(evaluation_json(evaluation))
     else:

@@ -1,6 +1,7 @@
 """`tieragent report|evidence|verify`: signed reports, their delivery, and audit evidence.
 
 tieragent report --config FILE --period 2026-11-21 | 2026-11 | 2026   (from the agent's store)
+    [--declarations D] [--benchmarks B] [--revision N --reason TEXT]
 tieragent report build --outbox outbox.db --key-dir keys --base B.csv --inventory I.csv ...
 tieragent report send --outbox outbox.db --broker mqtt://host:port --bureau-key JWK ...
 tieragent report status --outbox outbox.db
@@ -22,7 +23,7 @@ import pandas as pd
 import typer
 
 from agent.audit_bundle import BundleReport, export_bundle, verify_bundle
-from agent.config import load_config
+from agent.config import Collection, load_config
 from agent.outbox import ACKED, Outbox
 from agent.protocol.envelope import (
     EnvelopeError,
@@ -39,17 +40,21 @@ from agent.reporter import (
     ReportContext,
     agent_version,
     build_period_report,
+    check_period_over,
     commit_signed_report,
 )
 from agent.store.store import Store
-from indicators.policy import (
-    DEFAULT_POLICY,
-    EXAMPLE_BENCHMARKS,
-    EXAMPLE_DECLARATIONS,
-    PolicyFiles,
-    file_sha256,
+from indicators.policy import PolicyFiles, file_sha256
+from tieragent.console import (
+    BENCHMARKS_OPTION,
+    DECLARATIONS_OPTION,
+    EXIT_FAILED,
+    POLICY_OPTION,
+    InvalidInput,
+    err_console,
+    handle_errors,
+    print_verification,
 )
-from tieragent.console import EXIT_FAILED, InvalidInput, handle_errors, print_verification
 
 report_app = typer.Typer(
     help="Build, queue and send signed reports.", invoke_without_command=True
@@ -73,6 +78,25 @@ def _period(key: str, kind: str, time_zone: str) -> Period:
     return period
 
 
+def _existing_outbox(path: Path) -> Outbox:
+    """An outbox that must exist already (send, status): a typo must not create an empty one."""
+    if not path.is_file():
+        raise InvalidInput(
+            f"{path} does not exist: give the outbox that `tieragent report` queued into "
+            "(<data-dir>/outbox.db)."
+        )
+    return Outbox(path)
+
+
+def _store_db(data_dir: Path) -> Path:
+    db = data_dir / "agent.db"
+    if not db.is_file():
+        raise InvalidInput(
+            f"{db} does not exist: give the --data-dir of `tieragent run` or `tieragent backfill`."
+        )
+    return db
+
+
 @handle_errors
 def report_from_store(
     ctx: typer.Context,
@@ -80,29 +104,60 @@ def report_from_store(
     period: str | None = typer.Option(None, "--period", help="2026-11-21, 2026-11 or 2026."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
     key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Agent key folder."),
-    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Tier policy YAML."),
+    policy: Path = POLICY_OPTION,
+    benchmarks: Path | None = BENCHMARKS_OPTION,
+    declarations: Path | None = DECLARATIONS_OPTION,
     bureau_id: str = typer.Option("bureau", "--bureau-id", help="Audience (the bureau's id)."),
-    revision: int = typer.Option(0, "--revision", help="Correction revision of the period."),
+    revision: int = typer.Option(
+        0, "--revision", min=0, help="Correction revision of the period (needs --reason)."
+    ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why this revision corrects the period (stored in the report)."
+    ),
     passphrase_file: Path | None = typer.Option(None, "--passphrase-file"),
 ) -> None:
-    """Build, sign and queue the report of a period (sub-commands: send, status, build)."""
+    """Build, sign and queue the report of a period that is over (sub-commands: send, status,
+    build)."""
     if ctx.invoked_subcommand is not None:
         return
     if config_path is None or period is None:
         raise InvalidInput("Give --config FILE and --period (2026-11-21, 2026-11 or 2026).")
     config = load_config(config_path)
     try:
-        loaded = PolicyFiles(policy, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS).load()
-        store = Store.open(data_dir / "agent.db", config)
-        outbox = Outbox(data_dir / "outbox.db")
-        context = ReportContext(
-            config=config, config_path=config_path, store=store, outbox=outbox,
-            key_dir=key_dir, policy=loaded, bureau_id=bureau_id,
-            passphrase=read_passphrase(passphrase_file),
-        )
-        item = build_period_report(context, period, revision=revision)
+        loaded = PolicyFiles(policy, benchmarks, declarations).load()
+        db = _store_db(data_dir)
+        store = Store.open(db, config)
+        try:
+            outbox = Outbox(data_dir / "outbox.db")
+            context = ReportContext(
+                config=config, config_path=config_path, store=store, outbox=outbox,
+                key_dir=key_dir, policy=loaded, bureau_id=bureau_id,
+                passphrase=read_passphrase(passphrase_file),
+            )
+            built = build_period_report(context, period, revision=revision, reason=reason)
+        finally:
+            store.close()
     except ValueError as error:  # not only PeriodError: any value the report cannot take
         raise InvalidInput(str(error)) from None
+    item = built.item
+    if not built.created:
+        typer.echo(
+            f"Already queued: report {item.report_id} for {period} (revision {revision}, "
+            f"seq {item.seq}, state {item.state}); the store's data for it is unchanged, "
+            "nothing was signed."
+        )
+        return
+    if declarations is None:
+        err_console.print("[yellow]No --declarations:[/] declared conditions are not_declared.")
+    if benchmarks is None:
+        err_console.print(
+            "[yellow]No --benchmarks:[/] benchmark conditions are insufficient_data."
+        )
+    if not built.has_data:
+        err_console.print(
+            f"[yellow]No data:[/] the store has no sample for {period}; the report says so "
+            "(coverage 0, every condition insufficient_data)."
+        )
     typer.echo(f"Queued report {item.report_id} for {period}: seq {item.seq}, state {item.state}.")
 
 
@@ -125,9 +180,11 @@ def report_build(
     revision: int = typer.Option(0, "--revision"),
     passphrase_file: Path | None = typer.Option(None, "--passphrase-file"),
 ) -> None:
-    """Build, sign and queue the report of one period."""
+    """Build, sign and queue the report of one period that is over."""
     if period_kind not in ("day", "month", "year"):
         raise InvalidInput(f"--period-kind {period_kind!r} is not day, month or year.")
+    built_period = _period(period, period_kind, time_zone)
+    check_period_over(built_period, Collection().report_grace_s, time.time())
     key = load_private_key(key_dir / PRIVATE_NAME, read_passphrase(passphrase_file))
     meta = ReportMeta(
         factory_id=factory,
@@ -137,7 +194,7 @@ def report_build(
         kid=thumbprint(public_jwk(key)),
         config_sha256=_file_digest(config),
         policy_sha256=_file_digest(policy),
-        period=_period(period, period_kind, time_zone),
+        period=built_period,
         issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         revision=revision,
     )
@@ -204,7 +261,7 @@ def report_send(
         username=username,
         password_file=password_file,
     )
-    outbox = Outbox(outbox_path)
+    outbox = _existing_outbox(outbox_path)
     publisher = Publisher(settings, outbox)
     publisher.start()
     stop = threading.Event()
@@ -232,7 +289,7 @@ def report_send(
 @handle_errors
 def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
     """Show the outbox: counts per state and every unacknowledged report."""
-    outbox = Outbox(outbox_path)
+    outbox = _existing_outbox(outbox_path)
     typer.echo(json.dumps(outbox.counts(), sort_keys=True))
     for item in outbox.items():
         if item.state != ACKED:
@@ -255,9 +312,9 @@ def evidence_export(
     from agent.reporter import segments_of_report
 
     config = load_config(config_path)
-    store = Store.open(data_dir / "agent.db", config)
+    store = Store.open(_store_db(data_dir), config)
     try:
-        outbox = Outbox(data_dir / "outbox.db")
+        outbox = _existing_outbox(data_dir / "outbox.db")
         jwks = [json.loads((key_dir / "agent-key.jwk.json").read_text())]
         jwks += [json.loads(p.read_text()) for p in sorted(key_dir.glob("retired/*.jwk.json"))]
         reports = [

@@ -44,21 +44,33 @@ def run(
     influx_token_env: str | None = typer.Option(
         None, "--influx-token-env", help="Environment variable holding the InfluxDB token."),
 ) -> None:
-    """Collect from every configured connection into the store until stopped."""
+    """Collect from every configured connection into the store until stopped.
+
+    One instance per data directory: a second `run` on the same --data-dir exits 2 naming
+    the pid that holds `<data-dir>/agent.lock`.
+    """
+    from agent.instance_lock import InstanceLock
     from agent.metrics import AgentMetrics, MetricsServer
     from agent.mirror import InfluxMirror
+    from agent.modbus_splits import SPLITS_NAME
     from agent.runtime import Runtime, build_connectors
     from tieragent.logging_setup import setup_logging
 
     setup_logging(json_lines=log_json)
-    factory = load_config(config)
+    factory = load_config(config, resolve_secrets=True)  # refuse to start without them
     try:
-        connectors = build_connectors(factory)
+        connectors = build_connectors(factory, splits_file=data_dir / SPLITS_NAME)
     except ValueError as exc:  # a signal binding the protocol connector cannot serve
         raise InvalidInput(f"{config}: {exc}") from None
     except ImportError as exc:
         raise RunFailed(f"a protocol connector is not available: {exc}") from None
-    store = Store.open(data_dir / DB_NAME, factory)
+    lock = InstanceLock(data_dir)
+    lock.acquire()  # before the store opens: two writers would count everything twice
+    try:
+        store = Store.open(data_dir / DB_NAME, factory)
+    except BaseException:
+        lock.release()
+        raise
     metrics = AgentMetrics()
     mirror = None
     if influx_url:
@@ -69,6 +81,7 @@ def run(
         server = MetricsServer(metrics, runtime.health, metrics_port)
     except OSError as exc:
         store.close()
+        lock.release()
         where = f"127.0.0.1:{metrics_port}"
         raise RunFailed(f"cannot serve metrics on {where}: {exc.strerror}") from None
     server.start()
@@ -90,6 +103,7 @@ def run(
         if mirror is not None:
             mirror.close()
         store.close()
+        lock.release()
 
 
 @handle_errors_failing_on(StoreError, HistoryError)
