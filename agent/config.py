@@ -84,6 +84,9 @@ class Collection(Strict):
     min_failure_s: float = Field(0.0, ge=0, description="Shorter unplanned stops are not failures.")
     raw_retention_days: int = Field(400, ge=1)
     queue_size: int = Field(10_000, ge=100)
+    health_connection_down_s: float = Field(
+        60.0, gt=0, description="/healthz answers 503 once a connection has been down this long."
+    )
     report_grace_s: float = Field(
         900.0, ge=0, description="Wait this long after a period ends (late data) before its "
         "report may be built."

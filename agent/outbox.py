@@ -7,7 +7,8 @@ report is rebuilt later from the same base measures); after COMMIT the stored by
 resent as they are, never re-signed. Rows leave the send queue only on a verified bureau
 receipt (`apply_receipt`); `acked` rows keep their JWS and receipt for local evidence.
 
-States: pending -> inflight -> acked | rejected (quarantine; released only by an operator).
+States: pending -> inflight -> acked | rejected (quarantine; `release`d only by an operator,
+`tieragent report release`, back to pending).
 Timers use time.monotonic(); they mean nothing after a restart, so `open` makes every
 unacknowledged row due at once.
 
@@ -248,9 +249,15 @@ class Outbox:
         return cursor.rowcount == 1
 
     def release(self, report_id: str) -> bool:
-        """Operator action: send a quarantined (rejected) row again."""
+        """Operator action, once the cause is fixed: send a quarantined (rejected) row again.
+
+        The row goes back to pending, due at once, with its signed bytes unchanged. The
+        rejection receipt, its time and reason, and the attempt count are cleared: the row is
+        open again and only a new receipt closes it. True if the row was rejected.
+        """
         cursor = self._db.execute(
-            "UPDATE outbox SET state = 'pending', next_attempt_at_mono = 0 "
+            "UPDATE outbox SET state = 'pending', next_attempt_at_mono = 0, attempts = 0, "
+            "receipt_jws = NULL, acked_at = NULL, last_error = NULL "
             "WHERE report_id = ? AND state = 'rejected'",
             (report_id,),
         )

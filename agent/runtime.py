@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import FactoryConfig
+from agent.health import HealthInputs, LinkView, assess
 from agent.metrics import AgentMetrics
 from agent.store import IngestItem, LinkItem, Store
 from connectors.backoff import Backoff
@@ -67,6 +68,10 @@ class Channel:
 
     def __len__(self) -> int:
         return self._length
+
+    def full(self) -> bool:
+        """True while `put_samples` would wait (connectors are blocked)."""
+        return self._samples >= self.capacity
 
     async def put_samples(self, batch: Sequence[Sample]) -> None:
         async with self._changed:
@@ -117,6 +122,10 @@ class RuntimeState:
     last_commit_mono: float = field(default_factory=time.monotonic)
     lag_s: float = 0.0
     stopping: bool = False
+    # For /healthz: each connection's link, and the samples the store could not commit.
+    links: dict[str, LinkView] = field(default_factory=dict)
+    dropped: int = 0
+    last_drop_mono: float | None = None
 
 
 def bindings_by_connection(config: FactoryConfig) -> dict[str, list[SignalBinding]]:
@@ -180,13 +189,38 @@ class Runtime:
         self.state = RuntimeState()
         metrics.queue_capacity.set(self.channel.capacity)
         self._last_lag_warning = 0.0
+        started = clock()
+        for name in self.connectors:  # down (never connected) until the first CONNECTED
+            self.state.links[name] = LinkView(False, started, time.monotonic())
 
     def health(self) -> dict[str, Any]:
-        """For /healthz: ok while the writer runs and keeps up."""
-        ok = self.state.writer_alive and self.state.lag_s < 60.0
-        return {"status": "ok" if ok else "degraded", "queue_depth": len(self.channel),
-                "store_lag_s": round(self.state.lag_s, 3),
-                "connections": sorted(self.connectors)}
+        """For /healthz (`agent.health.assess`): "ok", or "degraded" with its reasons."""
+        return assess(HealthInputs(
+            now_mono=time.monotonic(), links=dict(self.state.links),
+            down_limit_s=self.config.collection.health_connection_down_s,
+            writer_alive=self.state.writer_alive, lag_s=self.state.lag_s,
+            queue_depth=len(self.channel), channel_full=self.channel.full(),
+            dropped_total=self.state.dropped, last_drop_mono=self.state.last_drop_mono,
+        ))
+
+    def _link_changed(self, name: str, up: bool, reason: str = "") -> None:
+        """The one log line per loss and per recovery of a connection."""
+        link = self.state.links.get(name)
+        if link is not None and link.up == up:
+            return
+        now_mono = time.monotonic()
+        fields: dict[str, Any] = {"connection": name}
+        if up:
+            if link is not None and link.ever_up:
+                fields["down_s"] = round(now_mono - link.since_mono, 1)
+                log.info("Connection recovered.", extra={"fields": fields})
+            else:
+                log.info("Connection up.", extra={"fields": fields})
+        else:
+            fields["reason"] = reason
+            log.warning("Connection lost.", extra={"fields": fields})
+        ever_up = up or (link is not None and link.ever_up)
+        self.state.links[name] = LinkView(up, self.clock(), now_mono, ever_up)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then flush and return (the caller closes the store)."""
@@ -221,6 +255,9 @@ class Runtime:
             self.metrics.connection_up.labels(name).set(1 if up else 0)
             if event.state == LinkState.DISCONNECTED:
                 self.metrics.reconnects.labels(name).inc()
+                self._link_changed(name, False, event.reason or "")
+            elif up:
+                self._link_changed(name, True)
             self.channel.put_link(LinkItem(name, event))
 
         while True:
@@ -243,6 +280,7 @@ class Runtime:
                           extra={"fields": {"connection": name, "error": repr(exc)}})
             self.metrics.connector_restarts.labels(name).inc()
             self.metrics.connection_up.labels(name).set(0)
+            self._link_changed(name, False, "connector restarted")
             self.channel.put_link(LinkItem(name, LinkEvent(
                 LinkState.DISCONNECTED, self.clock(), "connector restarted")))
             if time.monotonic() - started > 60.0:
@@ -288,6 +326,9 @@ class Runtime:
             self.metrics.last_commit.set(self.clock())
         else:
             self.metrics.samples_dropped.labels("disk_full_or_io_error").inc(result.dropped)
+            if result.dropped:
+                self.state.dropped += result.dropped
+                self.state.last_drop_mono = done
         for device, count in result.stored_by_device.items():
             self.metrics.samples.labels(device).inc(count)
         for device, count in result.bad_by_device.items():

@@ -115,7 +115,8 @@ class ReconnectPolicy:
 
     def _recovered(self, outage_s: float, attempts: int, refusals: int) -> None:
         self._logged.clear()
-        log.info(
+        # Debug: the runtime logs the one "Connection recovered." line of every connection.
+        log.debug(
             "OPC UA %s: collecting again after %.1f s (%d failed attempts, %d refused).",
             self.name, outage_s, attempts, refusals,
         )

@@ -85,7 +85,7 @@ def demo(
 @functools.cache  # once per process: `main` and tests both call it
 def _register_subcommands() -> None:
     """Sub-apps are imported here, not at module top: importing this module stays light."""
-    from tieragent.commands import bureau_annual, evaluate, report, run
+    from tieragent.commands import bureau_annual, evaluate, report, run, status
     from tieragent.commands.bureau import bureau_app
     from tieragent.commands.keys import keys_app
     from tieragent.commands.sim import app as sim_app
@@ -93,6 +93,7 @@ def _register_subcommands() -> None:
     run.register(app)
     evaluate.register(app)
     report.register(app)
+    status.register(app)
     app.add_typer(keys_app, name="keys")
     app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
     bureau_annual.register(bureau_app)

@@ -8,9 +8,11 @@ with its dependencies into a new venv, and the demo runs from a folder outside t
 checkout with PYTHONPATH cleared: simulator → agent → signed reports → amqtt → bureau →
 evidence folder verified offline, all from site-packages.
 
-Dependencies install from pip's configured indexes and cache (≈30 s here). Every process
-started runs in its own session and is stopped by its process-group id if it outlives
-its timeout.
+The wheel and the venv come from deploy/offline-install.sh, as on a gateway without
+Internet access: `build` puts the wheel and a wheel of every dependency into a wheelhouse
+(from pip's indexes and cache, ≈10 s here), `install` creates the venv and installs from
+the wheelhouse alone (`pip install --no-index`, ≈30 s). Every process started runs in its
+own session and is stopped by its process-group id if it outlives its timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytest
 from bureau.evidence_verify import verify_evidence_dir
 
 ROOT = Path(__file__).resolve().parents[2]
+OFFLINE_INSTALL = ROOT / "deploy" / "offline-install.sh"
 PACKAGES = ("tieragent", "agent", "connectors", "indicators", "simulator", "bureau")
 HISTORY_DAYS = 3
 
@@ -104,17 +107,17 @@ def _shipped_files(source: Path) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
-    env = _clean_env()
+    env = _clean_env(PYTHON=sys.executable)
     source = _source_copy(tmp_path / "src")
 
-    # 1. Build the wheel; it holds every module and data file of every (sub)package.
-    wheels = tmp_path / "wheels"
-    code, output = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
-        cwd=tmp_path, env=env, timeout=300,
-    )
+    # 1. The wheelhouse: the project's wheel, which holds every module and data file of
+    #    every (sub)package, and a wheel of each dependency.
+    wheels = tmp_path / "wheelhouse"
+    code, output = _run(["bash", str(OFFLINE_INSTALL), "build", str(wheels), str(source)],
+                        cwd=tmp_path, env=env, timeout=300)
     assert code == 0, output[-4000:]
     (wheel,) = wheels.glob("tieragent-*.whl")
+    assert len(list(wheels.glob("*.whl"))) > 10, output  # the dependencies came along
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     missing = sorted(_shipped_files(source) - names)
@@ -124,15 +127,14 @@ def test_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
                  "tieragent/data/factories/demo.yaml", "tieragent/data/demo-agent.yaml"):
         assert data in names
 
-    # 2. A fresh venv, the wheel installed into it (not editable) with its dependencies.
+    # 2. A fresh venv, the wheel installed into it (not editable) with its dependencies,
+    #    from the wheelhouse only (--no-index).
     venv = tmp_path / "venv"
-    code, output = _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path, env=env,
-                        timeout=120)
-    assert code == 0, output[-4000:]
-    python = venv / "bin" / "python"
-    code, output = _run([str(python), "-m", "pip", "install", "-q", str(wheel)],
+    code, output = _run(["bash", str(OFFLINE_INSTALL), "install", str(wheels), str(venv)],
                         cwd=tmp_path, env=env, timeout=600)
     assert code == 0, output[-4000:]
+    assert "installed: tieragent" in output, output[-4000:]
+    python = venv / "bin" / "python"
 
     # The packages resolve into the venv's site-packages, not into the checkout.
     run_env = {"COLUMNS": "160", "PYTHONNOUSERSITE": "1",

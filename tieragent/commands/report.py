@@ -1,10 +1,12 @@
 """`tieragent report|evidence|verify`: signed reports, their delivery, and audit evidence.
 
 tieragent report --config FILE --period 2026-11-21 | 2026-11 | 2026   (from the agent's store)
+tieragent report --config FILE --from 2026-03-01 --to 2026-03-31     (every day, see report_range)
     [--declarations D] [--benchmarks B] [--revision N --reason TEXT]
 tieragent report build --outbox outbox.db --key-dir keys --base B.csv --inventory I.csv ...
 tieragent report send --outbox outbox.db --broker mqtt://host:port --bureau-key JWK ...
 tieragent report status --outbox outbox.db
+tieragent report release --outbox outbox.db REPORT_ID | --all
 tieragent evidence export --config FILE --period 2026 --out DIR
 tieragent verify DIR   (an agent audit bundle or a bureau evidence folder)
 """
@@ -45,6 +47,7 @@ from agent.reporter import (
 )
 from agent.store.store import Store
 from indicators.policy import PolicyFiles, file_sha256
+from tieragent.commands.report_range import build_range, range_days, report_release
 from tieragent.console import (
     BENCHMARKS_OPTION,
     DECLARATIONS_OPTION,
@@ -97,11 +100,24 @@ def _store_db(data_dir: Path) -> Path:
     return db
 
 
+def _warn_missing_inputs(benchmarks: Path | None, declarations: Path | None) -> None:
+    if declarations is None:
+        err_console.print("[yellow]No --declarations:[/] declared conditions are not_declared.")
+    if benchmarks is None:
+        err_console.print(
+            "[yellow]No --benchmarks:[/] benchmark conditions are insufficient_data."
+        )
+
+
 @handle_errors
 def report_from_store(
     ctx: typer.Context,
     config_path: Path | None = typer.Option(None, "--config", help="Factory configuration."),
     period: str | None = typer.Option(None, "--period", help="2026-11-21, 2026-11 or 2026."),
+    first_day: str | None = typer.Option(
+        None, "--from", help="First day of a range (YYYY-MM-DD); every day to --to is built."
+    ),
+    last_day: str | None = typer.Option(None, "--to", help="Last day of the range (inclusive)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
     key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Agent key folder."),
     policy: Path = POLICY_OPTION,
@@ -120,8 +136,15 @@ def report_from_store(
     build)."""
     if ctx.invoked_subcommand is not None:
         return
-    if config_path is None or period is None:
-        raise InvalidInput("Give --config FILE and --period (2026-11-21, 2026-11 or 2026).")
+    days = None
+    if first_day is not None or last_day is not None:
+        days = range_days(first_day, last_day, period)
+        if revision or reason:
+            raise InvalidInput("--revision and --reason are for one --period, not a range.")
+    if config_path is None or (period is None and days is None):
+        raise InvalidInput(
+            "Give --config FILE and --period (2026-11-21, 2026-11 or 2026) or --from/--to."
+        )
     config = load_config(config_path)
     try:
         loaded = PolicyFiles(policy, benchmarks, declarations).load()
@@ -134,6 +157,11 @@ def report_from_store(
                 key_dir=key_dir, policy=loaded, bureau_id=bureau_id,
                 passphrase=read_passphrase(passphrase_file),
             )
+            if days is not None:
+                if build_range(context, days).built:
+                    _warn_missing_inputs(benchmarks, declarations)
+                return
+            assert period is not None
             built = build_period_report(context, period, revision=revision, reason=reason)
         finally:
             store.close()
@@ -147,12 +175,7 @@ def report_from_store(
             "nothing was signed."
         )
         return
-    if declarations is None:
-        err_console.print("[yellow]No --declarations:[/] declared conditions are not_declared.")
-    if benchmarks is None:
-        err_console.print(
-            "[yellow]No --benchmarks:[/] benchmark conditions are insufficient_data."
-        )
+    _warn_missing_inputs(benchmarks, declarations)
     if not built.has_data:
         err_console.print(
             f"[yellow]No data:[/] the store has no sample for {period}; the report says so "
@@ -353,6 +376,7 @@ def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle dire
 def register(app: typer.Typer) -> None:
     """Add `report`, `evidence` and `verify` to the `tieragent` app."""
     report_app.callback()(report_from_store)
+    report_app.command("release")(report_release)
     app.add_typer(report_app, name="report")
     app.add_typer(evidence_app, name="evidence")
     app.command("verify")(verify_command)

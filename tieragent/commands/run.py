@@ -49,6 +49,7 @@ def run(
     One instance per data directory: a second `run` on the same --data-dir exits 2 naming
     the pid that holds `<data-dir>/agent.lock`.
     """
+    from agent import sd_notify
     from agent.instance_lock import InstanceLock
     from agent.metrics import AgentMetrics, MetricsServer
     from agent.mirror import InfluxMirror
@@ -94,7 +95,16 @@ def run(
             loop.add_signal_handler(signum, stop.set)
         if duration is not None:
             loop.call_later(duration, stop.set)
-        await runtime.run(stop)
+        # Under systemd (Type=notify, WatchdogSec=): READY=1, WATCHDOG=1 while healthy, STOPPING=1.
+        notifier = sd_notify.Notifier.from_env()
+        notifying = asyncio.create_task(sd_notify.supervise(
+            notifier, lambda: sd_notify.writer_keeping_up(runtime.health()), stop,
+            sd_notify.watchdog_interval()), name="sd-notify")
+        try:
+            await runtime.run(stop)
+        finally:
+            stop.set()
+            await notifying
 
     try:
         asyncio.run(main())

@@ -1,0 +1,74 @@
+"""What /healthz answers: a pure assessment of the runtime's connections, channel and writer.
+
+Unhealthy ("degraded", HTTP 503) when a connection has been down longer than
+`collection.health_connection_down_s`, when samples were dropped within the last
+`DROP_WINDOW_S`, when the channel is full (connectors are blocked), or when the store writer
+is not running or lags a minute behind. The body always lists every connection with
+whether it is up and since when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+DROP_WINDOW_S = 60.0
+MAX_LAG_S = 60.0
+
+
+@dataclass
+class LinkView:
+    """One connection as the runtime sees it: up or down since `since` (wall time)."""
+
+    up: bool
+    since: float
+    since_mono: float
+    ever_up: bool = False
+
+
+@dataclass
+class HealthInputs:
+    now_mono: float
+    links: Mapping[str, LinkView]
+    down_limit_s: float
+    writer_alive: bool
+    lag_s: float
+    queue_depth: int
+    channel_full: bool
+    dropped_total: int
+    last_drop_mono: float | None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+def assess(inputs: HealthInputs) -> dict[str, Any]:
+    """The /healthz body: `status` is "ok" exactly when `reasons` is empty."""
+    reasons: list[str] = []
+    connections: dict[str, dict[str, Any]] = {}
+    for name in sorted(inputs.links):
+        link = inputs.links[name]
+        for_s = max(0.0, inputs.now_mono - link.since_mono)
+        connections[name] = {"up": link.up, "since": _iso(link.since),
+                             "for_s": round(for_s, 1)}
+        if not link.up and for_s > inputs.down_limit_s:
+            what = "down" if link.ever_up else "not connected"
+            reasons.append(f"connection {name} {what} for {for_s:.0f} s "
+                           f"(limit {inputs.down_limit_s:g} s)")
+    if inputs.last_drop_mono is not None:
+        ago = inputs.now_mono - inputs.last_drop_mono
+        if ago <= DROP_WINDOW_S:
+            reasons.append(f"samples dropped {ago:.0f} s ago ({inputs.dropped_total} since "
+                           f"start): the store cannot commit")
+    if inputs.channel_full:
+        reasons.append(f"channel full ({inputs.queue_depth} items): connectors are blocked")
+    if not inputs.writer_alive:
+        reasons.append("store writer not running")
+    elif inputs.lag_s >= MAX_LAG_S:
+        reasons.append(f"store writer {inputs.lag_s:.0f} s behind")
+    return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+            "connections": connections, "queue_depth": inputs.queue_depth,
+            "store_lag_s": round(inputs.lag_s, 3), "samples_dropped": inputs.dropped_total}

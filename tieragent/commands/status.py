@@ -1,0 +1,239 @@
+"""`tieragent status --data-dir data [--json]`: the agent's state from its data directory.
+
+Reads outbox.db and agent.db read-only (no running agent needed, and a running agent is not
+disturbed): the outbox by state, the last receipt, every quarantined report with its reason,
+the oldest open report's age; per device the last sample and its age; the store's size.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.outbox import ACKED, INFLIGHT, PENDING, REJECTED
+from tieragent.console import InvalidInput, handle_errors
+
+NONE = "—"
+OUTBOX_NAME, STORE_NAME = "outbox.db", "agent.db"
+
+
+@dataclass
+class Quarantined:
+    report_id: str
+    factory_id: str
+    seq: int
+    period_slot: str
+    reason: str | None
+    rejected_at: str | None
+
+
+@dataclass
+class OutboxStatus:
+    path: str
+    exists: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    last_receipt_at: str | None = None
+    oldest_open_report_id: str | None = None
+    oldest_open_age_s: float | None = None
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+@dataclass
+class DeviceStatus:
+    device_id: str
+    last_sample_at: str | None
+    age_s: float | None
+
+
+@dataclass
+class StoreStatus:
+    path: str
+    exists: bool
+    size_bytes: int | None = None
+    devices: list[DeviceStatus] = field(default_factory=list)
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.DatabaseError as error:
+        raise InvalidInput(f"{path}: cannot be opened read-only ({error}).") from None
+    with closing(db):
+        try:
+            yield db
+        except sqlite3.DatabaseError as error:
+            raise InvalidInput(
+                f"{path}: cannot be read ({error}); is it an agent data file?"
+            ) from None
+
+
+def outbox_status(path: Path, now: float) -> OutboxStatus:
+    status = OutboxStatus(str(path), path.is_file())
+    if not status.exists:
+        return status
+    with _read_only(path) as db:
+        status.counts = {PENDING: 0, INFLIGHT: 0, ACKED: 0, REJECTED: 0}
+        for state, number in db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            status.counts[str(state)] = int(number)
+        last = db.execute("SELECT MAX(acked_at) FROM outbox").fetchone()[0]
+        status.last_receipt_at = _iso(last)
+        oldest = db.execute(
+            "SELECT report_id, created_at FROM outbox WHERE state IN ('pending','inflight') "
+            "ORDER BY created_at, seq LIMIT 1"
+        ).fetchone()
+        if oldest is not None:
+            status.oldest_open_report_id = str(oldest[0])
+            status.oldest_open_age_s = round(max(0.0, now - float(oldest[1])), 1)
+        status.quarantined = [
+            Quarantined(str(r[0]), str(r[1]), int(r[2]), str(r[3]), r[4], _iso(r[5]))
+            for r in db.execute(
+                "SELECT report_id, factory_id, seq, period_slot, last_error, acked_at "
+                "FROM outbox WHERE state = 'rejected' ORDER BY factory_id, seq"
+            )
+        ]
+    return status
+
+
+def store_status(path: Path, now: float) -> StoreStatus:
+    status = StoreStatus(str(path), path.is_file())
+    if not status.exists:
+        return status
+    status.size_bytes = sum(
+        p.stat().st_size
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+        if p.is_file()
+    )
+    with _read_only(path) as db:
+        # The newest hour of each device locates its last samples (sample_index, rowid range).
+        rows = db.execute(
+            "SELECT i.device_id, (SELECT MAX(s.received_ts) FROM samples s "
+            "  WHERE s.rowid BETWEEN i.first_rowid AND i.last_rowid) "
+            "FROM sample_index i WHERE i.hour_start = "
+            "  (SELECT MAX(hour_start) FROM sample_index j WHERE j.device_id = i.device_id) "
+            "ORDER BY i.device_id"
+        ).fetchall()
+    status.devices = [
+        DeviceStatus(
+            str(device),
+            _iso(last),
+            None if last is None else round(max(0.0, now - float(last)), 1),
+        )
+        for device, last in rows
+    ]
+    return status
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return NONE
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return f"{int(seconds)} s"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return NONE
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return NONE  # unreachable
+
+
+def _text(value: Any) -> str:
+    return NONE if value is None or value == "" else str(value)
+
+
+def _print(console: Console, outbox: OutboxStatus, store: StoreStatus) -> None:
+    summary = Table(title="Outbox", show_header=False, expand=False)
+    summary.add_column("what", style="bold", no_wrap=True)
+    summary.add_column("value", overflow="fold")
+    summary.add_row("file", outbox.path if outbox.exists else f"{outbox.path} (none yet)")
+    for state in (PENDING, INFLIGHT, ACKED, REJECTED):
+        summary.add_row(state, _text(outbox.counts.get(state)))
+    summary.add_row("last receipt", _text(outbox.last_receipt_at))
+    oldest = (
+        f"{_age(outbox.oldest_open_age_s)} ({outbox.oldest_open_report_id})"
+        if outbox.oldest_open_report_id
+        else NONE
+    )
+    summary.add_row("oldest pending", oldest)
+    console.print(summary)
+    if outbox.quarantined:
+        rejected = Table(title="Quarantined reports (rejected by the bureau)", show_lines=True)
+        rejected.add_column("report, period, rejected at", no_wrap=True, min_width=36)
+        rejected.add_column("reason", overflow="fold")
+        for item in outbox.quarantined:
+            rejected.add_row(
+                f"{item.report_id}\n{item.period_slot} (seq {item.seq})\n"
+                f"{_text(item.rejected_at)}",
+                _text(item.reason),
+            )
+        console.print(rejected)
+        console.print(
+            "Fix the cause, then `tieragent report release --outbox "
+            f"{outbox.path} REPORT_ID|--all`.", highlight=False,
+        )
+    devices = Table(title="Store")
+    devices.add_column("device", overflow="fold")
+    devices.add_column("last sample (UTC)", overflow="fold")
+    devices.add_column("age", no_wrap=True)
+    for device in store.devices:
+        devices.add_row(device.device_id, _text(device.last_sample_at), _age(device.age_s))
+    if not store.devices:
+        devices.add_row(NONE, NONE, NONE)
+    console.print(devices)
+    where = store.path if store.exists else f"{store.path} (none yet)"
+    console.print(f"Store size on disk: {_size(store.size_bytes)} ({where})", highlight=False)
+
+
+@handle_errors
+def status_command(
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
+) -> None:
+    """Show the agent's state from its data directory: outbox, quarantine, last samples."""
+    outbox_path, store_path = data_dir / OUTBOX_NAME, data_dir / STORE_NAME
+    if not outbox_path.is_file() and not store_path.is_file():
+        raise InvalidInput(
+            f"{data_dir} has neither {STORE_NAME} nor {OUTBOX_NAME}: give the --data-dir of "
+            "`tieragent run` or `tieragent backfill`."
+        )
+    now = time.time()
+    outbox, store = outbox_status(outbox_path, now), store_status(store_path, now)
+    if as_json:
+        typer.echo(json.dumps({"outbox": asdict(outbox), "store": asdict(store)}, indent=2))
+        return
+    _print(Console(), outbox, store)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `status` to the `tieragent` app."""
+    app.command("status")(status_command)
