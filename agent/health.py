@@ -45,6 +45,12 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
+def writer_keeping_up(writer_alive: bool, lag_s: float) -> bool:
+    """The store writer runs and is less than `MAX_LAG_S` behind: the one health condition a
+    restart of the agent can fix (the systemd watchdog is fed on it, agent.sd_notify)."""
+    return writer_alive and lag_s < MAX_LAG_S
+
+
 def assess(inputs: HealthInputs) -> dict[str, Any]:
     """The /healthz body: `status` is "ok" exactly when `reasons` is empty."""
     reasons: list[str] = []

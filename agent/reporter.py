@@ -264,7 +264,7 @@ def build_period_report(
     }
     with_data = has_samples(base)
     if queued is not None:
-        _check_unchanged(queued, meta, report_args, _next_revision(context.outbox, meta))
+        _check_unchanged(queued, meta, report_args, context.outbox)
         return PeriodReport(queued, created=False, has_data=with_data)
     item = commit_signed_report(context.outbox, meta, signing_key, **report_args)
     return PeriodReport(item, created=True, has_data=with_data)
@@ -287,7 +287,7 @@ def _next_revision(outbox: Outbox, meta: ReportMeta) -> int:
 
 
 def _check_unchanged(
-    queued: OutboxItem, meta: ReportMeta, report_args: dict[str, Any], next_revision: int
+    queued: OutboxItem, meta: ReportMeta, report_args: dict[str, Any], outbox: Outbox
 ) -> None:
     """Raise PeriodDataChanged when the report the store gives now differs from the queued
     one in its base measures or its raw-data Merkle root."""
@@ -306,7 +306,7 @@ def _check_unchanged(
             f"{period.kind} {period.key} already has report {queued.report_id} (revision "
             f"{meta.revision}, seq {queued.seq}, {queued.state}), and the store's "
             f"{' and '.join(changed)} for it changed since: build a correction with "
-            f"--revision {next_revision} --reason \"<what changed and why>\"."
+            f"--revision {_next_revision(outbox, meta)} --reason \"<what changed and why>\"."
         )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import FactoryConfig
-from agent.health import HealthInputs, LinkView, assess
+from agent.health import HealthInputs, LinkView, assess, writer_keeping_up
 from agent.metrics import AgentMetrics
 from agent.store import IngestItem, LinkItem, Store
 from connectors.backoff import Backoff
@@ -202,6 +202,10 @@ class Runtime:
             queue_depth=len(self.channel), channel_full=self.channel.full(),
             dropped_total=self.state.dropped, last_drop_mono=self.state.last_drop_mono,
         ))
+
+    def writer_keeping_up(self) -> bool:
+        """For the systemd watchdog: a down connection is no reason to restart the agent."""
+        return writer_keeping_up(self.state.writer_alive, self.state.lag_s)
 
     def _link_changed(self, name: str, up: bool, reason: str = "") -> None:
         """The one log line per loss and per recovery of a connection."""

@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +60,6 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     except ValueError:
         return None
     return usec / 2e6 if usec > 0 else None
-
-
-def writer_keeping_up(health: Mapping[str, Any]) -> bool:
-    """From a /healthz body (`Runtime.health()`): is the store writer running and keeping up?
-
-    Only the writer counts for the watchdog: a connection that is down also makes /healthz
-    "degraded", but restarting the agent would not bring a switched-off PLC back, so it
-    must not stop the pings. The writer's problems are the reasons naming it (agent/health.py).
-    """
-    if health.get("status") == "ok":
-        return True
-    reasons = health.get("reasons")
-    if not isinstance(reasons, list):
-        return False  # degraded without reasons: assume the worst
-    return not any(str(reason).startswith("store writer") for reason in reasons)
 
 
 async def supervise(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import sd_notify
+from agent.metrics import AgentMetrics
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -53,23 +54,28 @@ def test_notifier_paths_and_watchdog_env(tmp_path: Path) -> None:
     assert sd_notify.watchdog_interval({}) is None
 
 
-def test_only_the_store_writer_stops_the_watchdog() -> None:
-    from agent.health import HealthInputs, LinkView, assess
+def test_only_the_store_writer_stops_the_watchdog(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.health import LinkView
+    from agent.runtime import Runtime, build_connectors
+    from agent.store import Store
 
-    def health(**changes: object) -> dict[str, object]:
-        inputs = {"now_mono": 1000.0, "links": {"plc": LinkView(True, 0.0, 0.0, True)},
-                  "down_limit_s": 60.0, "writer_alive": True, "lag_s": 0.5,
-                  "queue_depth": 0, "channel_full": False, "dropped_total": 0,
-                  "last_drop_mono": None, **changes}
-        return assess(HealthInputs(**inputs))  # type: ignore[arg-type]
-
-    assert sd_notify.writer_keeping_up(health())
-    # A PLC switched off for long is "degraded" for /healthz, but a restart cannot fix it.
-    down = health(links={"plc": LinkView(False, 0.0, 0.0, True)})
-    assert down["status"] == "degraded" and sd_notify.writer_keeping_up(down)
-    assert not sd_notify.writer_keeping_up(health(writer_alive=False))
-    assert not sd_notify.writer_keeping_up(health(lag_s=120.0))
-    assert not sd_notify.writer_keeping_up({"status": "degraded"})
+    config = load_config(CONFIG)
+    store = Store.open(tmp_path / "agent.db", config)
+    try:
+        runtime = Runtime(config, store, build_connectors(config), AgentMetrics())
+        runtime.state.writer_alive, runtime.state.lag_s = True, 0.5
+        assert runtime.writer_keeping_up()
+        # A PLC switched off for long is "degraded" for /healthz, but a restart cannot fix it.
+        down = LinkView(False, 0.0, -1e6, True)
+        runtime.state.links = {name: down for name in runtime.connectors}
+        assert runtime.health()["status"] == "degraded" and runtime.writer_keeping_up()
+        runtime.state.writer_alive = False
+        assert not runtime.writer_keeping_up()
+        runtime.state.writer_alive, runtime.state.lag_s = True, 120.0
+        assert not runtime.writer_keeping_up()
+    finally:
+        store.close()
 
 
 async def test_watchdog_withheld_while_unhealthy(tmp_path: Path) -> None:

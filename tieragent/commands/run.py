@@ -98,7 +98,7 @@ def run(
         # Under systemd (Type=notify, WatchdogSec=): READY=1, WATCHDOG=1 while healthy, STOPPING=1.
         notifier = sd_notify.Notifier.from_env()
         notifying = asyncio.create_task(sd_notify.supervise(
-            notifier, lambda: sd_notify.writer_keeping_up(runtime.health()), stop,
+            notifier, runtime.writer_keeping_up, stop,
             sd_notify.watchdog_interval()), name="sd-notify")
         try:
             await runtime.run(stop)
