@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import AgentError
+from agent.service_config import Delivery, Reporting, resolve_paths
 from connectors.config import (
     Connection,
     ModbusAddress,
@@ -87,9 +88,10 @@ class Collection(Strict):
     health_connection_down_s: float = Field(
         60.0, gt=0, description="/healthz answers 503 once a connection has been down this long."
     )
-    report_grace_s: float = Field(
-        900.0, ge=0, description="Wait this long after a period ends (late data) before its "
-        "report may be built."
+    raw_quota_mb: float = Field(
+        10_000.0, gt=0, description="Disk quota of raw samples: alarms at 80 % and 95 %; at "
+        "the limit the oldest raw samples past retention go first, then new samples are "
+        "counted as a gap. Reports, the outbox and derived tables are never dropped."
     )
 
 
@@ -143,6 +145,8 @@ class FactoryConfig(Strict):
     state_maps: dict[str, dict[int, State]] = Field(default_factory=dict)
     connections: dict[str, Connection] = Field(default_factory=dict)
     devices: tuple[Device, ...]
+    reporting: Reporting | None = None
+    delivery: Delivery | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -211,6 +215,11 @@ class FactoryConfig(Strict):
 
     def device(self, device_id: str) -> Device:
         return next(d for d in self.devices if d.id == device_id)
+
+    @property
+    def report_grace_s(self) -> float:
+        """Late-data grace after a period ends (`reporting.grace_s`, or its default)."""
+        return (self.reporting or Reporting()).grace_s
 
 
 def _overlaps(where: str, signals: Sequence[Signal]) -> list[str]:
@@ -286,6 +295,17 @@ def _problems_from(error: ValidationError, file: str) -> list[ConfigProblem]:
     return problems
 
 
+def with_absolute_paths(config: FactoryConfig, base: Path) -> FactoryConfig:
+    """`config` with the relative paths of `reporting:` and `delivery:` read against `base`
+    (the configuration file's folder), so the agent's working directory does not matter."""
+    updates: dict[str, Any] = {}
+    for name in ("reporting", "delivery"):
+        section = getattr(config, name)
+        if section is not None:
+            updates[name] = resolve_paths(section, base.absolute())
+    return config.model_copy(update=updates) if updates else config
+
+
 def parse_config(raw: Any, file: str = "<config>") -> FactoryConfig:
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem(file, "(top level)", "expected a YAML mapping")])
@@ -313,7 +333,7 @@ def load_config(path: Path, *, resolve_secrets: bool = False) -> FactoryConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
         raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {exc}")]) from None
-    config = parse_config(raw, file)
+    config = with_absolute_paths(parse_config(raw, file), path.parent)
     if resolve_secrets:
         problems = secret_problems(config, file)
         if problems:

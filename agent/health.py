@@ -2,8 +2,9 @@
 
 Unhealthy ("degraded", HTTP 503) when a connection has been down longer than
 `collection.health_connection_down_s`, when samples were dropped within the last
-`DROP_WINDOW_S`, when the channel is full (connectors are blocked), or when the store writer
-is not running or lags a minute behind. The body always lists every connection with
+`DROP_WINDOW_S`, when raw samples use 95 % or more of their disk quota
+(`agent.store.quota`), when the channel is full (connectors are blocked), or when the store
+writer is not running or lags a minute behind. The body always lists every connection with
 whether it is up and since when.
 """
 
@@ -13,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from agent.store.quota import CRITICAL, MB, QuotaReading
 
 DROP_WINDOW_S = 60.0
 MAX_LAG_S = 60.0
@@ -39,6 +42,8 @@ class HealthInputs:
     channel_full: bool
     dropped_total: int
     last_drop_mono: float | None
+    drop_reason: str | None = None  # agent.store.losses: disk_full_or_io_error, raw_quota_full
+    raw_quota: QuotaReading | None = None  # the last raw-sample quota check, if any yet
 
 
 def _iso(t: float) -> str:
@@ -67,8 +72,13 @@ def assess(inputs: HealthInputs) -> dict[str, Any]:
     if inputs.last_drop_mono is not None:
         ago = inputs.now_mono - inputs.last_drop_mono
         if ago <= DROP_WINDOW_S:
+            why = ("the raw sample quota is full" if inputs.drop_reason == "raw_quota_full"
+                   else "the store cannot commit")
             reasons.append(f"samples dropped {ago:.0f} s ago ({inputs.dropped_total} since "
-                           f"start): the store cannot commit")
+                           f"start): {why}")
+    quota = inputs.raw_quota
+    if quota is not None and quota.fraction >= CRITICAL:
+        reasons.append(quota.describe())
     if inputs.channel_full:
         reasons.append(f"channel full ({inputs.queue_depth} items): connectors are blocked")
     if not inputs.writer_alive:
@@ -77,4 +87,6 @@ def assess(inputs: HealthInputs) -> dict[str, Any]:
         reasons.append(f"store writer {inputs.lag_s:.0f} s behind")
     return {"status": "degraded" if reasons else "ok", "reasons": reasons,
             "connections": connections, "queue_depth": inputs.queue_depth,
-            "store_lag_s": round(inputs.lag_s, 3), "samples_dropped": inputs.dropped_total}
+            "store_lag_s": round(inputs.lag_s, 3), "samples_dropped": inputs.dropped_total,
+            "raw_mb": None if quota is None else round(quota.raw_bytes / MB, 3),
+            "raw_quota_mb": None if quota is None else round(quota.quota_bytes / MB, 3)}

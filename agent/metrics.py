@@ -39,7 +39,8 @@ class AgentMetrics:
             "skewed samples (positive: the device clock is ahead).",
             ["device"], registry=r)
         self.samples_dropped = Counter(
-            "tieragent_samples_dropped", "Samples lost (disk full / I/O error), counted as gaps.",
+            "tieragent_samples_dropped",
+            "Samples not stored, counted as gaps: disk_full_or_io_error, raw_quota_full.",
             ["reason"], registry=r)
         self.connection_up = Gauge("tieragent_connection_up", "1 while the connection is up.",
                                    ["connection"], registry=r)
@@ -57,6 +58,14 @@ class AgentMetrics:
                                registry=r)
         self.commit_seconds = Histogram("tieragent_store_commit_seconds",
                                         "Duration of one store transaction.", registry=r)
+        self.raw_bytes = Gauge(
+            "tieragent_raw_bytes", "Bytes of agent.db in use, raw samples being nearly all of it "
+            "(agent.store.quota).", registry=r)
+        self.raw_quota_bytes = Gauge("tieragent_raw_quota_bytes",
+                                     "collection.raw_quota_mb in bytes.", registry=r)
+        self.raw_quota_level = Gauge(
+            "tieragent_raw_quota_level", "Raw-sample quota alarm: 0 below 80 %, 1 from 80 %, "
+            "2 from 95 %, 3 full (new samples are dropped).", registry=r)
         self.last_commit = Gauge("tieragent_store_last_commit_timestamp_seconds",
                                  "Wall time of the last successful commit.", registry=r)
 

@@ -156,6 +156,20 @@ class Outbox:
         `build(seq, prev_sha256)` returns the report dict; `sign(payload)` the compact JWS.
         If the period already has a row, that row is returned and nothing is rebuilt.
         """
+        return self.commit_payload(
+            factory_id, period_slot, lambda seq, prev: (build(seq, prev), None), sign
+        )
+
+    def commit_payload(
+        self,
+        factory_id: str,
+        period_slot: str,
+        build: Callable[[int, str], tuple[Mapping[str, Any], bytes | None]],
+        sign: Callable[[bytes], str],
+    ) -> OutboxItem:
+        """`commit_report` for a `build` that returns the report with its canonical bytes
+        (`agent.protocol.report.build_report_payload`), which are then signed as they are
+        instead of canonicalising the report a second time; None canonicalises here."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             existing = self._db.execute(
@@ -166,11 +180,11 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 return OutboxItem(*existing)
             seq, prev = self.chain_head(factory_id)
-            report = build(seq + 1, prev)
+            report, built_payload = build(seq + 1, prev)
             if report.get("seq") != seq + 1 or report.get("prev_sha256") != prev:
                 raise OutboxError("build() must use the seq and prev_sha256 it was given.")
             crash_point("after_build")
-            payload = canonical_bytes(report)
+            payload = canonical_bytes(report) if built_payload is None else built_payload
             token = sign(payload)
             crash_point("after_sign")
             digest = sha256_hex(payload)
@@ -278,6 +292,15 @@ class Outbox:
         for state, number in self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
             counts[str(state)] = int(number)
         return counts
+
+    def oldest_unacked_at(self, factory_id: str) -> float | None:
+        """Creation time (epoch s) of the oldest report still waiting for its receipt."""
+        row = self._db.execute(
+            "SELECT MIN(created_at) FROM outbox WHERE factory_id = ? "
+            "AND state IN ('pending','inflight')",
+            (factory_id,),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def unacked(self) -> int:
         counts = self.counts()

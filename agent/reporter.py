@@ -7,7 +7,7 @@ report in one outbox transaction (agent.outbox).
 Only what is true is signed:
 
 - A period is built only once it has ended plus the grace for late data
-    (`collection.report_grace_s`); before that `PeriodNotOver` names the earliest local time.
+    (`reporting.grace_s`); before that `PeriodNotOver` names the earliest local time.
 - A period without any received sample is reported as such: coverage 0, every condition
     insufficient_data (agent.assess), and the bureau does not count it as a coverage day.
 - A period that already has a report at this revision is not rebuilt: the outbox keeps the
@@ -19,38 +19,52 @@ Only what is true is signed:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 from joserfc.jwk import OKPKey
 
-from agent.assess import assess, params_for
+from agent import raw_segments
+from agent.assess import params_for
 from agent.config import FactoryConfig
 from agent.errors import AgentError
 from agent.outbox import Outbox, OutboxItem
 from agent.protocol.envelope import (
     Kind,
-    canonical_bytes,
     public_jwk,
     sign_compact,
     thumbprint,
     unverified_payload,
 )
 from agent.protocol.keys import PRIVATE_NAME, load_private_key
-from agent.protocol.merkle import RECORD, Segment, leaf_hash, segment_header
-from agent.protocol.period import Period
-from agent.protocol.report import ReportMeta, build_report, has_samples, report_id
+from agent.protocol.merkle import Segment
+from agent.protocol.period import Period, PeriodError
+from agent.protocol.report import (
+    ReportMeta,
+    build_report,
+    build_report_payload,
+    has_samples,
+    report_id,
+)
+from agent.raw_segments import segments
+from agent.report_inputs import InputPool, PeriodInputs, period_inputs
 from agent.store.store import Store
-from indicators.catalog import BASELINE_INDICATORS, INDICATORS
 from indicators.policy import PolicySet, file_sha256
-from indicators.vocabulary import Q_BAD, Q_GOOD, QUALITY_NAMES
+
+# From this many days on, `build_period_reports` computes days ahead in worker processes
+# (starting them costs about a second).
+POOL_MIN_DAYS = 20
+
+# Re-exported for callers and tests that know it from here (it lives in agent.raw_segments).
+segment_digests = raw_segments.segment_digests
 
 
 def agent_version() -> str:
@@ -60,76 +74,6 @@ def agent_version() -> str:
         return version("tieragent")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def segments(raw: pd.DataFrame) -> Iterator[Segment]:
-    """Raw samples grouped into (device, signal, UTC hour) segments (agent.protocol.merkle)."""
-    if raw.empty:
-        return
-    hour = (raw["source_ts"].to_numpy(np.float64) // 3600).astype(np.int64) * 3600
-    frame = raw.assign(hour_start=hour)
-    for keys, group in frame.groupby(["device_id", "signal_id", "hour_start"], sort=True):
-        device_id, signal_id, hour_start = cast(tuple[str, str, int], keys)
-        rows = tuple(
-            (
-                float(s), float(r), str(signal_id), _plain(v),
-                QUALITY_NAMES.get(int(q), QUALITY_NAMES[Q_BAD]),
-            )
-            for s, r, v, q in zip(
-                group["source_ts"], group["received_ts"], group["value"], group["quality"],
-                strict=True,
-            )
-        )
-        yield Segment(str(device_id), str(signal_id), int(hour_start), rows)
-
-
-def _plain(value: Any) -> Any:
-    """Numpy scalars to plain Python values for canonical JSON."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def segment_digests(raw: pd.DataFrame) -> list[bytes]:
-    """Leaf hashes of every segment of `raw`, in leaf order; vectorised.
-
-    Produces exactly `segment_digest(segment)` for each segment of `segments(raw)` (a test
-    holds the two to the same bytes) at a fraction of the cost.
-    """
-    if raw.empty:
-        return []
-    source_ts = raw["source_ts"].to_numpy(np.float64)
-    received_ts = raw["received_ts"].to_numpy(np.float64)
-    hour = (source_ts // 3600).astype(np.int64) * 3600
-    devices = pd.Categorical(raw["device_id"].astype(str))
-    signals = pd.Categorical(raw["signal_id"].astype(str))
-    device_codes = np.asarray(devices.codes)
-    signal_codes = np.asarray(signals.codes)
-    values = pd.to_numeric(raw["value"], errors="coerce").to_numpy(np.float64)
-    non_numeric = np.asarray(raw["value"].map(lambda v: not isinstance(v, int | float | np.number)))
-    order = np.lexsort((received_ts, source_ts, signal_codes, device_codes, hour))
-    records = np.zeros(len(order), dtype=RECORD)
-    records["source_ts"] = source_ts[order]
-    records["received_ts"] = received_ts[order]
-    records["value"] = np.where(non_numeric, np.nan, values)[order]
-    records["q"] = raw["quality"].to_numpy(np.int64)[order].clip(Q_GOOD, Q_BAD)
-    keys = np.stack([hour[order], device_codes[order], signal_codes[order]], axis=1)
-    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-    ends = np.r_[starts[1:], len(order)]
-    sorted_non_numeric = non_numeric[order]
-    device_names = np.asarray(devices.categories, dtype=object)
-    signal_names = np.asarray(signals.categories, dtype=object)
-    raw_values = raw["value"].to_numpy(object)[order]
-    digests: list[bytes] = []
-    for first, last in zip(starts.tolist(), ends.tolist(), strict=True):
-        hour_start, device_code, signal_code = keys[first]
-        data = segment_header(
-            str(device_names[device_code]), str(signal_names[signal_code]), int(hour_start)
-        ) + records[first:last].tobytes()
-        if sorted_non_numeric[first:last].any():
-            data += canonical_bytes([_plain(v) for v in raw_values[first:last]])
-        digests.append(leaf_hash(data))
-    return digests
 
 
 def segments_of_report(store: Store) -> Callable[[Mapping[str, Any]], Iterable[Segment]]:
@@ -195,7 +139,7 @@ def check_period_over(period: Period, grace_s: float, now: float) -> None:
         raise PeriodNotOver(
             f"{period.kind} {period.key} is not over: its report can be built from "
             f"{local_time(ready, period.time_zone)} on, when the period has ended plus "
-            f"{grace_s / 60:g} min of grace for late data (collection.report_grace_s)."
+            f"{grace_s / 60:g} min of grace for late data (reporting.grace_s)."
         )
 
 
@@ -207,9 +151,123 @@ def build_period_report(
     Raises PeriodNotOver, PeriodDataChanged (the queued report at this revision no longer
     matches the store) or RevisionReasonMissing (revision > 0 without `reason`).
     """
+    return _build(context, _Shared.load(context), key, revision=revision, reason=reason)
+
+
+def build_period_reports(
+    context: ReportContext,
+    keys: Sequence[str],
+    progress: Callable[[str, PeriodReport], None] | None = None,
+    *,
+    workers: int | None = None,
+) -> list[PeriodReport]:
+    """`build_period_report` of every key in order (revision 0), sharing what they can: the
+    signing key, file digests and inventory are read once, and day reports read their base
+    measures a month at a time. The reports are the same bytes as one by one (apart from
+    `issued_at`), each committed in its own transaction.
+
+    From POOL_MIN_DAYS days on, the measured part of each day (evaluation, indicators,
+    segment digests) is computed `workers` days ahead in worker processes (default: one per
+    core, at most two; 0 for none), while this process signs and commits in order.
+
+    `progress(key, report)` is called after each. The first error stops the run and is
+    raised; the reports committed before it stay.
+    """
+    shared = _Shared.load(context)
+    zone = context.config.factory.time_zone
+    days = [Period.parse(key, zone).bounds() for key in keys if _is_day(key, zone)]
+    window = _BaseWindow(context.store, max((end for _, end in days), default=0.0))
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    pool = None
+    if workers > 0 and len(days) >= POOL_MIN_DAYS:
+        pool = InputPool(
+            context.store.path, context.config, context.policy, shared.inventory, workers
+        )
+    try:
+        ahead = iter(pool.inputs(days)) if pool is not None else None
+        built: list[PeriodReport] = []
+        for key in keys:
+            inputs = next(ahead) if ahead is not None and _is_day(key, zone) else None
+            report = _build(
+                context, shared, key, revision=0, reason=None, window=window, inputs=inputs
+            )
+            built.append(report)
+            if progress is not None:
+                progress(key, report)
+        return built
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _is_day(key: str, zone: str) -> bool:
+    try:
+        return Period.parse(key, zone).kind == "day"
+    except PeriodError:
+        return False  # raised again, in order, when its turn comes
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every report of one run has in common, read once."""
+
+    signing_key: OKPKey
+    kid: str
+    agent_version: str
+    config_sha256: str
+    policy_sha256: str
+    params: dict[str, Any]
+    inventory: pd.DataFrame
+
+    @classmethod
+    def load(cls, context: ReportContext) -> _Shared:
+        signing_key = load_private_key(context.key_dir / PRIVATE_NAME, context.passphrase)
+        return cls(
+            signing_key=signing_key,
+            kid=thumbprint(public_jwk(signing_key)),
+            agent_version=agent_version(),
+            config_sha256=file_sha256(context.config_path),
+            policy_sha256=file_sha256(context.policy.files.policy),
+            # The report carries the parameters it was computed with (industry code and
+            # province pick the benchmark rows at the bureau), so anyone can recompute it.
+            params=dataclasses.asdict(params_for(context.config, context.policy.policy)),
+            inventory=context.store.inventory(),
+        )
+
+
+class _BaseWindow:
+    """Base measures of consecutive days, read from the store a month at a time; a day's
+    slice is the frame `Store.base_measures` would give for it (a day without rows is read
+    on its own, so that even its empty frame's column types are the store's)."""
+
+    SPAN_S = 32 * 86400.0
+
+    def __init__(self, store: Store, horizon: float) -> None:
+        self.store = store
+        self.horizon = horizon  # the end of the last day asked for
+        self.start = self.end = 0.0
+        self.frame: pd.DataFrame | None = None
+        self.hours = np.zeros(0, dtype=np.int64)
+
+    def day(self, start: float, end: float) -> pd.DataFrame:
+        if self.frame is None or start < self.start or end > self.end:
+            self.start, self.end = start, max(end, min(start + self.SPAN_S, self.horizon))
+            self.frame = self.store.base_measures(self.start, self.end)
+            self.hours = self.frame["hour_start"].to_numpy(np.int64)
+        rows = (self.hours >= start) & (self.hours < end)
+        if not rows.any():
+            return self.store.base_measures(start, end)
+        return self.frame.loc[rows].reset_index(drop=True)
+
+
+def _build(
+    context: ReportContext, shared: _Shared, key: str, *, revision: int, reason: str | None,
+    window: _BaseWindow | None = None, inputs: PeriodInputs | None = None,
+) -> PeriodReport:
     config = context.config
     period = Period.parse(key, config.factory.time_zone)
-    check_period_over(period, config.collection.report_grace_s, context.now())
+    check_period_over(period, config.report_grace_s, context.now())
     reason = reason.strip() if reason else None
     if revision > 0 and not reason:
         raise RevisionReasonMissing(
@@ -219,54 +277,46 @@ def build_period_report(
     factory_id = config.factory.factory_id
     queued = context.outbox.find(factory_id, period.slot(revision))
     start, end = period.bounds()
-    base = context.store.base_measures(start, end)
-    inventory = context.store.inventory()
-    assessed = assess(config, base, inventory, context.policy)
-    evaluation = assessed.to_json()
-    # The evaluation computed the factory's indicators from these base measures already.
-    factory_scope = assessed.indicators.get("factory")
-    indicators = (
-        {
-            key: value.to_json()
-            for key, value in sorted(factory_scope.items())
-            if key in INDICATORS and key not in BASELINE_INDICATORS  # a report has no baseline
-        }
-        if factory_scope is not None
-        else None
-    )
-    # The report carries the parameters it was computed with (industry code and province
-    # pick the benchmark rows at the bureau), so anyone can recompute it from the report.
-    params = dataclasses.asdict(params_for(config, context.policy.policy))
-    raw = context.store.raw_samples(start, end)
-    digests = segment_digests(raw)
-    signing_key = load_private_key(context.key_dir / PRIVATE_NAME, context.passphrase)
+    if inputs is None:
+        if window is not None and period.kind == "day":
+            base = window.day(start, end)
+        else:
+            base = context.store.base_measures(start, end)
+        inputs = period_inputs(
+            config, context.policy, shared.inventory, base,
+            lambda: context.store.raw_columns(start, end),
+            lambda: context.store.raw_samples(start, end),
+        )
+    base = inputs.base
     meta = ReportMeta(
         factory_id=factory_id,
         enterprise_id=config.factory.enterprise_id,
         bureau_id=context.bureau_id,
-        agent_version=agent_version(),
-        kid=thumbprint(public_jwk(signing_key)),
-        config_sha256=file_sha256(context.config_path),
-        policy_sha256=file_sha256(context.policy.files.policy),
+        agent_version=shared.agent_version,
+        kid=shared.kid,
+        config_sha256=shared.config_sha256,
+        policy_sha256=shared.policy_sha256,
         period=period,
-        issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        issued_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(context.now())),
         revision=revision,
         supersedes=_superseded(context.outbox, factory_id, period, revision),
         revision_reason=reason if revision > 0 else None,
     )
     report_args: dict[str, Any] = {
-        "inventory": inventory,
+        "inventory": shared.inventory,
         "base": base,
-        "evaluation": evaluation,
-        "segment_digests": digests,
-        "params": params,
-        "indicators": indicators,
+        "evaluation": inputs.evaluation,
+        "segment_digests": inputs.digests,
+        "params": shared.params,
+        "indicators": inputs.indicators,
     }
     with_data = has_samples(base)
     if queued is not None:
         _check_unchanged(queued, meta, report_args, context.outbox)
         return PeriodReport(queued, created=False, has_data=with_data)
-    item = commit_signed_report(context.outbox, meta, signing_key, **report_args)
+    item = commit_signed_report(
+        context.outbox, meta, shared.signing_key, merkle_root=inputs.merkle_root, **report_args
+    )
     return PeriodReport(item, created=True, has_data=with_data)
 
 
@@ -321,12 +371,15 @@ def commit_signed_report(
     segment_digests: Sequence[bytes],
     params: Mapping[str, Any] | None = None,
     indicators: Mapping[str, Any] | None = None,
+    merkle_root: bytes | None = None,
 ) -> OutboxItem:
     """Build, sign and commit the report `meta` describes, once per period and revision: the
-    outbox assigns seq and prev_sha256 inside its transaction, so a rebuild is not re-signed."""
+    outbox assigns seq and prev_sha256 inside its transaction, so a rebuild is not re-signed.
+    The canonical bytes made while building are the ones signed (no second canonicalisation).
+    """
 
-    def build(seq: int, prev: str) -> dict[str, Any]:
-        return build_report(
+    def build(seq: int, prev: str) -> tuple[dict[str, Any], bytes]:
+        return build_report_payload(
             meta,
             seq=seq,
             prev_sha256=prev,
@@ -336,9 +389,10 @@ def commit_signed_report(
             segment_digests=segment_digests,
             params=params,
             indicators=indicators,
+            merkle_root=merkle_root,
         )
 
-    return outbox.commit_report(
+    return outbox.commit_payload(
         meta.factory_id,
         meta.period.slot(meta.revision),
         build,

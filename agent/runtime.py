@@ -12,6 +12,8 @@
   derivation state) is shared by more samples. A sample is acknowledged once that commit
   returns, so within about half a second of arriving. If the store falls behind, the
   queue depth and store lag metrics show it and a warning is logged (at most every 10 s).
+* Between commits, at most every `agent.store.quota.CHECK_EVERY_S`, the writer checks the
+  raw-sample disk quota (metrics, log, /healthz; the policy at the limit is in that module).
 * Stop (SIGTERM / SIGINT / duration): connectors are cancelled, the channel is flushed
   into the store, the store is closed.
 """
@@ -31,7 +33,9 @@ from typing import Any, Protocol
 from agent.config import FactoryConfig
 from agent.health import HealthInputs, LinkView, assess, writer_keeping_up
 from agent.metrics import AgentMetrics
-from agent.store import IngestItem, LinkItem, Store
+from agent.store import IngestItem, LinkItem, Store, StoreError
+from agent.store.losses import DISK_FULL
+from agent.store.quota import QuotaReading
 from connectors.backoff import Backoff
 from connectors.base import Connector, LinkEvent, LinkState, SignalBinding
 from connectors.sample import Sample
@@ -126,6 +130,8 @@ class RuntimeState:
     links: dict[str, LinkView] = field(default_factory=dict)
     dropped: int = 0
     last_drop_mono: float | None = None
+    drop_reason: str | None = None
+    raw_quota: QuotaReading | None = None  # the last raw-sample quota check
 
 
 def bindings_by_connection(config: FactoryConfig) -> dict[str, list[SignalBinding]]:
@@ -142,7 +148,8 @@ def bindings_by_connection(config: FactoryConfig) -> dict[str, list[SignalBindin
 
 
 def build_connectors(
-    config: FactoryConfig, *, splits_file: Path | None = None
+    config: FactoryConfig, *, splits_file: Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, Connector]:
     """One connector per used connection (imports the protocol modules lazily).
 
@@ -169,7 +176,8 @@ def build_connectors(
                 splits = splits or SplitFile(splits_file)
                 extra = {"learned_splits": splits.load(name, connection),
                          "on_split": splits.recorder(name, connection)}
-        connectors[name] = factory(name=name, connection=connection, bindings=bindings, **extra)
+        connectors[name] = factory(name=name, connection=connection, bindings=bindings,
+                                   clock=clock, **extra)
     return connectors
 
 
@@ -201,6 +209,7 @@ class Runtime:
             writer_alive=self.state.writer_alive, lag_s=self.state.lag_s,
             queue_depth=len(self.channel), channel_full=self.channel.full(),
             dropped_total=self.state.dropped, last_drop_mono=self.state.last_drop_mono,
+            drop_reason=self.state.drop_reason, raw_quota=self.state.raw_quota,
         ))
 
     def writer_keeping_up(self) -> bool:
@@ -299,6 +308,8 @@ class Runtime:
                 items, oldest = await self.channel.take(BATCH_MAX, FLUSH_INTERVAL_S)
                 started = time.monotonic()
                 await self._commit(items, oldest)
+                if self.store.quota.due():
+                    await self._check_quota()
                 if stop.is_set() and not len(self.channel):
                     break
                 rest = COMMIT_INTERVAL_S - (time.monotonic() - started)
@@ -307,11 +318,23 @@ class Runtime:
                         await asyncio.wait_for(stop.wait(), rest)
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY_S
-                    deleted = await asyncio.to_thread(self.store.purge_raw, self.clock())
+                    try:
+                        deleted = await asyncio.to_thread(self.store.purge_raw, self.clock())
+                    except StoreError as error:  # a full disk: not a reason to stop writing
+                        deleted = 0
+                        log.warning("Purging old raw samples failed; trying again in an hour.",
+                                    extra={"fields": {"error": str(error)}})
                     if deleted:
                         log.info("Old raw samples purged.", extra={"fields": {"rows": deleted}})
         finally:
             self.state.writer_alive = False
+
+    async def _check_quota(self) -> None:
+        reading = await asyncio.to_thread(self.store.quota.check, self.clock())
+        self.state.raw_quota = reading
+        self.metrics.raw_bytes.set(reading.raw_bytes)
+        self.metrics.raw_quota_bytes.set(reading.quota_bytes)
+        self.metrics.raw_quota_level.set(reading.level)
 
     async def _commit(self, items: list[IngestItem], oldest: float) -> None:
         # The state advances to now minus the realtime bound, so slightly late samples
@@ -329,10 +352,12 @@ class Runtime:
             self.state.last_commit_mono = done
             self.metrics.last_commit.set(self.clock())
         else:
-            self.metrics.samples_dropped.labels("disk_full_or_io_error").inc(result.dropped)
+            reason = result.reason or DISK_FULL
+            self.metrics.samples_dropped.labels(reason).inc(result.dropped)
             if result.dropped:
                 self.state.dropped += result.dropped
                 self.state.last_drop_mono = done
+                self.state.drop_reason = reason
         for device, count in result.stored_by_device.items():
             self.metrics.samples.labels(device).inc(count)
         for device, count in result.bad_by_device.items():

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,11 @@ class ReceiverSettings:
 
 class Receiver:
     def __init__(
-        self, settings: ReceiverSettings, key: OKPKey, indicator_fn: IndicatorFn | None = None
+        self, settings: ReceiverSettings, key: OKPKey, indicator_fn: IndicatorFn | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # the wall clock reports are checked against ("future", keys)
         self.key = key
         self.store = SqliteReportStore(settings.db)
         self.registry = KeyRegistry(self.store.db)
@@ -173,7 +176,7 @@ class Receiver:
             if topic.endswith("/keyrotate"):
                 self._rotate(topic, message)
                 return None
-            now = time.time() if now is None else now
+            now = self.clock() if now is None else now
             decision = self.verifier.check(topic, message, now)
             receipt = self._apply(topic, message, decision, now)
             crash_point("bureau_after_commit")
@@ -304,7 +307,7 @@ class Receiver:
     def tick(self) -> None:
         """Periodic work without traffic (gap alerts); call about once a second."""
         with self._lock:
-            self._check_pending(time.time())
+            self._check_pending(self.clock())
 
     def _rotate(self, topic: str, message: bytes) -> None:
         if len(message) > 65_536:

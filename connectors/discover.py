@@ -1,33 +1,43 @@
-"""Browse an OPC UA server and draft the `signals:` list of a device configuration.
+"""Browse an OPC UA server and draft the devices of a factory configuration.
 
 `discover` walks the hierarchy under Objects (skipping namespace 0, the server's own
-diagnostics), batched to the server's MaxNodesPerBrowse / MaxNodesPerRead, and returns
-one entry per variable. `render_signal_map` turns that into YAML to paste under a
-device's `signals:`; every role is only a guess from the variable's name, to be checked.
+diagnostics), batched to the server's MaxNodesPerBrowse / MaxNodesPerRead, and returns one
+`Variable` per variable with its data type and current value. `group_devices` turns them
+into `DeviceDraft`s: every object that holds variables is a device, except for the
+components of a machine (Identification, MachineryItemState, PackML's Status and Admin...),
+which fold into the machine that owns them. Each signal gets a role guessed from its name
+and place (OPC 40001 MachineryItemState, PackML StateCurrent) and, for a state, a state map
+guessed from the companion specification or from the codes seen. `render_devices` writes
+the drafts as commented YAML for the `devices:` list; every guess is there to be checked.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
-import yaml
-from asyncua import ua
+from asyncua import Client, ua
 
-from connectors.config import OpcUaConnection, OpcUaSecurity
+from connectors.config import OpcUaConnection, OpcUaPolicy, OpcUaSecurity
+from connectors.errors import ConnectorUnavailable
+from connectors.opcua_security import SecurityNotOffered, _offered
 from connectors.opcua_session import (
     BatchedSession,
     close_client,
     open_client,
     read_operation_limits,
 )
+from connectors.opcua_values import plain_value
 
 # Role guesses, checked in this order (so "GoodCount" is good_count, not total_count, and
 # "EnergyTotal" is energy_kwh): (role, fragments found anywhere, words that must stand alone).
 _ROLE_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("ideal_cycle_time_s", ("idealcycletime", "ideal_cycle_time", "idealcycle"), ()),
     ("good_count", ("good",), ()),
-    ("reject_count", ("reject", "scrap"), ("ng",)),
+    ("reject_count", ("reject", "scrap", "defect"), ("ng",)),
     ("energy_kwh", ("energy", "kwh"), ()),
     ("total_count", ("total", "count"), ()),
     ("alarm", ("alarm",), ()),
@@ -35,6 +45,59 @@ _ROLE_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("state", ("state", "status"), ()),
 )
 _ID = re.compile(r"[^A-Za-z0-9_.\-]+")
+INTEGER_TYPES = frozenset({"SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64",
+                           "UInt64"})
+NUMERIC_TYPES = INTEGER_TYPES | {"Boolean", "Float", "Double"}
+# Objects that are parts of a machine, not machines: their variables belong to the nearest
+# enclosing object that is not one of these (OPC 40001-1 Machinery, OPC 30050 PackML, and
+# the CurrentState variable of a state machine, whose Number child holds the state code).
+COMPONENTS = frozenset({
+    "identification", "machinerybuildingblocks", "machineryitemstate", "machineryoperationmode",
+    "currentstate", "monitoring", "status", "admin", "packml",
+})
+# Variables whose children are browsed too (a state machine's CurrentState has Number).
+_DESCEND_VARIABLES = frozenset({"currentstate"})
+# State-code guesses, best first: a companion specification beats a name.
+_STATE_PRIORITY = {"opcua_machinery": 0, "packml": 1, "guess": 2, "operation_mode": 3}
+_COUNTER_ROLES = frozenset({"good_count", "reject_count", "total_count"})
+_COUNTER_BITS = {"UInt16": 16, "Int16": 16, "UInt64": 64, "Int64": 64}
+PLAIN_MEANING = (
+    "plain is 0 offline, 1 running, 2 idle, 3 setup, 4 planned_stop, 5 unplanned_stop;\n"
+    "other presets: packml (PackML states 0-17), opcua_machinery (0-3)"
+)
+
+
+@dataclass
+class Variable:
+    """One variable found under Objects."""
+
+    node: str  # "ns=<i>;s=..." as the config writes it
+    browse_path: str  # browse names joined with "/" from below Objects
+    name: str
+    data_type: str = "Unknown"
+    value: bool | int | float | str | None = None  # the value read once while browsing
+    codes: list[int] = field(default_factory=list)  # integer values seen (state guesses)
+    history: list[object] = field(default_factory=list)  # every value read, in order
+
+
+@dataclass
+class SignalDraft:
+    id: str
+    role: str
+    variable: Variable
+    state_map: str | None = None
+    notes: list[str] = field(default_factory=list)  # written as "# check: ..." comments
+    collect: bool = True  # False: written commented out (text, or no value type we keep)
+
+
+@dataclass
+class DeviceDraft:
+    id: str
+    name: str
+    line: str
+    path: str  # browse path of the device object
+    kind: str
+    signals: list[SignalDraft]
 
 
 def _words(name: str) -> list[str]:
@@ -65,27 +128,71 @@ async def discover(
     timeout_s: float = 10.0,
     max_depth: int = 12,
     max_variables: int = 50_000,
-) -> list[dict[str, str]]:
-    """Variables under Objects, each as {node, browse_path, data_type, role, name}.
+    observe_s: float = 0.0,
+) -> list[Variable]:
+    """Variables under Objects with their data types and current values.
 
-    `node` is the "ns=<i>;s=..." id usable in the config; `browse_path` joins browse names
-    with "/" from below Objects. Bounded by `max_depth` levels and `max_variables`.
-    Raises ConnectorUnavailable / ConnectorRefused (see `open_client`) or ValueError for
-    a malformed URL.
+    Connects exactly as the connector does (`open_client`, the same security settings and
+    trust list). Bounded by `max_depth` levels and `max_variables`. With `observe_s`, the
+    integer variables are read again every half second for that long, so a state guess
+    sees more than one code. Raises ConnectorUnavailable / ConnectorRefused (see
+    `open_client`) or ValueError for a malformed URL.
     """
     connection = OpcUaConnection(
         endpoint=url, security=security or OpcUaSecurity(), request_timeout_s=timeout_s
     )
-    client = await open_client(connection)
+    try:
+        client = await open_client(connection)
+    except ConnectorUnavailable:
+        if connection.security.policy == OpcUaPolicy.NONE:
+            await _refuse_if_secured_only(connection)
+        raise
     try:
         session = BatchedSession(client, await read_operation_limits(client))
         found = await _walk(session, max_depth, max_variables)
-        types = await _data_type_names(session, [ua.NodeId.from_string(f["node"]) for f in found])
-        for entry, type_name in zip(found, types, strict=True):
-            entry["data_type"] = type_name
+        nodes = [ua.NodeId.from_string(v.node) for v in found]
+        types = await _data_type_names(session, nodes)
+        for variable, type_name in zip(found, types, strict=True):
+            variable.data_type = type_name
+        await _read_values(session, found, nodes)
+        integers = [i for i, v in enumerate(found) if v.data_type in INTEGER_TYPES]
+        for _ in range(int(observe_s / 0.5)):
+            await asyncio.sleep(0.5)
+            await _read_values(session, [found[i] for i in integers], [nodes[i] for i in integers])
         return found
     finally:
         await close_client(client, timeout_s)
+
+
+async def _refuse_if_secured_only(connection: OpcUaConnection) -> None:
+    """Raise SecurityNotOffered naming what the server offers when it has no None endpoint
+    (asyncua only says "No matching endpoints"); return if it cannot tell."""
+    client = Client(connection.endpoint, timeout=connection.request_timeout_s)
+    try:
+        endpoints = await asyncio.wait_for(
+            client.connect_and_get_server_endpoints(), connection.request_timeout_s * 2
+        )
+    except Exception:  # unreachable, or not an OPC UA server: the first error says enough
+        return
+    if endpoints and all(ep.SecurityMode != ua.MessageSecurityMode.None_ for ep in endpoints):
+        raise SecurityNotOffered(
+            f"The OPC UA server at {connection.endpoint} offers no unsecured endpoint; it "
+            f"offers {_offered(endpoints)}. Connect with one of these (a security policy and "
+            "mode, with a client certificate)."
+        )
+
+
+async def _read_values(
+    session: BatchedSession, variables: Sequence[Variable], nodes: Sequence[ua.NodeId]
+) -> None:
+    for variable, data in zip(variables, await session.read(nodes), strict=True):
+        good = data.StatusCode is None or data.StatusCode.is_good()
+        value = plain_value(data.Value.Value) if good and data.Value is not None else None
+        if variable.value is None or value is not None:
+            variable.value = value
+        variable.history.append(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value not in variable.codes:
+            variable.codes.append(value)
 
 
 def _browse_description(node_id: ua.NodeId) -> ua.BrowseDescription:
@@ -99,10 +206,8 @@ def _browse_description(node_id: ua.NodeId) -> ua.BrowseDescription:
     return description
 
 
-async def _walk(
-    session: BatchedSession, max_depth: int, max_variables: int
-) -> list[dict[str, str]]:
-    found: list[dict[str, str]] = []
+async def _walk(session: BatchedSession, max_depth: int, max_variables: int) -> list[Variable]:
+    found: list[Variable] = []
     seen: set[str] = set()
     level: list[tuple[ua.NodeId, str]] = [(ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder)), "")]
     for _depth in range(max_depth):
@@ -124,16 +229,10 @@ async def _walk(
                 name = reference.BrowseName.Name or str(reference.DisplayName.Text)
                 child_path = f"{path}/{name}" if path else name
                 if reference.NodeClass == ua.NodeClass.Variable:
-                    found.append(
-                        {
-                            "node": text,
-                            "browse_path": child_path,
-                            "name": name,
-                            "role": guess_role(name),
-                        }
-                    )
-                else:
-                    next_level.append((node_id, child_path))
+                    found.append(Variable(text, child_path, name))
+                    if name.lower() not in _DESCEND_VARIABLES:
+                        continue
+                next_level.append((node_id, child_path))
         level = next_level
     return found[:max_variables]
 
@@ -164,29 +263,233 @@ async def _data_type_names(session: BatchedSession, nodes: Sequence[ua.NodeId]) 
     return result
 
 
-def render_signal_map(found: Sequence[dict[str, str]]) -> str:
-    """YAML for a device's `signals:` list, one entry per discovered variable.
+# --- grouping into devices ----------------------------------------------------------------
 
-    Ids are made unique and config-safe from the variable names. A `state` signal gets
-    `state_map: plain` as a placeholder to replace with the device's preset. Each entry is
-    preceded by a comment with its browse path and data type.
-    """
-    lines = [
-        f"# {len(found)} variables discovered. Roles are guesses from the names: check each",
-        "# one, keep only what the device really has, and set state_map for state signals.",
-    ]
+
+def config_id(text: str, fallback: str) -> str:
+    """`text` as a config id: letters, digits, '_', '.', '-', starting with a letter or
+    digit, at most 64 characters."""
+    cleaned = _ID.sub("_", text).lstrip("_.-")[:64].rstrip("_.-")
+    return cleaned or fallback
+
+
+def _unique(base: str, used: set[str]) -> str:
+    candidate, n = base, 2
+    while candidate in used:
+        suffix = f"_{n}"
+        candidate, n = base[: 64 - len(suffix)] + suffix, n + 1
+    used.add(candidate)
+    return candidate
+
+
+def _device_path(variable: Variable) -> tuple[str, list[str]]:
+    """(browse path of the owning device, the variable's path relative to it)."""
+    parts = variable.browse_path.split("/")
+    owner = parts[:-1]
+    while owner and owner[-1].lower() in COMPONENTS:
+        owner = owner[:-1]
+    return "/".join(owner), parts[len(owner) :]
+
+
+def _kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind in ("cnc", "robot") if kind in lowered), "other")
+
+
+def group_devices(found: Sequence[Variable]) -> list[DeviceDraft]:
+    """One draft per object holding variables, in browse order, ids unique."""
+    by_path: dict[str, list[Variable]] = {}
+    for variable in found:
+        path, _ = _device_path(variable)
+        by_path.setdefault(path, []).append(variable)
+    devices: list[DeviceDraft] = []
     used: set[str] = set()
-    for entry in found:
-        base = _ID.sub("_", entry["name"]).strip("_.-") or "signal"
-        signal_id, n = base[:60], 2
-        while signal_id in used:
-            signal_id, n = f"{base[:56]}_{n}", n + 1
-        used.add(signal_id)
-        signal: dict[str, Any] = {"id": signal_id, "role": entry["role"]}
-        if entry["role"] == "state":
-            signal["state_map"] = "plain"
-        signal["opcua"] = {"node": entry["node"]}
-        lines.append(f"# {entry['browse_path']} ({entry.get('data_type', 'Unknown')})")
-        dumped = yaml.safe_dump([signal], sort_keys=False, allow_unicode=True, width=1000)
-        lines.extend(dumped.rstrip("\n").splitlines())
-    return "\n".join(lines) + "\n"
+    for path, variables in by_path.items():
+        parts = path.split("/") if path else []
+        name = parts[-1] if parts else "Objects"
+        device_id = _unique(config_id(name, "device"), used)
+        line = parts[-2] if len(parts) >= 2 else "line-1"
+        packml = "packml" in path.lower() or any(
+            v.name.lower() in ("statecurrent", "unitmodecurrent") for v in variables
+        )
+        signals = _signals(variables, packml)
+        devices.append(DeviceDraft(device_id, name, line, path, _kind(name), signals))
+    return devices
+
+
+def _state_kind(relative: Sequence[str], variable: Variable, packml: bool) -> str | None:
+    """Which kind of state code an integer variable holds, if it looks like a state."""
+    lowered = [part.lower() for part in relative]
+    if "machineryitemstate" in lowered:
+        return "opcua_machinery"
+    if "machineryoperationmode" in lowered:
+        return "operation_mode"
+    if variable.name.lower() == "statecurrent":
+        return "packml"
+    if guess_role(variable.name) == "state":
+        return "packml" if packml else "guess"
+    return None
+
+
+def _signals(variables: Sequence[Variable], packml: bool) -> list[SignalDraft]:
+    drafts: list[SignalDraft] = []
+    used: set[str] = set()
+    state_kinds: dict[int, str] = {}
+    for variable in variables:
+        _, relative = _device_path(variable)
+        signal_id = _unique(config_id(".".join(relative), "signal"), used)
+        draft = SignalDraft(signal_id, "process", variable)
+        draft.collect = variable.data_type in NUMERIC_TYPES or (
+            variable.data_type not in ("String", "LocalizedText", "ByteString", "DateTime")
+            and isinstance(variable.value, int | float)
+        )
+        kind = _state_kind(relative, variable, packml)
+        integer = variable.data_type in INTEGER_TYPES
+        if kind is not None and integer:
+            draft.role = "state"
+            state_kinds[len(drafts)] = kind
+        elif kind is not None or guess_role(variable.name) == "state":
+            draft.notes.append(f"a state as {variable.data_type}, not an integer code")
+        else:
+            draft.role = guess_role(variable.name)
+        if variable.name.lower() == "unitmodecurrent":
+            draft.notes.append("PackML unit mode: 1 production, 2 maintenance, 3 manual")
+        if not draft.collect:
+            draft.role = "process"
+        drafts.append(draft)
+    _one_state(drafts, state_kinds)
+    _one_per_role(drafts)
+    return drafts
+
+
+def _one_state(drafts: list[SignalDraft], state_kinds: dict[int, str]) -> None:
+    """The best state candidate keeps the role and gets its state map; others are process."""
+    if not state_kinds:
+        return
+    best = min(state_kinds, key=lambda i: (_STATE_PRIORITY[state_kinds[i]], i))
+    for index, kind in state_kinds.items():
+        draft = drafts[index]
+        if index != best:
+            draft.role = "process"
+            draft.notes.append(f"also looks like a state ({kind}); one state per device")
+            continue
+        if kind in ("opcua_machinery", "packml"):
+            draft.state_map = kind
+            continue
+        running = _running_codes(draft.variable, [d.variable for d in drafts if d.role in
+                                                  ("good_count", "total_count")])
+        draft.state_map, note = _guess_state_map(draft.variable.codes, kind, running)
+        draft.notes.append(note)
+
+
+def _running_codes(state: Variable, counters: Sequence[Variable]) -> set[int]:
+    """State codes held while a piece counter went up: the codes that mean running."""
+    running: set[int] = set()
+    codes = state.history
+    for counter in (c for c in counters if len(c.history) == len(codes)):  # read together
+        for i in range(1, len(codes)):
+            before, after, code = counter.history[i - 1], counter.history[i], codes[i]
+            if not (isinstance(before, int) and isinstance(after, int) and isinstance(code, int)):
+                continue
+            if code == codes[i - 1] and after > before:
+                running.add(code)
+    return running
+
+
+# The code that means running in each preset, for a guess from a counter going up.
+_RUNNING_CODE = {6: "packml", 16: "packml", 1: "plain", 3: "opcua_machinery"}
+
+
+def _guess_state_map(codes: Sequence[int], kind: str, running: set[int]) -> tuple[str, str]:
+    seen = ", ".join(str(c) for c in sorted(codes)) or "none"
+    presets = {_RUNNING_CODE[c] for c in running if c in _RUNNING_CODE}
+    if kind == "guess" and len(presets) == 1:
+        preset = presets.pop()
+        code = ", ".join(str(c) for c in sorted(running))
+        return preset, f"pieces were counted while the state was {code}: {preset} is guessed"
+    if kind == "operation_mode":
+        return "plain", (
+            "state codes unknown: MachineryOperationMode (0 none, 1 maintenance, 2 setup, "
+            "3 processing) fits no preset; write a state_maps entry"
+        )
+    if codes and 5 < max(codes) <= 17 and min(codes) >= 0:
+        return "packml", f"codes seen {seen}: above 5, so PackML is guessed"
+    return "plain", f"state codes unknown (seen: {seen}); {PLAIN_MEANING}"
+
+
+def _one_per_role(drafts: list[SignalDraft]) -> None:
+    """A role other than process and alarm is bound once per device: later ones are process."""
+    taken: set[str] = set()
+    for draft in drafts:
+        if draft.role in ("process", "alarm") or not draft.collect:
+            continue
+        if draft.role in taken:
+            draft.notes.append(f"also looks like {draft.role}, already bound in this device")
+            draft.role = "process"
+        taken.add(draft.role)
+
+
+# --- YAML -----------------------------------------------------------------------------------
+
+
+def quoted(text: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _shown(value: bool | int | float | str | None) -> str:
+    if value is None:
+        return "no value read"
+    if isinstance(value, bool):
+        return f"now {'true' if value else 'false'}"
+    if isinstance(value, str):
+        return f"now {quoted(value[:40])}"
+    if isinstance(value, float):
+        return f"now {value:.6g}"
+    return f"now {value}"
+
+
+def render_devices(devices: Sequence[DeviceDraft], connection: str) -> list[str]:
+    """YAML lines of the `devices:` list items (indented two spaces) with comments."""
+    lines: list[str] = []
+    for device in devices:
+        collected = [s for s in device.signals if s.collect]
+        if not collected:
+            lines.append(f"  # {device.path or 'Objects'}: no numeric variables; not a device here")
+            continue
+        lines += [
+            f"  # {device.path or 'Objects'}: {len(collected)} signal(s) found",
+            f"  - id: {quoted(device.id)}",
+            f"    name: {quoted(device.name)}",
+            f"    line: {quoted(device.line)}  # CHANGE ME if wrong: the parent folder's name",
+            f"    process_step: {quoted(device.name)}  # CHANGE ME: the process step it serves",
+            "    key_process: false  # CHANGE ME: true for a key process (key-process rates)",
+            f"    kind: {device.kind}  # CHANGE ME: cnc, robot, plc_automated, manual or other",
+            "    digital: true",
+            f"    connection: {quoted(connection)}",
+            "    signals:",
+        ]
+        for signal in device.signals:
+            lines += _signal_lines(signal)
+    return lines
+
+
+def _signal_lines(signal: SignalDraft) -> list[str]:
+    variable = signal.variable
+    about = f"{variable.data_type}, {_shown(variable.value)}"
+    body = [f"- id: {quoted(signal.id)}", f"  role: {signal.role}"]
+    if signal.state_map is not None:
+        body.append(f"  state_map: {signal.state_map}")
+    bits = _COUNTER_BITS.get(variable.data_type)
+    if signal.role in _COUNTER_ROLES and bits is not None:
+        body.append(f"  counter_bits: {bits}  # wraps as its {variable.data_type} type does")
+    body.append(f"  opcua: {{node: {quoted(variable.node)}}}  # {about}")
+    notes = [
+        f"      # {'check: ' if n == 0 else '  '}{line}"
+        for note in signal.notes
+        for n, line in enumerate(note.splitlines())
+    ]
+    if signal.collect:
+        return notes + [f"      {line}" for line in body]
+    why = f"      # {variable.browse_path}: {variable.data_type}, not collected; uncomment to keep"
+    return [why, *notes, *(f"      # {line}" for line in body)]

@@ -217,9 +217,16 @@ class _Scopes:
         self.inventory = inventory
         self.params = params
         self.computed: dict[str, dict[str, IndicatorValue]] = {}
+        self._groups: dict[str, list[tuple[str, list[str] | None]]] = {}
 
     def groups(self, level: str) -> list[tuple[str, list[str] | None]]:
-        """(scope name, device ids or None for all) for a condition level."""
+        """(scope name, device ids or None for all) for a condition level (kept per level:
+        every condition of a level asks again)."""
+        if level not in self._groups:
+            self._groups[level] = self._new_groups(level)
+        return [(scope, None if ids is None else list(ids)) for scope, ids in self._groups[level]]
+
+    def _new_groups(self, level: str) -> list[tuple[str, list[str] | None]]:
         inv = self.inventory
         if level == "factory":
             return [("factory", None)]

@@ -5,6 +5,8 @@ Inventory-based rates count device-days and daily rows sum device-days, both ove
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -31,19 +33,48 @@ def local_day_index(
     if high - low > 4 * len(hours) + 1_000_000:
         span = np.unique(hours)
         slot = np.searchsorted(span, hours)
+        days, span_index = _span_days(span, time_zone)
     else:
-        span = np.arange(low, high + 1, dtype=np.int64)
         hours -= low
         slot = hours
+        days, span_index = _dense_span_days(low, high, time_zone)
+    return days.copy(), span_index[slot]
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_span_days(
+    low: int, high: int, time_zone: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """`_span_days` of every hour from `low` to `high`, kept: one report asks for the same
+    span several times (pandas' time-zone conversion costs about a millisecond a call).
+    Callers get copies or fancy-indexed results, never these arrays themselves."""
+    return _span_days(np.arange(low, high + 1, dtype=np.int64), time_zone)
+
+
+def _span_days(
+    span: npt.NDArray[np.int64], time_zone: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The sorted distinct local days of the UTC hours `span` and each hour's index into them."""
     stamps = pd.to_datetime(span * 3600, unit="s", utc=True).tz_convert(time_zone)
     local = stamps.tz_localize(None).normalize()
     span_days = local.to_numpy().astype("datetime64[D]").astype(np.int64)
     days, span_index = np.unique(span_days, return_inverse=True)
-    return days.astype(np.int64), span_index.astype(np.int32)[slot]
+    return days.astype(np.int64), span_index.astype(np.int32)
 
 
 def local_midnight_epoch(days: npt.NDArray[np.int64], time_zone: str) -> npt.NDArray[np.int64]:
     """The UTC epoch second of each local midnight (`days` since 1970-01-01 in `time_zone`)."""
+    if 0 < len(days) <= 4:  # a report's day or two, asked for several times: kept
+        return np.array(_few_midnights(tuple(int(day) for day in days), time_zone), np.int64)
+    return _midnights(days, time_zone)
+
+
+@functools.lru_cache(maxsize=256)
+def _few_midnights(days: tuple[int, ...], time_zone: str) -> tuple[int, ...]:
+    return tuple(_midnights(np.array(days, dtype=np.int64), time_zone).tolist())
+
+
+def _midnights(days: npt.NDArray[np.int64], time_zone: str) -> npt.NDArray[np.int64]:
     midnight = pd.to_datetime(days, unit="D").tz_localize(
         time_zone, ambiguous=False, nonexistent="shift_forward"
     )

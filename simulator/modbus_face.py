@@ -27,7 +27,7 @@ import logging
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
@@ -157,6 +157,7 @@ class ModbusFaceConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0 = a free port chosen at the first start and kept across restarts
     tick_s: float = 0.1
+    clock: Callable[[], float] = time.time  # the wall clock values are read at
 
     def problems(self) -> list[str]:
         found = []
@@ -323,7 +324,7 @@ class ModbusFace:
 
     def refresh(self) -> None:
         """Write the source's current values into the tables."""
-        values = self._source.values_at(time.time())
+        values = self._source.values_at(self._config.clock())
         writes = 0
         for key, spec in self._by_signal.items():
             current = values.get(key)

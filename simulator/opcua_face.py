@@ -28,7 +28,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +96,8 @@ class OpcUaFaceConfig:
     limits: OperationLimits = field(default_factory=OperationLimits)
     scale_tags: int = 0  # synthetic Double tags under Factory/Synthetic, each changing at 1 Hz
     application_uri: str = SERVER_APPLICATION_URI
+    # The wall clock values are read at and stamped with (shifted for rehearsals).
+    clock: Callable[[], float] = time.time
 
     def problems(self) -> list[str]:
         """Every inconsistency, as user-facing sentences (empty when valid)."""
@@ -428,7 +430,7 @@ class OpcUaFace:
         await self._write_values(self._server)
 
     async def _write_values(self, server: Server) -> None:
-        now = time.time()
+        now = self._config.clock()
         now_dt = _utc(now)
         values = self._source.values_at(now)
         aspace = server.iserver.aspace

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,8 +48,10 @@ class SimulatorServer:
         control_port: int | None = 0,  # None = no control endpoint
         ledger_dir: Path | None = None,
         ledger_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.source = source
+        self._clock = clock
         self.opcua = OpcUaFace(source, opcua) if opcua is not None else None
         self.modbus = ModbusFace(source, modbus) if modbus is not None else None
         journal = ledger_dir / "faults.jsonl" if ledger_dir is not None else None
@@ -132,7 +135,7 @@ class SimulatorServer:
         """Write the ledger up to now into ledger_dir (each file atomically)."""
         if self._ledger_dir is None or not isinstance(self.source, LedgerSource):
             return
-        self.source.write_ledger(self._ledger_dir, time.time())
+        self.source.write_ledger(self._ledger_dir, self._clock())
         self.ledger_writes += 1
 
     async def _flush_ledger_forever(self) -> None:

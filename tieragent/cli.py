@@ -60,7 +60,7 @@ def demo(
         None, "--broker", help="Use this MQTT broker (mqtt://host:port) instead of amqtt."
     ),
     out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for everything made."),
-    live_seconds: float = typer.Option(60.0, "--live-seconds", help="Live collection time."),
+    live_seconds: float = typer.Option(20.0, "--live-seconds", help="Live collection time."),
     year: int | None = typer.Option(None, "--year", help="Year to evaluate (default: this year)."),
     history_days: int | None = typer.Option(
         None, "--history-days", min=1, help="Only the last N days of history (quick runs)."
@@ -85,12 +85,14 @@ def demo(
 @functools.cache  # once per process: `main` and tests both call it
 def _register_subcommands() -> None:
     """Sub-apps are imported here, not at module top: importing this module stays light."""
-    from tieragent.commands import bureau_annual, evaluate, report, run, status
+    from tieragent.commands import bureau_annual, evaluate, init, probe, report, run, status
     from tieragent.commands.bureau import bureau_app
     from tieragent.commands.keys import keys_app
     from tieragent.commands.sim import app as sim_app
 
     run.register(app)
+    init.register(app)
+    probe.register(app)
     evaluate.register(app)
     report.register(app)
     status.register(app)

@@ -31,6 +31,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 from joserfc.jws import JWSRegistry
 
+from agent.protocol.canonical import fast_canonical_bytes, fast_canonical_form
 from agent.protocol.errors import ProtocolError
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -97,11 +98,29 @@ def sha256_hex(data: bytes) -> str:
 
 def canonical_bytes(value: Any) -> bytes:
     """RFC 8785 bytes of `value`; raises EnvelopeError('format') for NaN/Inf, |int| > 2^53-1,
-    lone surrogates or unsupported types (rfc8785 raises UnicodeEncodeError for the latter)."""
+    lone surrogates or unsupported types (rfc8785 raises UnicodeEncodeError for the latter).
+
+    Most values take a fast path that gives the same bytes (agent.protocol.canonical: the C
+    JSON encoder on a copy whose floats print as ECMAScript prints them); anything it is not
+    sure of (or any error) goes to the rfc8785 library, whose answer is authoritative.
+    """
+    fast = fast_canonical_bytes(value)
+    if fast is not None:
+        return fast
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, UnicodeEncodeError, TypeError, ValueError) as error:
         raise EnvelopeError("format", f"Value is outside canonical JSON: {error}.") from None
+
+
+def canonical_form(value: Any) -> tuple[bytes, Any]:
+    """`canonical_bytes(value)` and `json.loads` of those bytes (what a verifier parses),
+    without parsing them when the fast path made that copy already."""
+    form = fast_canonical_form(value)
+    if form is not None:
+        return form
+    payload = canonical_bytes(value)
+    return payload, json.loads(payload)
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -25,9 +25,10 @@ from importlib.resources import files
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pandas as pd
 
-from agent.protocol.envelope import EnvelopeError, canonical_bytes
+from agent.protocol.envelope import EnvelopeError, canonical_form
 from agent.protocol.errors import ProtocolError
 from agent.protocol.merkle import SEGMENTING_RULE, root
 from agent.protocol.period import Period
@@ -94,20 +95,29 @@ def default_params(time_zone: str) -> dict[str, Any]:
 
 
 def _typed_rows(base: pd.DataFrame) -> list[list[Any]]:
+    """Rows in (device_id, hour_start) order: id, hour, then the measures as floats, counts
+    as ints. Column by column (numpy) rather than cell by cell: the same values (float64 to
+    float, truncated to int for counts), the same first error for a non-finite one."""
     missing = [c for c in BASE_MEASURE_COLUMNS if c not in base.columns]
     if missing:
         raise ReportError(f"Base measures lack columns {missing}.")
     frame = base.loc[:, list(BASE_MEASURE_COLUMNS)].sort_values(["device_id", "hour_start"])
-    rows: list[list[Any]] = []
-    for record in frame.itertuples(index=False, name=None):
-        row: list[Any] = [str(record[0]), int(record[1])]
-        for column, value in zip(BASE_MEASURE_COLUMNS[2:], record[2:], strict=True):
-            number = float(value)
-            if not math.isfinite(number):
-                raise ReportError(f"Base measure {column} of {record[0]} is not finite.")
-            row.append(int(number) if column in COUNT_COLUMNS else number)
-        rows.append(row)
-    return rows
+    measures = BASE_MEASURE_COLUMNS[2:]
+    numbers = [frame[column].to_numpy(np.float64) for column in measures]
+    finite = np.logical_and.reduce([np.isfinite(column) for column in numbers]) if numbers else None
+    if finite is not None and not bool(finite.all()):
+        at = int(np.argmin(finite))
+        column = next(c for c, v in zip(measures, numbers, strict=True) if not np.isfinite(v[at]))
+        raise ReportError(f"Base measure {column} of {frame.iloc[at, 0]!s} is not finite.")
+    columns: list[list[Any]] = [
+        [str(device) for device in frame["device_id"].tolist()],
+        [int(hour) for hour in frame["hour_start"].tolist()],
+    ]
+    for column, values in zip(measures, numbers, strict=True):
+        columns.append(
+            values.astype(np.int64).tolist() if column in COUNT_COLUMNS else values.tolist()
+        )
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
 def has_samples(base: pd.DataFrame) -> bool:
@@ -164,7 +174,31 @@ def build_report(
     indicator_fn: IndicatorFn | None = None,
     indicators: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report dict (validated, canonicalisable). Pure; does not mutate its inputs.
+    """The report dict (validated, canonicalisable): `build_report_payload(...)[0]`."""
+    report, _ = build_report_payload(
+        meta, seq=seq, prev_sha256=prev_sha256, inventory=inventory, base=base,
+        evaluation=evaluation, segment_digests=segment_digests, params=params,
+        indicator_fn=indicator_fn, indicators=indicators,
+    )
+    return report
+
+
+def build_report_payload(
+    meta: ReportMeta,
+    *,
+    seq: int,
+    prev_sha256: str,
+    inventory: pd.DataFrame,
+    base: pd.DataFrame,
+    evaluation: Mapping[str, Any],
+    segment_digests: Sequence[bytes],
+    params: Mapping[str, Any] | None = None,
+    indicator_fn: IndicatorFn | None = None,
+    indicators: Mapping[str, Any] | None = None,
+    merkle_root: bytes | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """The report dict (validated) and its canonical bytes, the payload to sign. Pure; does
+    not mutate its inputs.
 
     `indicators`: the factory-level indicator values (JSON form) when the caller already
     computed them from the same base measures, inventory and params (the tier evaluation
@@ -173,6 +207,7 @@ def build_report(
     `base`: hourly base-measure rows of the period (BASE_MEASURE_COLUMNS), already filtered
     to the factory's devices. `segment_digests`: RFC 6962 leaf hashes of the period's raw
     segments in leaf order (see agent.protocol.merkle). `evaluation`: `Evaluation.to_json()`.
+    `merkle_root`: `root(segment_digests)` when the caller computed it with the digests.
     """
     params_json = dict(params) if params is not None else default_params(meta.period.time_zone)
     rows_frame = (
@@ -213,7 +248,9 @@ def build_report(
         "indicators": dict(indicators),
         "evaluation": dict(evaluation),
         "raw_data": {
-            "merkle_root": root(list(segment_digests)).hex(),
+            "merkle_root": (
+                merkle_root if merkle_root is not None else root(list(segment_digests))
+            ).hex(),
             "segment_count": len(segment_digests),
             "segmenting_rule": SEGMENTING_RULE,
         },
@@ -223,12 +260,11 @@ def build_report(
     # Round-trip through canonical JSON so that what we validate and return is exactly
     # what gets signed (numpy scalars, tuples and NaN cannot slip through).
     try:
-        payload = canonical_bytes(report)
+        payload, canonical = canonical_form(report)
     except EnvelopeError as error:
         raise ReportError(f"Report is not canonicalisable: {error}") from None
-    canonical: dict[str, Any] = json.loads(payload)
     validate_report(canonical)
-    return canonical
+    return canonical, payload
 
 
 @cache
@@ -248,6 +284,8 @@ def schema_errors(report: Any) -> list[str]:
         # jsonschema spends ~0.4 s on the ~6,000 cells of a day report's base-measure rows;
         # the rows are checked against the same column schemas in plain Python instead.
         body = {**report, "base_measures": {**report["base_measures"], "rows": []}}
+        if _rows_plainly_valid(rows, len(checks)):
+            return _errors(body)
         return _errors(body) + _row_errors(rows, checks)
     return _errors(report)
 
@@ -305,6 +343,54 @@ def _cell_check(cell: Mapping[str, Any]) -> CellCheck:
         return (low is None or value >= low) and (high is None or value <= high)
 
     return check
+
+
+ColumnCheck = Callable[[Sequence[Any]], bool]
+
+
+@cache
+def _column_checks() -> tuple[ColumnCheck, ...] | None:
+    """Per column, a check of a whole column that passes only cells `_row_checks` passes
+    (exact JSON types, bounds by min and max): about ten times faster than cell by cell on a
+    day's ~10,000 cells. A column it does not pass gets the cell-by-cell check and its errors."""
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    if _row_checks() is None:
+        return None
+    items = schema["properties"]["base_measures"]["properties"]["rows"]["items"]
+    cells = [
+        schema["$defs"][c["$ref"].removeprefix("#/$defs/")] if "$ref" in c else c
+        for c in items["prefixItems"]
+    ]
+    return tuple(_column_check(cell) for cell in cells)
+
+
+def _column_check(cell: Mapping[str, Any]) -> ColumnCheck:
+    kind = cell["type"]
+    pattern = re.compile(cell["pattern"]) if "pattern" in cell else None
+    low, high = cell.get("minimum"), cell.get("maximum")
+    kinds: dict[str, set[type]] = {"string": {str}, "integer": {int}, "number": {int, float}}
+    allowed = kinds.get(kind, set())
+
+    def check(values: Sequence[Any]) -> bool:
+        if not values or not set(map(type, values)) <= allowed:
+            return False
+        if kind == "string":
+            return pattern is None or all(pattern.search(v) for v in set(values))
+        if float in allowed and any(v != v for v in values):  # NaN: no bound holds
+            return False
+        return (low is None or min(values) >= low) and (high is None or max(values) <= high)
+
+    return check
+
+
+def _rows_plainly_valid(rows: list[Any], width: int) -> bool:
+    """Whether every row is a list of `width` cells and every column passes its column check."""
+    checks = _column_checks()
+    if checks is None or len(checks) != width or not rows:
+        return False
+    if not all(type(row) is list and len(row) == width for row in rows):
+        return False
+    return all(check(column) for check, column in zip(checks, zip(*rows, strict=True), strict=True))
 
 
 def _row_errors(rows: list[Any], checks: tuple[CellCheck, ...]) -> list[str]:

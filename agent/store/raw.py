@@ -20,6 +20,7 @@ import pandas as pd
 
 from agent.derive.sample_columns import SampleColumns
 from agent.derive.slots import HOUR_S
+from agent.store.report_reads import merged_ranges
 from agent.store.sqlite import StoreError
 from agent.store.values import (
     BIND_ERRORS,
@@ -117,11 +118,7 @@ def read_raw(
     exactly as ingested (what `Store.raw_samples` returns; see there)."""
     columns = ("device_id", "signal_id", "source_ts", "received_ts", "value", "quality",
                "status", "origin")
-    ranges = conn.execute(
-        "SELECT device_id, first_rowid, last_rowid FROM sample_index WHERE hour_start >= ? "
-        "AND hour_start < ? AND (? IS NULL OR device_id = ?) ORDER BY device_id, first_rowid",
-        (int(start // HOUR_S) * HOUR_S, end, device_id, device_id),
-    ).fetchall()
+    ranges = merged_ranges(conn, start, end, device_id)  # no row twice (see there)
     where = "rowid BETWEEN ? AND ? AND device_id = ? AND source_ts >= ? AND source_ts < ?"
     params = [(first, last, device, start, end) for device, first, last in ranges]
     # A value needing Python work: a tagged BLOB to decode (1) or an integer that a

@@ -48,4 +48,9 @@ DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS ingest_losses (
     first_ts REAL NOT NULL, last_ts REAL NOT NULL, samples INTEGER NOT NULL,
     reason TEXT NOT NULL)""",
+    # How far each device of an imported history is (agent.store.backfill_state).
+    """CREATE TABLE IF NOT EXISTS backfill_progress (
+    history_id TEXT NOT NULL, device_id TEXT NOT NULL, start REAL NOT NULL, "end" REAL NOT NULL,
+    imported_through REAL NOT NULL, samples INTEGER NOT NULL, done INTEGER NOT NULL,
+    PRIMARY KEY (history_id, device_id)) WITHOUT ROWID""",
 )

@@ -6,7 +6,9 @@ is *acknowledged* when `ingest` returns without counting it as dropped: it is co
 and survives kill -9. The runtime's sink returns once a sample is queued, which is not an
 acknowledgement. If the disk is full (SQLITE_FULL) or an I/O error occurs, the batch is
 rolled back, the derivation memory restored, and the samples counted as dropped (a gap
-in samples_received that the next successful commit records in `ingest_losses`).
+in samples_received that the next successful commit records in `ingest_losses`; logged as
+first occurrence plus a count, `agent.store.losses`). While the raw-sample quota is full
+(`agent.store.quota`), samples are dropped and counted the same way without a commit.
 
 The store is not thread-safe: one writer (the runtime's writer thread) drives it.
 """
@@ -17,10 +19,9 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +36,14 @@ from agent.derive.sample_columns import (
     columns_from_samples,
     source_skew,
 )
+from agent.store.backfill_state import BackfillState
+from agent.store.losses import DISK_FULL, QUOTA_FULL, FailureLog, PendingLosses
+from agent.store.quota import RawQuota
 from agent.store.raw import as_bad, delete_raw_before, insert_raw, read_raw
+from agent.store.report_reads import RawColumns, read_base_measures, read_raw_columns
 from agent.store.sqlite import StoreError, is_space_error, open_database
+from agent.store.tallies import per_device as _per_device
+from agent.store.tallies import worst_per_device as _worst_per_device
 from connectors.base import LinkEvent, LinkState
 from connectors.sample import Sample
 from indicators.columns import (
@@ -65,6 +72,7 @@ class IngestResult:
     stored: int = 0
     dropped: int = 0
     error: str | None = None
+    reason: str | None = None  # why samples were dropped (agent.store.losses)
     stored_by_device: dict[str, int] = field(default_factory=dict)
     bad_by_device: dict[str, int] = field(default_factory=dict)
     # Samples whose protocol timestamp is off the receive time by more than
@@ -91,7 +99,9 @@ class Store:
         self.config = config
         self._conn = conn
         self.deriver = deriver
-        self._pending_loss: list[float] = []  # first_ts, last_ts, samples, of unrecorded losses
+        self._pending_loss = PendingLosses()  # dropped samples not yet in ingest_losses
+        self._failures = FailureLog(str(path))
+        self.quota = RawQuota(conn, config.collection.raw_quota_mb, self.purge_raw, str(path))
         # Committed samples whose value could not be stored (kept BAD without value), and the
         # (device, signal) pairs already logged: one warning each, not one per sample.
         self.unstorable_samples = 0
@@ -118,8 +128,9 @@ class Store:
         """Begin measuring new devices; time since the last commit becomes unknown."""
         self._transaction(lambda: self.deriver.resume(now), samples=0)
 
-    def begin_at(self, ts: float) -> None:
-        """Backfill: measure every device from `ts`; refuse if one already has later data."""
+    def begin_at(self, ts: float, after: Callable[[], None] | None = None) -> None:
+        """Backfill: measure every device from `ts`; refuse if one already has later data.
+        `after` runs inside the same transaction (the backfill's progress rows)."""
         for device_id, carry in self.deriver.carries.items():
             if carry.cursor > ts:
                 raise StoreError(
@@ -132,6 +143,8 @@ class Store:
                 if device_id not in self.deriver.carries:
                     self.deriver.begin(device_id, ts)
             self.deriver.resume(ts)
+            if after is not None:
+                after()
         self._transaction(begin, samples=0)
 
     def ingest(self, items: Sequence[IngestItem], advance_to: float | None = None) -> IngestResult:
@@ -181,9 +194,11 @@ class Store:
                     self.deriver.advance(device_id, advance_to)
 
         span = (float(cols.received_ts.min()), float(cols.received_ts.max())) if samples else None
+        if self.quota.blocked and samples:
+            return self._drop_for_quota(len(samples), span, [link for _, link in links])
         error = self._transaction(work, samples=len(samples), span=span)
         if error is not None:
-            return IngestResult(dropped=len(samples), error=error)
+            return IngestResult(dropped=len(samples), error=error, reason=DISK_FULL)
         result = IngestResult(
             stored=len(samples),
             stored_by_device=_per_device(device_names, device_codes, None),
@@ -196,10 +211,26 @@ class Store:
             self.unstorable_samples += int(unstorable.sum())
         return result
 
+    def _drop_for_quota(
+        self, samples: int, span: tuple[float, float] | None, links: list[LinkItem]
+    ) -> IngestResult:
+        """The raw quota is full: count the samples as dropped; still keep link events."""
+        self._pending_loss.add(QUOTA_FULL, samples, span)
+
+        def work() -> None:
+            for link in links:
+                self._link(link)
+
+        if links:
+            self._transaction(work, samples=0)
+        return IngestResult(dropped=samples, error="raw sample quota full", reason=QUOTA_FULL)
+
     def ingest_columns(
-        self, device_id: str, cols: SampleColumns, until: float, count_until: float | None = None
+        self, device_id: str, cols: SampleColumns, until: float, count_until: float | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
-        """Backfill path: one device's columns, derived up to `until`, one transaction."""
+        """Backfill path: one device's columns, derived up to `until`, one transaction
+        (with `after`: the backfill's progress row)."""
         unstorable: npt.NDArray[np.bool_] | None = None
 
         def work() -> None:
@@ -211,6 +242,8 @@ class Store:
             fed = cols if unstorable is None else as_bad(cols, unstorable)
             self.deriver.feed(device_id, fed, count_until=count_until)
             self.deriver.advance(device_id, until)
+            if after is not None:
+                after()
 
         error = self._transaction(work, samples=len(cols), span=None)
         if error is not None:
@@ -261,13 +294,7 @@ class Store:
             self._write_derived(self.deriver.take())
             self._materialise_closed()
             self._write_carries()
-            if self._pending_loss:
-                first, last, count = self._pending_loss
-                self._conn.execute(
-                    "INSERT INTO ingest_losses (first_ts, last_ts, samples, reason) "
-                    "VALUES (?, ?, ?, 'disk_full_or_io_error')",
-                    (first, last, int(count)),
-                )
+            self._pending_loss.write(self._conn)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -275,27 +302,17 @@ class Store:
             self.deriver.take()
             if not is_space_error(exc):
                 raise StoreError(f"{self.path}: {exc}") from exc
-            self._remember_loss(samples, span)
-            log.error("Store write failed; samples counted as lost.",
-                      extra={"fields": {"path": str(self.path), "error": str(exc),
-                                        "samples": samples}})
+            self._pending_loss.add(DISK_FULL, samples, span)
+            self._failures.failed(samples, str(exc))
             return str(exc)
-        self._pending_loss = []
+        self._pending_loss.clear()
+        self._failures.succeeded()
         return None
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back by itself on SQLITE_FULL.
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
-
-    def _remember_loss(self, samples: int, span: tuple[float, float] | None) -> None:
-        if samples == 0 or span is None:
-            return
-        if self._pending_loss:
-            first, last, count = self._pending_loss
-            self._pending_loss = [min(first, span[0]), max(last, span[1]), count + samples]
-        else:
-            self._pending_loss = [span[0], span[1], float(samples)]
 
     def _write_derived(self, derived: Derived) -> None:
         self._conn.executemany(
@@ -414,12 +431,7 @@ class Store:
 
     def base_measures(self, start: float, end: float) -> pd.DataFrame:
         """Materialised hourly rows with start <= hour_start < end (BASE_MEASURE_COLUMNS)."""
-        frame = self._frame(
-            f"SELECT {', '.join(BASE_MEASURE_COLUMNS)} FROM base_measures "
-            "WHERE hour_start >= ? AND hour_start < ? ORDER BY device_id, hour_start",
-            (start, end), BASE_MEASURE_COLUMNS,
-        )
-        return frame.astype({"hour_start": np.int64})
+        return read_base_measures(self._conn, start, end)
 
     def intervals(self, start: float, end: float) -> pd.DataFrame:
         frame = self._frame(
@@ -435,6 +447,21 @@ class Store:
             'WHERE "end" > ? AND "end" <= ? ORDER BY device_id, "end"', (start, end),
             DELTA_COLUMNS,
         )
+
+    def measured_since(self) -> float | None:
+        """Start (epoch s) of the first hour the store measured (samples expected or
+        received), or None before the first."""
+        row = self._conn.execute("SELECT MIN(hour_start) FROM sample_counts").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def derived_through(self) -> float | None:
+        """The committed derivation watermark: every connected device is derived, and its
+        closed hours materialised, up to this epoch second (None before the first)."""
+        connected = {d.id for d in self.config.devices if d.connection != "none"}
+        cursors = [float(json.loads(state)["cursor"]) for device_id, state
+                   in self._conn.execute("SELECT device_id, state FROM carry")
+                   if device_id in connected]
+        return min(cursors) if cursors else None
 
     def sample_counts(self, start: float, end: float) -> pd.DataFrame:
         return self._frame(
@@ -455,30 +482,19 @@ class Store:
         """
         return read_raw(self._conn, start, end, device_id)
 
+    def raw_columns(self, start: float, end: float) -> RawColumns:
+        """`raw_samples`' rows for segment digests, as plain columns (agent.store.report_reads)."""
+        return read_raw_columns(self._conn, start, end)
+
     def losses(self) -> pd.DataFrame:
         return self._frame(
             "SELECT first_ts, last_ts, samples, reason FROM ingest_losses ORDER BY first_ts", (),
             ("first_ts", "last_ts", "samples", "reason"),
         )
 
+    def backfill_state(self) -> BackfillState:
+        return BackfillState(self._conn)
+
     def inventory(self, config: FactoryConfig | None = None) -> pd.DataFrame:
         return declared_inventory(config or self.config)
 
-
-def _per_device(
-    names: npt.NDArray[Any], codes: npt.NDArray[np.intp], where: npt.NDArray[np.bool_] | None
-) -> dict[str, int]:
-    """Samples per device (only those `where` is true), devices with none left out."""
-    counts = np.bincount(codes, weights=where, minlength=len(names)).astype(np.int64)
-    return {name: int(n) for name, n in zip(names.tolist(), counts.tolist(), strict=True) if n}
-
-
-def _worst_per_device(
-    names: npt.NDArray[Any], codes: npt.NDArray[np.intp], skew: npt.NDArray[np.float64]
-) -> dict[str, float]:
-    """Per device with skewed samples, the skew of largest magnitude (signed)."""
-    worst: dict[str, float] = {}
-    for code in np.unique(codes[skew != 0]).tolist():
-        mine = skew[codes == code]
-        worst[names[code]] = float(mine[np.argmax(np.abs(mine))])
-    return worst

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -97,10 +98,21 @@ def test_measures_prints_period_sums_as_json(imported: tuple[Path, Path, Path]) 
 
 
 def test_backfill_refuses_to_overlap_existing_data(imported: tuple[Path, Path, Path]) -> None:
-    """If the store already holds later data, then a second import is refused, exit 1."""
+    """If the store already holds later data, then an import of another history is refused,
+    exit 1; the same history again imports nothing (resumable, agent.backfill)."""
     tmp, config_file, db = imported
-    proc = subprocess.run(
+    again = subprocess.run(
         cli("backfill", "--config", str(config_file), "--history", str(tmp / "history"),
+            "--data-dir", str(db.parent)),
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    other = tmp / "other-history"
+    shutil.copytree(tmp / "history", other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "note": "another history"}))
+    proc = subprocess.run(
+        cli("backfill", "--config", str(config_file), "--history", str(other),
             "--data-dir", str(db.parent)),
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )

@@ -84,7 +84,9 @@ def serve(
         cert_file=cert_file,
         key_file=key_file,
     )
-    receiver = Receiver(settings, signing_key)
+    from tieragent.clock import wall_clock
+
+    receiver = Receiver(settings, signing_key, clock=wall_clock())
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

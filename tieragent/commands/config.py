@@ -53,26 +53,71 @@ def config_schema(
 @handle_errors
 def discover_command(
     url: str = typer.Argument(..., help="opc.tcp://HOST:PORT of an OPC UA server."),
-    timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds for the whole browse."),
+    timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds per request."),
+    write_config: Path | None = typer.Option(
+        None, "--write-config", help="Write a whole configuration draft to this file."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --write-config's file."),
+    observe_s: float = typer.Option(
+        0.0, "--observe", min=0.0, max=600.0,
+        help="Also watch integer values this many seconds (better state map guesses).",
+    ),
+    security_policy: str = typer.Option(
+        "None", "--security-policy",
+        help="None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss.",
+    ),
+    mode: str | None = typer.Option(None, "--mode", help="Sign or SignAndEncrypt."),
+    cert: Path | None = typer.Option(None, "--cert", help="Client certificate (DER or PEM)."),
+    private_key: Path | None = typer.Option(None, "--private-key", help="Its private key (PEM)."),
+    pki_dir: Path | None = typer.Option(
+        None, "--pki-dir", help="Trust list folder (default: <folder of --cert>/pki)."
+    ),
+    username: str | None = typer.Option(None, "--username", help="OPC UA user name."),
+    password_env: str | None = typer.Option(
+        None, "--password-env", help="Environment variable holding the password."
+    ),
 ) -> None:
-    """Browse an OPC UA server (security None) and print a signal map for the config."""
-    import asyncio
+    """Browse an OPC UA server and print its devices and signals as configuration."""
+    from connectors.discover import render_devices
+    from tieragent.commands.init import (
+        Draft,
+        OpcUaTarget,
+        check_endpoint,
+        discover_devices,
+        security_from_options,
+    )
+    from tieragent.commands.init import write_config as write_draft
 
-    from pydantic import ValidationError
+    check_endpoint(url)
+    security = security_from_options(
+        security_policy, mode, cert, private_key, pki_dir, username, password_env
+    )
+    if write_config is not None and write_config.exists() and not force:
+        raise InvalidInput(f"{write_config} exists; give --force to overwrite it")
+    target = OpcUaTarget("opcua-1", url, security)
+    target.devices = discover_devices(url, security, timeout_s, observe_s)
+    if write_config is None:
+        from tieragent.commands.init import connection_lines
 
-    from connectors.config import OpcUaConnection
-    from connectors.discover import discover, render_signal_map
-    from connectors.errors import ConnectorError
-
-    try:
-        OpcUaConnection(endpoint=url)  # the same endpoint check as the config
-    except ValidationError as error:  # pydantic's wording, reduced to our sentence
-        raise InvalidInput(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
-    try:
-        found = asyncio.run(discover(url, timeout_s=timeout_s))
-    except (ValueError, ConnectorError, OSError, TimeoutError) as error:
-        raise InvalidInput(f"Cannot discover {url}: {error}") from None
-    typer.echo(render_signal_map(found))
+        draft = Draft("", "", "", opcua=[target])
+        lines = [
+            f"# {url}: {len(target.devices)} object(s) with variables. Roles and state maps",
+            "# are guesses: check every `# check:` line. Paste into a configuration.",
+            *connection_lines(draft),
+            "devices:",
+            *render_devices(target.devices, target.name),
+        ]
+        typer.echo("\n".join(lines))
+        return
+    draft = Draft("CHANGE-ME", "CHANGE-ME", "CHANGE-ME", opcua=[target],
+                  source=f"tieragent discover {url}")
+    config = write_draft(draft, write_config, force)
+    signals = sum(len(d.signals) for d in config.devices)
+    console.print(
+        f"Wrote {write_config}: {len(config.devices)} device(s), {signals} signal(s). "
+        f"Correct the lines marked # CHANGE ME, then: tieragent check-config {write_config}",
+        soft_wrap=True, highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

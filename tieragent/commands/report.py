@@ -13,6 +13,7 @@ tieragent verify DIR   (an agent audit bundle or a bureau evidence folder)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -20,13 +21,14 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pandas as pd
 import typer
 
 from agent.audit_bundle import BundleReport, export_bundle, verify_bundle
-from agent.config import Collection, load_config
-from agent.outbox import ACKED, Outbox
+from agent.config import load_config
+from agent.outbox import ACKED, REJECTED, Outbox
 from agent.protocol.envelope import (
     EnvelopeError,
     public_jwk,
@@ -45,14 +47,14 @@ from agent.reporter import (
     check_period_over,
     commit_signed_report,
 )
+from agent.service_config import Reporting
 from agent.store.store import Store
-from indicators.policy import PolicyFiles, file_sha256
+from indicators.policy import DEFAULT_POLICY, PolicyFiles, file_sha256
 from tieragent.commands.report_range import build_range, range_days, report_release
 from tieragent.console import (
     BENCHMARKS_OPTION,
     DECLARATIONS_OPTION,
     EXIT_FAILED,
-    POLICY_OPTION,
     InvalidInput,
     err_console,
     handle_errors,
@@ -119,11 +121,15 @@ def report_from_store(
     ),
     last_day: str | None = typer.Option(None, "--to", help="Last day of the range (inclusive)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
-    key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Agent key folder."),
-    policy: Path = POLICY_OPTION,
+    key_dir: Path | None = typer.Option(
+        None, "--key-dir", help="Agent key folder [default: reporting.key_dir; with a "
+        "reporting: section <data-dir>/keys, else ./keys]."),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="Tier policy YAML [default: reporting.policy, else packaged]."),
     benchmarks: Path | None = BENCHMARKS_OPTION,
     declarations: Path | None = DECLARATIONS_OPTION,
-    bureau_id: str = typer.Option("bureau", "--bureau-id", help="Audience (the bureau's id)."),
+    bureau_id: str | None = typer.Option(
+        None, "--bureau-id", help="Audience [default: reporting.bureau_id, else bureau]."),
     revision: int = typer.Option(
         0, "--revision", min=0, help="Correction revision of the period (needs --reason)."
     ),
@@ -146,6 +152,21 @@ def report_from_store(
             "Give --config FILE and --period (2026-11-21, 2026-11 or 2026) or --from/--to."
         )
     config = load_config(config_path)
+    # Flags first, then the configuration's `reporting:` section (the one `run` uses).
+    reporting = config.reporting or Reporting()
+    policy = policy or reporting.policy or DEFAULT_POLICY
+    benchmarks = benchmarks or reporting.benchmarks
+    declarations = declarations or reporting.declarations
+    if key_dir is None:  # as `run` signs: reporting.key_dir, else <data-dir>/keys
+        key_dir = reporting.key_dir or (
+            data_dir / "keys" if config.reporting is not None else Path("keys"))
+    bureau_id = bureau_id or reporting.bureau_id
+    passphrase = read_passphrase(passphrase_file)
+    if passphrase is None and passphrase_file is None and reporting.passphrase is not None:
+        try:
+            passphrase = reporting.passphrase.resolve().encode()
+        except LookupError as error:
+            raise InvalidInput(f"{config_path}: reporting.passphrase: {error}") from None
     try:
         loaded = PolicyFiles(policy, benchmarks, declarations).load()
         db = _store_db(data_dir)
@@ -154,8 +175,7 @@ def report_from_store(
             outbox = Outbox(data_dir / "outbox.db")
             context = ReportContext(
                 config=config, config_path=config_path, store=store, outbox=outbox,
-                key_dir=key_dir, policy=loaded, bureau_id=bureau_id,
-                passphrase=read_passphrase(passphrase_file),
+                key_dir=key_dir, policy=loaded, bureau_id=bureau_id, passphrase=passphrase,
             )
             if days is not None:
                 if build_range(context, days).built:
@@ -207,7 +227,7 @@ def report_build(
     if period_kind not in ("day", "month", "year"):
         raise InvalidInput(f"--period-kind {period_kind!r} is not day, month or year.")
     built_period = _period(period, period_kind, time_zone)
-    check_period_over(built_period, Collection().report_grace_s, time.time())
+    check_period_over(built_period, Reporting().grace_s, time.time())
     key = load_private_key(key_dir / PRIVATE_NAME, read_passphrase(passphrase_file))
     meta = ReportMeta(
         factory_id=factory,
@@ -246,16 +266,26 @@ def _bureau_keys(path: Path) -> tuple[dict[str, str], ...]:
 @report_app.command("send")
 @handle_errors
 def report_send(
-    outbox_path: Path = typer.Option(..., "--outbox"),
-    broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
-    factory: str = typer.Option(..., "--factory"),
-    bureau_key: Path = typer.Option(..., "--bureau-key", help="Pinned bureau receipt JWK(s)."),
-    protocol: str = typer.Option("5", "--protocol", help="5 or 3.1.1"),
-    window: int = typer.Option(4, "--window"),
-    keepalive_s: int = typer.Option(30, "--keepalive-s"),
-    receipt_timeout_s: float = typer.Option(30.0, "--receipt-timeout-s"),
-    reconnect_min_s: float = typer.Option(1.0, "--reconnect-min-s"),
-    reconnect_max_s: float = typer.Option(60.0, "--reconnect-max-s"),
+    config_path: Path | None = typer.Option(
+        None, "--config", help="Factory configuration: its delivery: section gives the "
+        "defaults of every flag below."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir",
+                                  help="With --config: the folder of outbox.db."),
+    outbox_path: Path | None = typer.Option(
+        None, "--outbox", help="Outbox database [default: <data-dir>/outbox.db]."),
+    broker: str | None = typer.Option(None, "--broker",
+                                      help="mqtt://host:port or mqtts://host:port"),
+    factory: str | None = typer.Option(None, "--factory", help="[default: factory.factory_id]"),
+    bureau_key: Path | None = typer.Option(None, "--bureau-key",
+                                           help="Pinned bureau receipt JWK(s)."),
+    protocol: str | None = typer.Option(None, "--protocol", help="5 or 3.1.1 [default: 5]"),
+    window: int | None = typer.Option(None, "--window", help="[default: 4]"),
+    keepalive_s: int | None = typer.Option(None, "--keepalive-s", help="[default: 30]"),
+    receipt_timeout_s: float | None = typer.Option(None, "--receipt-timeout-s",
+                                                   help="[default: 30]"),
+    reconnect_min_s: float | None = typer.Option(None, "--reconnect-min-s", help="[default: 1]"),
+    reconnect_max_s: float | None = typer.Option(None, "--reconnect-max-s",
+                                                 help="[default: 60]"),
     until_drained: bool = typer.Option(False, "--until-drained", help="Exit when all acked."),
     timeout_s: float = typer.Option(0.0, "--timeout-s", help="Give up after this (0: never)."),
     ca_file: Path | None = typer.Option(None, "--ca-file"),
@@ -264,26 +294,45 @@ def report_send(
     username: str | None = typer.Option(None, "--username"),
     password_file: Path | None = typer.Option(None, "--password-file"),
 ) -> None:
-    """Deliver queued reports; a report leaves the queue only on a signed bureau receipt."""
+    """Deliver queued reports; a report leaves the queue only on a signed bureau receipt.
+
+    With --until-drained: exit 0 when every report is acknowledged, 1 when reports are left
+    unacknowledged at the timeout or quarantined (rejected by the bureau)."""
+    from tieragent.commands.run_service import check_delivery
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if protocol not in ("5", "3.1.1"):
+    if protocol not in (None, "5", "3.1.1"):
         raise InvalidInput(f"--protocol {protocol!r} is not 5 or 3.1.1.")
-    settings = PublisherSettings(
-        broker_url=broker,
-        factory_id=factory,
-        bureau_keys=_bureau_keys(bureau_key),
-        protocol="5" if protocol == "5" else "3.1.1",
-        window=window,
-        keepalive_s=keepalive_s,
-        receipt_timeout_s=receipt_timeout_s,
-        reconnect_min_s=reconnect_min_s,
-        reconnect_max_s=reconnect_max_s,
-        ca_file=ca_file,
-        cert_file=cert_file,
-        key_file=key_file,
-        username=username,
-        password_file=password_file,
-    )
+    base: PublisherSettings | None = None
+    if config_path is not None:
+        config = load_config(config_path)
+        base = check_delivery(config, config_path)
+        factory = factory or config.factory.factory_id
+        outbox_path = outbox_path or data_dir / "outbox.db"
+    missing = [flag for flag, value in (("--outbox", outbox_path), ("--factory", factory))
+               if value is None]
+    if base is None:
+        missing += [flag for flag, value in (("--broker", broker), ("--bureau-key", bureau_key))
+                    if value is None]
+    if missing:
+        raise InvalidInput(
+            f"Give {', '.join(missing)}, or --config FILE with a delivery: section.")
+    assert outbox_path is not None and factory is not None
+    overrides: dict[str, Any] = {
+        name: value for name, value in (
+            ("broker_url", broker), ("protocol", protocol), ("window", window),
+            ("keepalive_s", keepalive_s), ("receipt_timeout_s", receipt_timeout_s),
+            ("reconnect_min_s", reconnect_min_s), ("reconnect_max_s", reconnect_max_s),
+            ("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file),
+            ("username", username), ("password_file", password_file),
+        ) if value is not None
+    }
+    if bureau_key is not None:
+        overrides["bureau_keys"] = _bureau_keys(bureau_key)
+    if base is None:
+        settings = PublisherSettings(factory_id=factory, **overrides)
+    else:
+        settings = dataclasses.replace(base, factory_id=factory, **overrides)
     outbox = _existing_outbox(outbox_path)
     publisher = Publisher(settings, outbox)
     publisher.start()
@@ -303,8 +352,14 @@ def report_send(
                 break
     finally:
         publisher.stop()
-    typer.echo(json.dumps({"outbox": outbox.counts(), **publisher.metrics}, sort_keys=True))
-    if until_drained and outbox.unacked():
+    counts = outbox.counts()
+    typer.echo(json.dumps({"outbox": counts, **publisher.metrics}, sort_keys=True))
+    if until_drained and (outbox.unacked() or counts.get(REJECTED)):
+        if counts.get(REJECTED):
+            err_console.print(
+                f"[red]{counts[REJECTED]} report(s) quarantined[/]: rejected by the bureau; "
+                "`tieragent status` shows why, `tieragent report release` sends them again "
+                "after the fix.")
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -15,7 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent.errors import AgentError
 from agent.outbox import REJECTED, Outbox
-from agent.reporter import PeriodNotOver, ReportContext, build_period_report, days_between
+from agent.reporter import (
+    PeriodNotOver,
+    PeriodReport,
+    ReportContext,
+    build_period_reports,
+    days_between,
+)
 from tieragent.console import EXIT_INVALID, InvalidInput, err_console, handle_errors, print_error
 
 
@@ -68,17 +74,19 @@ def build_range(context: ReportContext, days: list[str]) -> RangeSummary:
     stopped: AgentError | None = None
     with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("days", total=len(days))
-        for day in days:
-            bar.update(task, description=f"day {day}")
-            try:
-                built = build_period_report(context, day)
-            except AgentError as error:  # PeriodNotOver, PeriodDataChanged, …
-                stopped = error
-                break
+
+        def record(day: str, built: PeriodReport) -> None:
             (summary.built if built.created else summary.queued).append(day)
             if not built.has_data:
                 summary.empty.append(day)
-            bar.advance(task)
+            bar.update(task, advance=1, description=f"day {day}")
+
+        try:
+            # One batch: the key, inventory and base measures are read once, and long
+            # ranges compute days ahead in worker processes (agent.reporter).
+            build_period_reports(context, days, record)
+        except AgentError as error:  # PeriodNotOver, PeriodDataChanged, …
+            stopped = error
     typer.echo(summary.line())
     if stopped is not None:
         typer.echo(f"Built: {', '.join(summary.built) or 'none'}.")

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent.backfill import HistoryError
+from agent.backfill import CHUNK_SAMPLES, HistoryError
 from agent.config import load_config
 from agent.store import Store, StoreError
 from indicators.columns import MEASURE_COLUMNS
@@ -32,7 +33,8 @@ log = logging.getLogger("tieragent.cli")
 @handle_errors_failing_on(StoreError, HistoryError)
 def run(
     config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir",
+                                  help="Folder of agent.db, outbox.db and (by default) keys/."),
     metrics_port: int = typer.Option(9108, "--metrics-port",
                                      help="Loopback port of /metrics and /healthz (0: any)."),
     log_json: bool = typer.Option(False, "--log-json", help="Log JSON lines to stderr."),
@@ -44,7 +46,8 @@ def run(
     influx_token_env: str | None = typer.Option(
         None, "--influx-token-env", help="Environment variable holding the InfluxDB token."),
 ) -> None:
-    """Collect from every configured connection into the store until stopped.
+    """Collect from every configured connection; with `reporting:` and `delivery:` in the
+    configuration, also report every period that is over and deliver it to the bureau.
 
     One instance per data directory: a second `run` on the same --data-dir exits 2 naming
     the pid that holds `<data-dir>/agent.lock`.
@@ -55,12 +58,19 @@ def run(
     from agent.mirror import InfluxMirror
     from agent.modbus_splits import SPLITS_NAME
     from agent.runtime import Runtime, build_connectors
+    from agent.service import ServiceState, register_metrics, with_service_health
+    from tieragent.clock import ClockOffsetInvalid, wall_clock
+    from tieragent.commands.run_service import start_service
     from tieragent.logging_setup import setup_logging
 
     setup_logging(json_lines=log_json)
     factory = load_config(config, resolve_secrets=True)  # refuse to start without them
     try:
-        connectors = build_connectors(factory, splits_file=data_dir / SPLITS_NAME)
+        clock = wall_clock()
+    except ClockOffsetInvalid as exc:
+        raise InvalidInput(str(exc)) from None
+    try:
+        connectors = build_connectors(factory, splits_file=data_dir / SPLITS_NAME, clock=clock)
     except ValueError as exc:  # a signal binding the protocol connector cannot serve
         raise InvalidInput(f"{config}: {exc}") from None
     except ImportError as exc:
@@ -77,10 +87,23 @@ def run(
     if influx_url:
         token = os.environ.get(influx_token_env, "") if influx_token_env else ""
         mirror = InfluxMirror(influx_url, influx_org, influx_bucket, token)
-    runtime = Runtime(factory, store, connectors, metrics, mirror=mirror)
+    runtime = Runtime(factory, store, connectors, metrics, mirror=mirror, clock=clock)
+    state = ServiceState()
+    register_metrics(metrics.registry, state)
+
+    def health() -> dict[str, Any]:
+        return with_service_health(runtime.health(), state, factory.delivery, time.time())
+
     try:
-        server = MetricsServer(metrics, runtime.health, metrics_port)
+        threads = start_service(factory, config, data_dir, state, clock)
+    except BaseException:
+        store.close()
+        lock.release()
+        raise
+    try:
+        server = MetricsServer(metrics, health, metrics_port)
     except OSError as exc:
+        threads.stop()
         store.close()
         lock.release()
         where = f"127.0.0.1:{metrics_port}"
@@ -109,6 +132,7 @@ def run(
     try:
         asyncio.run(main())
     finally:
+        threads.stop()
         server.stop()
         if mirror is not None:
             mirror.close()
@@ -121,8 +145,15 @@ def backfill(
     config: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
     history: Path = typer.Option(..., "--history", help="Simulator history folder."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db."),
+    chunk_samples: int = typer.Option(
+        CHUNK_SAMPLES, "--chunk-samples", min=1,
+        help="Samples per transaction: after an interruption, at most this much is redone."),
 ) -> None:
-    """Import the simulator's offline history through the live derivation code."""
+    """Import the simulator's offline history through the live derivation code.
+
+    Resumable: run again with the same history after an interruption, and it continues where
+    it stopped (nothing is imported twice). Holds the data directory's lock, like `run`.
+    """
     from agent.backfill import backfill as run_backfill
 
     factory = load_config(config)
@@ -133,15 +164,32 @@ def backfill(
         def step(device_id: str, done: int, total: int) -> None:
             progress.update(task, completed=done, total=total, description=device_id)
 
-        summary = run_backfill(factory, history, data_dir / DB_NAME, progress=step)
-    console.print(
-        f"imported {summary.samples:,} samples of {summary.devices} devices in "
-        f"{summary.seconds:.1f} s into {data_dir / DB_NAME}"
-    )
+        summary = run_backfill(factory, history, data_dir / DB_NAME, progress=step,
+                               chunk_samples=chunk_samples)
+    if summary.already_done == summary.devices:
+        console.print(f"history {summary.history_id} is already imported into "
+                      f"{data_dir / DB_NAME} ({summary.devices} devices); nothing to do",
+                      highlight=False, soft_wrap=True)
+    else:
+        resumed = (f" (resumed: {summary.already_done} devices were already imported)"
+                   if summary.already_done else "")
+        console.print(
+            f"imported {summary.samples:,} samples of {summary.devices} devices in "
+            f"{summary.seconds:.1f} s into {data_dir / DB_NAME}{resumed}", highlight=False,
+            soft_wrap=True,
+        )
+    if summary.outside:
+        console.print(f"[yellow]not imported:[/] {summary.outside:,} samples outside the "
+                      f"history's time range", highlight=False, soft_wrap=True)
+    if summary.unstorable:
+        console.print(f"[yellow]kept as bad samples without value:[/] {summary.unstorable:,} "
+                      f"values the store cannot hold", highlight=False, soft_wrap=True)
     if summary.missing:
-        console.print(f"[yellow]no samples for[/] {', '.join(summary.missing)} (time unknown)")
+        console.print(f"[yellow]no samples for[/] {', '.join(summary.missing)} (time unknown, "
+                      f"samples expected but not received)", highlight=False, soft_wrap=True)
     if summary.unknown:
-        console.print(f"[yellow]ignored files of unknown devices[/] {', '.join(summary.unknown)}")
+        console.print(f"[yellow]ignored files of unknown devices[/] {', '.join(summary.unknown)}",
+                      highlight=False, soft_wrap=True)
 
 
 @handle_errors_failing_on(StoreError, HistoryError)

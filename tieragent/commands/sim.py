@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -158,13 +159,17 @@ def serve(
     if problems:
         raise InvalidInput("; ".join(problems))
     _quiet_libraries(verbose)
-    live = LiveFactory(model, seed=seed, profile=profile)
+    from tieragent.clock import wall_clock
+
+    clock = wall_clock()
+    opcua = dataclasses.replace(opcua, clock=clock)
+    live = LiveFactory(model, seed=seed, profile=profile, clock=clock)
     try:
         asyncio.run(
             _serve(
                 live,
                 opcua,
-                ModbusFaceConfig(host=host, port=modbus_port, tick_s=tick),
+                ModbusFaceConfig(host=host, port=modbus_port, tick_s=tick, clock=clock),
                 control_port,
                 ledger_dir,
             )
@@ -183,7 +188,8 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with SimulatorServer(
-        live, opcua=opcua, modbus=modbus, control_port=control_port, ledger_dir=ledger_dir
+        live, opcua=opcua, modbus=modbus, control_port=control_port, ledger_dir=ledger_dir,
+        clock=opcua.clock,
     ) as sim:
         assert sim.modbus_address is not None
         modbus_host, modbus_port = sim.modbus_address

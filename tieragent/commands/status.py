@@ -2,7 +2,9 @@
 
 Reads outbox.db and agent.db read-only (no running agent needed, and a running agent is not
 disturbed): the outbox by state, the last receipt, every quarantined report with its reason,
-the oldest open report's age; per device the last sample and its age; the store's size.
+the oldest open report's age; per device the last sample and its age; the store's size, and
+the raw samples' disk use against `collection.raw_quota_mb` (measured as the agent measures it,
+`agent.store.quota`; the quota as the last `tieragent run` recorded it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.outbox import ACKED, INFLIGHT, PENDING, REJECTED
+from agent.store.quota import MB, QUOTA_META_KEY, used_bytes
 from tieragent.console import InvalidInput, handle_errors
 
 NONE = "—"
@@ -61,6 +64,8 @@ class StoreStatus:
     path: str
     exists: bool
     size_bytes: int | None = None
+    raw_bytes: int | None = None
+    raw_quota_bytes: int | None = None  # None until `tieragent run` recorded it
     devices: list[DeviceStatus] = field(default_factory=list)
 
 
@@ -122,6 +127,9 @@ def store_status(path: Path, now: float) -> StoreStatus:
         if p.is_file()
     )
     with _read_only(path) as db:
+        status.raw_bytes = used_bytes(db)
+        quota = db.execute("SELECT value FROM meta WHERE key = ?", (QUOTA_META_KEY,)).fetchone()
+        status.raw_quota_bytes = int(quota[0]) if quota is not None else None
         # The newest hour of each device locates its last samples (sample_index, rowid range).
         rows = db.execute(
             "SELECT i.device_id, (SELECT MAX(s.received_ts) FROM samples s "
@@ -212,6 +220,20 @@ def _print(console: Console, outbox: OutboxStatus, store: StoreStatus) -> None:
     console.print(devices)
     where = store.path if store.exists else f"{store.path} (none yet)"
     console.print(f"Store size on disk: {_size(store.size_bytes)} ({where})", highlight=False)
+    if store.raw_bytes is not None:
+        console.print("Raw samples (agent.db in use): "
+                      f"{_quota_use(store.raw_bytes, store.raw_quota_bytes)}", highlight=False)
+
+
+def _quota_use(used: int, quota: int | None) -> str:
+    """`4.1 of 10,000.0 MB quota (0 %)`, with the alarm the agent raises at that use."""
+    if quota is None:
+        return f"{used / MB:,.1f} MB (quota not known yet: `tieragent run` records it)"
+    share = used / quota
+    alarm = ("  FULL: new samples are dropped" if share >= 1 else "  above 95 %" if share >= 0.95
+             else "  above 80 %" if share >= 0.8 else "")
+    return f"{used / MB:,.1f} of {quota / MB:,.1f} MB quota ({share:.0%}){alarm}".replace(
+        "%)", " %)")
 
 
 @handle_errors

@@ -1,0 +1,210 @@
+"""What a period's report is computed from, and worker processes that compute it ahead.
+
+`period_inputs` reads a period's base measures and raw samples and computes the tier
+evaluation, the factory's indicators and the raw-data segment digests: everything of a
+report that is measured. Signing and committing stay with the caller, in period order.
+
+Building many days (`agent.reporter.build_period_reports`) spends most of its time here, in
+Python that holds the GIL, so `InputPool` runs `period_inputs` in worker processes, each
+with its own read-only connection to agent.db, a few periods ahead of the committing
+process. The workers run the same function on the same rows; only where it runs differs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pandas as pd
+
+from agent.assess import assess
+from agent.config import FactoryConfig
+from agent.errors import AgentError
+from agent.protocol.merkle import root
+from agent.raw_segments import column_digests, segment_digests
+from agent.store.raw import read_raw
+from agent.store.report_reads import RawColumns, read_base_measures, read_raw_columns
+from indicators.catalog import BASELINE_INDICATORS, INDICATORS
+from indicators.policy import PolicySet
+
+
+@dataclass(frozen=True)
+class PeriodInputs:
+    base: pd.DataFrame
+    evaluation: dict[str, Any]
+    indicators: dict[str, Any] | None  # the factory scope, without baseline indicators
+    digests: list[bytes]
+    merkle_root: bytes  # root(digests), computed where the digests were
+
+
+def period_inputs(
+    config: FactoryConfig, policy: PolicySet, inventory: pd.DataFrame, base: pd.DataFrame,
+    raw_columns: Callable[[], RawColumns], raw_frame: Callable[[], pd.DataFrame],
+) -> PeriodInputs:
+    """The measured part of a period's report, from its base measures and its raw samples
+    (`raw_columns()`, or `raw_frame()` when a value is not a plain number)."""
+    assessed = assess(config, base, inventory, policy)
+    # The evaluation computed the factory's indicators from these base measures already.
+    factory_scope = assessed.indicators.get("factory")
+    indicators = (
+        {
+            key: value.to_json()
+            for key, value in sorted(factory_scope.items())
+            if key in INDICATORS and key not in BASELINE_INDICATORS  # a report has no baseline
+        }
+        if factory_scope is not None
+        else None
+    )
+    digests = column_digests(raw_columns())
+    if digests is None:  # a value that is not a plain number: the exact frame path
+        digests = segment_digests(raw_frame())
+    return PeriodInputs(base, assessed.to_json(), indicators, digests, root(digests))
+
+
+# --- worker processes -------------------------------------------------------------------
+#
+# Plain child processes (`python -m agent.report_worker`) speaking pickle over their stdin
+# and stdout, not multiprocessing: its spawn and forkserver methods re-run the parent's main
+# script in every child (a script without a __main__ guard, or one whose imports need its
+# own directory on the path, breaks), and fork is unsafe under the demo's threads.
+
+
+class WorkerFailed(AgentError):
+    """A report-input worker process died or could not start."""
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """A worker's loop: a setup message, then one (start, end) request per period, each
+    answered with ("ok", PeriodInputs) or ("error", exception), until end of input."""
+    db, config, policy, inventory = pickle.load(stdin)
+    conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True)
+    while True:
+        try:
+            start, end = pickle.load(stdin)
+        except EOFError:
+            return
+        try:
+            answer: tuple[str, Any] = (
+                "ok", stored_period_inputs(conn, config, policy, inventory, start, end)
+            )
+        except Exception as error:  # handed to the parent, raised there in period order
+            answer = ("error", (f"{type(error).__name__}: {error}", _pickled(error)))
+        pickle.dump(answer, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.flush()
+
+
+def _pickled(error: Exception) -> bytes | None:
+    try:
+        blob = pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)  # some exceptions pickle but do not unpickle (extra __init__ args)
+    except Exception:
+        return None
+    return blob
+
+
+def stored_period_inputs(
+    conn: sqlite3.Connection, config: FactoryConfig, policy: PolicySet,
+    inventory: pd.DataFrame, start: float, end: float,
+) -> PeriodInputs:
+    """`period_inputs` of [start, end) read over `conn`, as `Store` reads it."""
+    return period_inputs(
+        config, policy, inventory, read_base_measures(conn, start, end),
+        lambda: read_raw_columns(conn, start, end), lambda: read_raw(conn, start, end),
+    )
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the directory this `agent` package was imported from first on
+    the path: the workers run the same code as their parent."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
+class InputPool:
+    """`period_inputs` of many periods in `workers` child processes, handed back in order.
+
+    Each worker gets every `workers`-th period; at most `ahead` periods per worker wait to
+    be taken (memory stays flat). The children are ours: `close` ends them by PID.
+    """
+
+    def __init__(
+        self, db: Path, config: FactoryConfig, policy: PolicySet, inventory: pd.DataFrame,
+        workers: int,
+    ) -> None:
+        self.ahead = 2
+        self._children: list[subprocess.Popen[bytes]] = []
+        setup = pickle.dumps((str(db), config, policy, inventory), pickle.HIGHEST_PROTOCOL)
+        for _ in range(workers):
+            child = subprocess.Popen(
+                [sys.executable, "-m", "agent.report_worker"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(),
+            )
+            self._children.append(child)
+            self._send(child, setup)
+
+    def _send(self, child: subprocess.Popen[bytes], data: bytes) -> None:
+        assert child.stdin is not None
+        try:
+            child.stdin.write(data)
+            child.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerFailed(self._died(child)) from None
+
+    def _died(self, child: subprocess.Popen[bytes]) -> str:
+        return (
+            f"a report-building worker process (pid {child.pid}) ended unexpectedly "
+            f"(exit code {child.poll()}); build again without workers (--workers 0 in "
+            "bench/reports.py, workers=0 in build_period_reports)"
+        )
+
+    def inputs(self, spans: Sequence[tuple[float, float]]) -> Iterator[PeriodInputs]:
+        """The inputs of each (start, end) of `spans`, in order; a worker's error is raised
+        when its period's turn comes."""
+        children = self._children
+        pending: deque[subprocess.Popen[bytes]] = deque()  # the worker of each open request
+        upcoming = iter(enumerate(spans))
+
+        def request() -> None:
+            step = next(upcoming, None)
+            if step is not None:
+                child = children[step[0] % len(children)]
+                self._send(child, pickle.dumps(step[1], pickle.HIGHEST_PROTOCOL))
+                pending.append(child)
+
+        for _ in range(self.ahead * len(children)):
+            request()
+        while pending:
+            child = pending.popleft()
+            assert child.stdout is not None
+            try:
+                status, value = pickle.load(child.stdout)
+            except EOFError:
+                raise WorkerFailed(self._died(child)) from None
+            if status != "ok":
+                text, blob = value
+                raise WorkerFailed(text) if blob is None else pickle.loads(blob)
+            request()
+            yield value
+
+    def close(self) -> None:
+        for child in self._children:
+            if child.stdin is not None:
+                child.stdin.close()  # end of input: the worker returns
+        for child in self._children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+            if child.stdout is not None:
+                child.stdout.close()

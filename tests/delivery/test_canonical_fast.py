@@ -1,0 +1,84 @@
+"""The fast canonical JSON path gives rfc8785's bytes exactly, or steps aside (issue 20 item 11).
+
+Signatures and hash chains are over these bytes: one differing byte would make every report
+unverifiable, so the fast path is held to the library on numbers of every magnitude, on
+strings that need escaping, and on the report-shaped values it exists for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any
+
+import pytest
+import rfc8785
+
+from agent.protocol.canonical import fast_canonical_bytes, fast_canonical_form
+from agent.protocol.envelope import EnvelopeError, canonical_bytes, canonical_form
+
+
+def _floats(count: int) -> list[float]:
+    rnd = random.Random(8785)
+    values = [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, 2.0**53,
+              2.0**53 - 1, -(2.0**53) + 1, 0.1, 1e21, 1e-7, 5e-324, 1.7976931348623157e308,
+              123456789.125, -0.5]
+    for _ in range(count):
+        magnitude = 10 ** rnd.uniform(-12, 24) * rnd.choice([-1, 1])
+        values += [magnitude, float(round(magnitude)), float(rnd.randint(-(2**54), 2**54))]
+    return values
+
+
+def test_numbers_print_as_rfc8785_prints_them() -> None:
+    fast = 0
+    for value in _floats(30_000):
+        mine = fast_canonical_bytes(value)
+        if mine is not None:
+            fast += 1
+            assert mine == rfc8785.dumps(value), repr(value)
+        assert canonical_bytes(value) == rfc8785.dumps(value)
+    assert fast > 40_000  # the usual magnitudes do take the fast path
+
+
+def test_strings_members_and_nesting() -> None:
+    value: dict[str, Any] = {
+        "s": "\x00\x1f\x7f\"\\/\b\f\n\r\t中文\u2028 é",
+        "b": [True, False, None, 1, -2, 3.5, [], {}],
+        "z": {"b": 1, "a": 2, "A": [1.0, 2.5, (3, 4)]},
+        "k": 2**53 - 1,
+    }
+    assert fast_canonical_bytes(value) == rfc8785.dumps(value)
+    payload, copy = canonical_form(value)
+    assert payload == rfc8785.dumps(value)
+    assert copy == json.loads(payload) and list(copy) == list(json.loads(payload))
+
+
+@pytest.mark.parametrize("value", [
+    {"é": 1},  # non-ASCII member name: UTF-16 order is the library's to decide
+    {1: "x"},  # not a str member name
+    "lone \ud800 surrogate",
+    math.nan,
+    2**53,
+    1e-7,
+    (1.5).__class__.fromhex("0x1p-30"),
+])
+def test_anything_unsure_goes_to_the_library(value: Any) -> None:
+    assert fast_canonical_form(value) is None
+    try:
+        expected: bytes | None = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError, TypeError, ValueError):
+        expected = None
+    if expected is None:
+        with pytest.raises(EnvelopeError):
+            canonical_bytes(value)
+    else:
+        assert canonical_bytes(value) == expected
+
+
+def test_a_subclass_is_the_library_s() -> None:
+    import numpy as np
+
+    value = {"x": np.float64(1.0), "y": [np.float64(0.25)]}
+    assert fast_canonical_form(value) is None
+    assert canonical_bytes(value) == rfc8785.dumps(value)
