@@ -103,6 +103,11 @@ class Signal(Strict):
     unit: str = ""
     state_map: str | None = Field(None, description="Preset or state_maps key (role state).")
     counter_bits: Literal[16, 32, 64] | None = None
+    valid_range: tuple[float, float] | None = Field(
+        None,
+        description="[min, max] of a plausible good value; a value outside it is kept and "
+        "counted as out_of_range (signal health: /metrics, log, the report's data_quality).",
+    )
     opcua: OpcUaAddress | None = None
     modbus: ModbusAddress | None = None
 
@@ -111,6 +116,13 @@ class Signal(Strict):
     def _id(cls, value: str) -> str:
         if not _ID.match(value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
+        return value
+
+    @field_validator("valid_range")
+    @classmethod
+    def _valid_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("give [min, max] with min < max")
         return value
 
 

@@ -309,6 +309,8 @@ def _build(
         "segment_digests": inputs.digests,
         "params": shared.params,
         "indicators": inputs.indicators,
+        # What the agent saw go wrong in the period's signals (agent.derive.issues).
+        "data_quality": {"signal_issues": context.store.signal_issues(start, end)},
     }
     with_data = has_samples(base)
     if queued is not None:
@@ -372,6 +374,7 @@ def commit_signed_report(
     params: Mapping[str, Any] | None = None,
     indicators: Mapping[str, Any] | None = None,
     merkle_root: bytes | None = None,
+    data_quality: Mapping[str, Any] | None = None,
 ) -> OutboxItem:
     """Build, sign and commit the report `meta` describes, once per period and revision: the
     outbox assigns seq and prev_sha256 inside its transaction, so a rebuild is not re-signed.
@@ -390,6 +393,7 @@ def commit_signed_report(
             params=params,
             indicators=indicators,
             merkle_root=merkle_root,
+            data_quality=data_quality,
         )
 
     return outbox.commit_payload(

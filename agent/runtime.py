@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from agent.config import FactoryConfig
 from agent.health import HealthInputs, LinkView, assess, writer_keeping_up
 from agent.metrics import AgentMetrics
+from agent.signal_health import SignalHealth
 from agent.store import IngestItem, LinkItem, Store, StoreError
 from agent.store.losses import DISK_FULL
 from agent.store.quota import QuotaReading
@@ -196,14 +197,16 @@ class Runtime:
         self.channel = Channel(config.collection.queue_size)
         self.state = RuntimeState()
         metrics.queue_capacity.set(self.channel.capacity)
+        self.signal_health = SignalHealth(metrics.registry)
         self._last_lag_warning = 0.0
         started = clock()
         for name in self.connectors:  # down (never connected) until the first CONNECTED
             self.state.links[name] = LinkView(False, started, time.monotonic())
 
     def health(self) -> dict[str, Any]:
-        """For /healthz (`agent.health.assess`): "ok", or "degraded" with its reasons."""
-        return assess(HealthInputs(
+        """For /healthz (`agent.health.assess`): "ok", or "degraded" with its reasons; the
+        signals with an active problem are listed, not a reason to restart or page."""
+        body = assess(HealthInputs(
             now_mono=time.monotonic(), links=dict(self.state.links),
             down_limit_s=self.config.collection.health_connection_down_s,
             writer_alive=self.state.writer_alive, lag_s=self.state.lag_s,
@@ -211,6 +214,12 @@ class Runtime:
             dropped_total=self.state.dropped, last_drop_mono=self.state.last_drop_mono,
             drop_reason=self.state.drop_reason, raw_quota=self.state.raw_quota,
         ))
+        body["signal_problems"] = [
+            {"device": key.device_id, "signal": key.signal_id, "cause": key.cause,
+             "detail": detail}
+            for key, detail in self.signal_health.active_problems()
+        ]
+        return body
 
     def writer_keeping_up(self) -> bool:
         """For the systemd watchdog: a down connection is no reason to restart the agent."""
@@ -358,6 +367,7 @@ class Runtime:
                 self.state.dropped += result.dropped
                 self.state.last_drop_mono = done
                 self.state.drop_reason = reason
+        self.signal_health.update(result.signal_issues)
         for device, count in result.stored_by_device.items():
             self.metrics.samples.labels(device).inc(count)
         for device, count in result.bad_by_device.items():

@@ -53,6 +53,7 @@ from connectors.modbus_codec import (
     split_block,
 )
 from connectors.sample import Quality, Sample, TimestampOrigin
+from connectors.status import MODBUS_DECODE_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ _ILLEGAL_ADDRESS = 2
 _BRIDGE_ANY_GAP = 65536
 # Sample.status for a value that arrived but cannot be decoded (NaN, bad length). Outside
 # the one-byte range of Modbus exception codes.
-STATUS_DECODE_ERROR = 0x1_0000
+STATUS_DECODE_ERROR = MODBUS_DECODE_ERROR
 
 
 class _NoReply(Exception):

@@ -265,6 +265,8 @@ class Reference:
         if "enum" in prop:
             return "one of " + ", ".join(f"`{_scalar(v)}`" for v in prop["enum"])
         kind = prop.get("type")
+        if kind == "array" and "prefixItems" in prop:  # a fixed-length tuple
+            return "[" + ", ".join(self.type_of(p) for p in prop["prefixItems"]) + "]"
         if kind == "array":
             return f"list of {self.type_of(prop['items'])}"
         if kind == "object":

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from agent.derive.device_plans import UNKNOWN
+from agent.derive.issues import IssueTally
 from agent.derive.slots import NO_SLOT, SlotCarry
 
 IntArray = npt.NDArray[np.int64]
@@ -102,6 +103,7 @@ class Derived:
     count_parts: list[tuple[str, IntArray, dict[int, npt.NDArray[Any]]]] = field(
         default_factory=list
     )
+    issues: IssueTally = field(default_factory=IssueTally)  # signal health (derive.issues)
 
     def add_counts(
         self, device_id: str, hours: IntArray, columns: Sequence[int], values: Sequence[IntArray]

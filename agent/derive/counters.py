@@ -9,6 +9,8 @@ samples here and keeps the deltas.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import numpy.typing as npt
 
@@ -30,12 +32,21 @@ def hour_of_end(ts: FloatArray) -> IntArray:
     return ((np.ceil(ts / HOUR_S - EPS) - 1) * HOUR_S).astype(np.int64)
 
 
+class CounterDeltas(NamedTuple):
+    starts: FloatArray
+    ends: FloatArray
+    amounts: FloatArray  # positive deltas only
+    # Per good finite sample, in order: True where the counter went back without a wrap
+    # (a reset, counted as the new value); with `judged_ts`, for signal health.
+    resets: BoolArray
+    judged_ts: FloatArray
+
+
 def counter_deltas(
     signal: SignalPlan, device: DeviceCarry, cols: SampleColumns, et: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray] | None:
-    """The positive deltas (starts, ends, amounts) of one counter signal's samples, or None
-    when there are none. Updates the signal's last value in `device` when a good finite
-    value came in."""
+) -> CounterDeltas | None:
+    """The positive deltas of one counter signal's samples, and where it was reset, or None
+    when there is no good finite value. Updates the signal's last value in `device`."""
     good = cols.quality != Q_BAD
     values = as_float(cols.value[good])
     ts = et[good]
@@ -53,15 +64,15 @@ def counter_deltas(
         cur_v, cur_t = values, ts
     delta = cur_v - prev_v
     drop = delta < 0
+    resets = np.zeros(len(delta), bool)
     if drop.any():
         m = signal.modulus
         wrap = drop & (prev_v >= 0.75 * m) & (cur_v < 0.25 * m)
+        resets = drop & ~wrap
         delta = np.where(wrap, cur_v + m - prev_v, np.where(drop, cur_v, delta))
     keep = delta > 0
     device.counters[signal.signal_id] = CounterCarry(float(values[-1]), float(ts[-1]))
-    if not keep.any():
-        return None
-    return prev_t[keep], cur_t[keep], delta[keep]
+    return CounterDeltas(prev_t[keep], cur_t[keep], delta[keep], resets, cur_t)
 
 
 def ideal_time_deltas(

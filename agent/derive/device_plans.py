@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.config import FactoryConfig
 from agent.derive.slots import SignalGrid
@@ -28,6 +29,7 @@ class SignalPlan:
     modulus: float  # counter wrap modulus in engineering units
     subscription: bool
     state_map: Mapping[int, int] | None  # state code -> label index
+    valid_range: tuple[float, float] | None  # a good value outside is out_of_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class DevicePlan:
     positions: Mapping[str, int]  # signal id -> index in `signal_ids`
     special_positions: tuple[int, ...]  # counters, state and auto mode: derived one by one
     grid: SignalGrid
+    # Per position: the valid_range bounds (NaN where none); None when no signal has one.
+    valid_range: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
 
 
 def plan_devices(
@@ -84,6 +88,7 @@ def plan_devices(
                 modulus=float(2**bits) * abs(scale),
                 subscription=subscription,
                 state_map=state_map,
+                valid_range=signal.valid_range,
             )
         state = device.signal(Role.STATE)
         auto = device.signal(Role.AUTO_MODE)
@@ -113,6 +118,14 @@ def plan_devices(
                 interval_s=np.array([p.interval_s for p in ordered], np.float64),
                 counted=np.array([p.required for p in ordered], bool),
                 subscription=np.array([p.subscription for p in ordered], bool),
+            ),
+            valid_range=(
+                (
+                    np.array([p.valid_range[0] if p.valid_range else np.nan for p in ordered]),
+                    np.array([p.valid_range[1] if p.valid_range else np.nan for p in ordered]),
+                )
+                if any(p.valid_range for p in ordered)
+                else None
             ),
         )
     return plans

@@ -57,6 +57,7 @@ import pandas as pd
 from agent.derive.carry import Derived, DeviceCarry
 from agent.derive.counters import IdealTimes, counter_deltas, hour_of_end, ideal_time_deltas
 from agent.derive.device_plans import OFFLINE, STATE_LABELS, UNKNOWN, DevicePlan, SignalPlan
+from agent.derive.issues import IssueJudge, IssueKey, unmapped_states
 from agent.derive.sample_columns import (
     O_RECEIVED,
     SampleColumns,
@@ -103,6 +104,7 @@ class Deriver:
         self.carries: dict[str, DeviceCarry] = {}
         self.out = Derived()
         self.changed: set[str] = set()  # devices whose carry changed since `take_changed`
+        self.judge = IssueJudge()  # signal health: bad statuses, values out of range
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -250,9 +252,10 @@ class Deriver:
                 produced = ideal is not None and signal.role in plan.produced_roles
                 self._counter(device_id, signal, carry, sub, sub_et, ideal if produced else None)
             elif signal.role == Role.STATE:
-                state_ev[index] = self._state_labels(signal, sub)
+                state_ev[index] = self._state_labels(device_id, signal, sub, sub_et)
             else:
                 auto_ev[index] = self._auto_values(sub)
+        self.judge.statuses_and_ranges(self.out.issues, device_id, plan, position, cols, et)
         counted = position >= 0
         counted[counted] = plan.grid.counted[position[counted]]
         if count_until is not None:
@@ -310,7 +313,10 @@ class Deriver:
         deltas = counter_deltas(signal, device, cols, et)
         if deltas is None:
             return
-        starts, ends, amounts = deltas
+        self.out.issues.record(
+            IssueKey(device_id, signal.signal_id, "counter_reset"), deltas.resets, deltas.judged_ts
+        )
+        starts, ends, amounts = deltas.starts, deltas.ends, deltas.amounts
         self._deltas(device_id, signal.role.value, starts, ends, amounts)
         if ideal is not None:
             known, ideal_s = ideal_time_deltas(ideal, ends, amounts)
@@ -335,7 +341,9 @@ class Deriver:
         )
         self._touch(device_id, uniq)
 
-    def _state_labels(self, signal: SignalPlan, cols: SampleColumns) -> npt.NDArray[np.int8]:
+    def _state_labels(
+        self, device_id: str, signal: SignalPlan, cols: SampleColumns, et: FloatArray
+    ) -> npt.NDArray[np.int8]:
         mapping = signal.state_map or {}
         values = as_float(cols.value)
         integral = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2**62)
@@ -346,6 +354,9 @@ class Deriver:
         bad = cols.quality == Q_BAD
         unreachable = np.isin(cols.status, list(UNREACHABLE_STATUS))
         labels[bad] = np.where(unreachable[bad], OFFLINE, UNKNOWN)
+        # A good sample whose code the map does not know reads as `unknown`: say so.
+        unmapped_states(self.out.issues, device_id, signal.signal_id, mapping, codes,
+                        cols.value, ~bad, et)
         return labels
 
     @staticmethod

@@ -173,12 +173,13 @@ def build_report(
     params: Mapping[str, Any] | None = None,
     indicator_fn: IndicatorFn | None = None,
     indicators: Mapping[str, Any] | None = None,
+    data_quality: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict (validated, canonicalisable): `build_report_payload(...)[0]`."""
     report, _ = build_report_payload(
         meta, seq=seq, prev_sha256=prev_sha256, inventory=inventory, base=base,
         evaluation=evaluation, segment_digests=segment_digests, params=params,
-        indicator_fn=indicator_fn, indicators=indicators,
+        indicator_fn=indicator_fn, indicators=indicators, data_quality=data_quality,
     )
     return report
 
@@ -196,6 +197,7 @@ def build_report_payload(
     indicator_fn: IndicatorFn | None = None,
     indicators: Mapping[str, Any] | None = None,
     merkle_root: bytes | None = None,
+    data_quality: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """The report dict (validated) and its canonical bytes, the payload to sign. Pure; does
     not mutate its inputs.
@@ -208,6 +210,7 @@ def build_report_payload(
     to the factory's devices. `segment_digests`: RFC 6962 leaf hashes of the period's raw
     segments in leaf order (see agent.protocol.merkle). `evaluation`: `Evaluation.to_json()`.
     `merkle_root`: `root(segment_digests)` when the caller computed it with the digests.
+    `data_quality`: the optional signal-health section (`{"signal_issues": [...]}`).
     """
     params_json = dict(params) if params is not None else default_params(meta.period.time_zone)
     rows_frame = (
@@ -257,6 +260,8 @@ def build_report_payload(
     }
     if meta.revision_reason is not None:  # optional: reports without it stay as they were
         report["revision_reason"] = meta.revision_reason
+    if data_quality is not None:
+        report["data_quality"] = dict(data_quality)
     # Round-trip through canonical JSON so that what we validate and return is exactly
     # what gets signed (numpy scalars, tuples and NaN cannot slip through).
     try:

@@ -53,4 +53,10 @@ DDL: tuple[str, ...] = (
     history_id TEXT NOT NULL, device_id TEXT NOT NULL, start REAL NOT NULL, "end" REAL NOT NULL,
     imported_through REAL NOT NULL, samples INTEGER NOT NULL, done INTEGER NOT NULL,
     PRIMARY KEY (history_id, device_id)) WITHOUT ROWID""",
+    # Signal health per hour (agent.derive.issues): problem samples by cause, the detail
+    # of the latest one.
+    """CREATE TABLE IF NOT EXISTS signal_issues (
+    device_id TEXT NOT NULL, signal_id TEXT NOT NULL, cause TEXT NOT NULL,
+    hour_start INTEGER NOT NULL, count INTEGER NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (device_id, signal_id, cause, hour_start)) WITHOUT ROWID""",
 )

@@ -28,15 +28,17 @@ import numpy.typing as npt
 import pandas as pd
 
 from agent.config import FactoryConfig, declared_inventory
-from agent.derive.carry import COUNT_FIELDS, Derived
+from agent.derive.carry import COUNT_FIELDS
 from agent.derive.device_plans import plan_devices
 from agent.derive.engine import HOUR_S, Deriver
+from agent.derive.issues import IssueEvent
 from agent.derive.sample_columns import (
     SampleColumns,
     columns_from_samples,
     source_skew,
 )
 from agent.store.backfill_state import BackfillState
+from agent.store.derived_rows import read_signal_issues, write_derived
 from agent.store.losses import DISK_FULL, QUOTA_FULL, FailureLog, PendingLosses
 from agent.store.quota import RawQuota
 from agent.store.raw import as_bad, delete_raw_before, insert_raw, read_raw
@@ -82,13 +84,7 @@ class IngestResult:
     # Samples whose value the store cannot hold (agent.store.values): stored BAD without
     # value, so they are also in bad_by_device.
     unstorable_by_device: dict[str, int] = field(default_factory=dict)
-
-
-_COUNT_UPSERT = (
-    "INSERT INTO sample_counts (device_id, hour_start, " + ", ".join(COUNT_FIELDS) + ") "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, hour_start) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNT_FIELDS)
-)
+    signal_issues: list[IssueEvent] = field(default_factory=list)  # agent.derive.issues
 
 
 class Store:
@@ -105,6 +101,7 @@ class Store:
         # Committed samples whose value could not be stored (kept BAD without value), and the
         # (device, signal) pairs already logged: one warning each, not one per sample.
         self.unstorable_samples = 0
+        self.issue_events: list[IssueEvent] = []  # of the last commit (signal health)
         self._unstorable_logged: set[tuple[str, str]] = set()
         for device_id, state in conn.execute("SELECT device_id, state FROM carry"):
             deriver.restore(device_id, json.loads(state))
@@ -205,6 +202,7 @@ class Store:
             bad_by_device=_per_device(device_names, device_codes, cols.quality == Q_BAD),
             skewed_by_device=_per_device(device_names, device_codes, skew != 0),
             worst_skew_by_device=_worst_per_device(device_names, device_codes, skew),
+            signal_issues=self.issue_events,
         )
         if unstorable is not None:
             result.unstorable_by_device = _per_device(device_names, device_codes, unstorable)
@@ -288,10 +286,11 @@ class Store:
         derivation state, and the samples are remembered as a counted loss.
         """
         snapshot = {k: v.copy() for k, v in self.deriver.carries.items()}
+        issue_events: list[IssueEvent] = []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             work()  # type: ignore[operator]
-            self._write_derived(self.deriver.take())
+            issue_events = write_derived(self._conn, self.deriver.take())
             self._materialise_closed()
             self._write_carries()
             self._pending_loss.write(self._conn)
@@ -307,27 +306,13 @@ class Store:
             return str(exc)
         self._pending_loss.clear()
         self._failures.succeeded()
+        self.issue_events = issue_events
         return None
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back by itself on SQLITE_FULL.
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
-
-    def _write_derived(self, derived: Derived) -> None:
-        self._conn.executemany(
-            'INSERT INTO intervals (device_id, start, "end", state, auto) VALUES (?, ?, ?, ?, ?)',
-            derived.intervals,
-        )
-        self._conn.executemany(
-            'INSERT INTO deltas (device_id, role, start, "end", delta) VALUES (?, ?, ?, ?, ?)',
-            derived.deltas,
-        )
-        counts = derived.counts()
-        self._conn.executemany(
-            _COUNT_UPSERT,
-            ((d, int(h), *map(int, rest)) for d, h, *rest in counts.itertuples(index=False)),
-        )
 
     def _write_carries(self) -> None:
         self._conn.executemany(
@@ -485,6 +470,10 @@ class Store:
     def raw_columns(self, start: float, end: float) -> RawColumns:
         """`raw_samples`' rows for segment digests, as plain columns (agent.store.report_reads)."""
         return read_raw_columns(self._conn, start, end)
+
+    def signal_issues(self, start: float, end: float) -> list[dict[str, object]]:
+        """Signal health of [start, end) (agent.store.derived_rows.read_signal_issues)."""
+        return read_signal_issues(self._conn, start, end)
 
     def losses(self) -> pd.DataFrame:
         return self._frame(

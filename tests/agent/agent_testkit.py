@@ -11,9 +11,11 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 def modbus_config(
-    interval_s: float = 1.0, counter_bits: int = 32, **collection: Any
+    interval_s: float = 1.0, counter_bits: int = 32,
+    temp_range: tuple[float, float] | None = None, **collection: Any
 ) -> FactoryConfig:
-    """One Modbus device M1 (plain state map, counters, energy, auto) and one unconnected."""
+    """One Modbus device M1 (plain state map, counters, energy, auto) and one unconnected;
+    `temp_range`: the process signal temp's valid_range."""
     def reg(address: int, kind: str = "uint16") -> dict[str, Any]:
         return {"table": "holding", "address": address, "type": kind}
 
@@ -33,7 +35,8 @@ def modbus_config(
                  {"id": "reject", "role": "reject_count", "modbus": reg(3, "uint32")},
                  {"id": "energy", "role": "energy_kwh", "modbus": reg(5, "float32")},
                  {"id": "auto", "role": "auto_mode", "modbus": reg(7)},
-                 {"id": "temp", "role": "process", "required": False, "modbus": reg(8)},
+                 {"id": "temp", "role": "process", "required": False, "modbus": reg(8),
+                  **({"valid_range": list(temp_range)} if temp_range else {})},
              ]},
             {"id": "MAN-1", "line": "L1", "process_step": "deburr", "kind": "manual",
              "digital": False},

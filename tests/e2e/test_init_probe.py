@@ -3,12 +3,14 @@ the simulator's real OPC UA and Modbus servers (`tieragent sim` on free loopback
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,13 +231,84 @@ def test_probe_names_each_problem_and_exits_1(sim: Sim, tmp_path: Path) -> None:
     _signal(raw, "CNC-05", "energy_kwh")["modbus"]["address"] = 9000
     raw["state_maps"] = {"tiny": {99: "running"}}
     _signal(raw, "CNC-02", "state")["state_map"] = "tiny"
+    _signal(raw, "CNC-03", "spindle_temp")["valid_range"] = [1000.0, 2000.0]
     probed = _cli("probe", "--config", str(_write(raw, tmp_path / "c.yaml")))
     assert probed.returncode == 1, probed.stdout + probed.stderr
     flat = " ".join(probed.stdout.split())
     assert "bad BadNodeIdUnknown" in flat and "node not found: check opcua.node" in flat
     assert "exception 02" in flat and "illegal address" in flat
     assert "not in state map tiny" in flat
-    assert "3 problem(s)" in flat and "Traceback" not in probed.stderr
+    assert "outside valid_range [1000, 2000]" in flat
+    assert "4 problem(s)" in flat and "Traceback" not in probed.stderr
+
+
+def _metrics(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return ""
+
+
+def test_run_warns_of_each_misconfiguration_within_an_interval(sim: Sim, tmp_path: Path
+                                                                ) -> None:
+    """If a node id is wrong, a state map lacks the device's codes and a value lies outside
+    its valid_range, then the running agent names device, signal and cause for each in
+    /metrics and in one log line each, within a collection interval of its first samples."""
+    raw = _sim_config(sim)
+    state = _signal(raw, "CNC-01", "state")
+    state["opcua"]["node"] = state["opcua"]["node"] + "_typo"
+    raw["state_maps"] = {"tiny": {99: "running"}}
+    _signal(raw, "CNC-02", "state")["state_map"] = "tiny"
+    _signal(raw, "CNC-03", "spindle_temp")["valid_range"] = [1000.0, 2000.0]
+    config = _write(raw, tmp_path / "c.yaml")
+    interval_s = load_config(config).collection.default_interval_s
+    port = free_port()
+    log_file = tmp_path / "run.log"
+    expected = [
+        ('cause="bad_status",device="CNC-01",signal="state"',
+         "Device CNC-01 signal state: bad status from the source (BadNodeIdUnknown)"),
+        ('cause="unmapped_state",device="CNC-02",signal="state"',
+         "Device CNC-02 signal state: state code outside its state map (code"),
+        ('cause="out_of_range",device="CNC-03",signal="spindle_temp"',
+         "Device CNC-03 signal spindle_temp: value outside the signal's valid_range (value"),
+    ]
+    with log_file.open("w") as sink:
+        agent = subprocess.Popen(
+            [*TIERAGENT, "run", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+             "--metrics-port", str(port), "--duration", "40"],
+            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )
+    try:
+        first_samples = all_seen = None
+        deadline = time.monotonic() + 35
+        while time.monotonic() < deadline and all_seen is None:
+            text = _metrics(port)
+            if first_samples is None and 'tieragent_samples_total{device="CNC-03"}' in text:
+                first_samples = time.monotonic()
+            problems = [line for line in text.splitlines()
+                        if line.startswith("tieragent_signal_problems_total{")]
+            if all(any(series in line for line in problems) for series, _ in expected):
+                all_seen = time.monotonic()
+            time.sleep(0.1)
+        assert first_samples is not None and all_seen is not None, _metrics(port)
+        # Group commit (0.5 s) and the poll above add to the interval.
+        assert all_seen - first_samples <= interval_s + 1.5, (all_seen - first_samples)
+        print(f"all three problems in /metrics {all_seen - first_samples:.2f} s after the "
+              f"first samples (interval {interval_s:g} s)")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    logged = log_file.read_text()
+    for _, line in expected:
+        assert logged.count(line) == 1, (line, logged[-3000:])
+    assert "Traceback" not in logged
+    status = _cli("status", "--data-dir", str(tmp_path / "data"), "--json")
+    assert status.returncode == 0, status.stderr
+    seen = {(i["device_id"], i["signal_id"], i["cause"])
+            for i in json.loads(status.stdout)["store"]["signal_issues"]}
+    assert {("CNC-01", "state", "bad_status"), ("CNC-02", "state", "unmapped_state"),
+            ("CNC-03", "spindle_temp", "out_of_range")} <= seen
 
 
 def test_probe_unreachable_connection_is_one_line(tmp_path: Path) -> None:

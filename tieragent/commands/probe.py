@@ -29,22 +29,13 @@ from agent.config import Device, FactoryConfig, Signal, load_config
 from connectors.base import Connector, LinkEvent, LinkState, SignalBinding
 from connectors.config import OpcUaConnection
 from connectors.sample import Quality, Sample
+from connectors.status import MODBUS_EXCEPTIONS, opcua_status_name
 from indicators.vocabulary import COUNTER_ROLES, Role
 from tieragent.console import EXIT_FAILED, InvalidInput, handle_errors
 
 console = Console()
 NONE = "—"
 # Modbus exception codes (Modbus Application Protocol 1.1b3, section 7).
-MODBUS_EXCEPTIONS = {
-    1: "illegal function",
-    2: "illegal address",
-    3: "illegal value",
-    4: "device failure",
-    5: "acknowledge",
-    6: "device busy",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
 _NODE_UNKNOWN = {"BadNodeIdUnknown", "BadNodeIdInvalid"}
 _NOT_READABLE = {"BadNotReadable", "BadUserAccessDenied", "BadSecurityModeInsufficient"}
 
@@ -133,19 +124,10 @@ async def probe_config(config: FactoryConfig, timeout_s: float) -> dict[str, Rea
     return dict(zip(names, readings, strict=True))
 
 
-def _status_name(code: int) -> str:
-    from asyncua import ua
-
-    try:
-        return ua.StatusCode(ua.UInt32(code)).name
-    except Exception:  # an unknown code: asyncua cannot name it
-        return f"0x{code:08X}"
-
-
 def _bad(sample: Sample, opcua: bool) -> tuple[str, str]:
     """(quality text, problem) of a sample that is not good."""
     if opcua:
-        name = _status_name(sample.status)
+        name = opcua_status_name(sample.status)
         if name in _NODE_UNKNOWN:
             return f"bad {name}", "node not found: check opcua.node"
         if name in _NOT_READABLE:
@@ -186,6 +168,10 @@ def _value_problem(config: FactoryConfig, signal: Signal, value: object) -> str:
             return f"ideal cycle time {shown(value)} s is not positive"
         if signal.role in COUNTER_ROLES and value < 0:
             return f"counter {shown(value)} is negative"
+    if signal.valid_range is not None:
+        low, high = signal.valid_range
+        if not number or not low <= value <= high:  # type: ignore[operator]
+            return f"value {shown(value)} outside valid_range [{low:g}, {high:g}]"
     return ""
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.outbox import ACKED, INFLIGHT, PENDING, REJECTED
+from agent.store.derived_rows import read_signal_issues
 from agent.store.quota import MB, QUOTA_META_KEY, used_bytes
 from tieragent.console import InvalidInput, handle_errors
 
@@ -67,6 +68,11 @@ class StoreStatus:
     raw_bytes: int | None = None
     raw_quota_bytes: int | None = None  # None until `tieragent run` recorded it
     devices: list[DeviceStatus] = field(default_factory=list)
+    # Signal health of the last 24 hours (agent.derive.issues), per device, signal, cause.
+    signal_issues: list[dict[str, object]] = field(default_factory=list)
+
+
+ISSUE_WINDOW_S = 86400.0
 
 
 def _iso(epoch_s: float | None) -> str | None:
@@ -138,6 +144,11 @@ def store_status(path: Path, now: float) -> StoreStatus:
             "  (SELECT MAX(hour_start) FROM sample_index j WHERE j.device_id = i.device_id) "
             "ORDER BY i.device_id"
         ).fetchall()
+        has_issues = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'signal_issues'"
+        ).fetchone()
+        if has_issues:  # a store written before signal health has no such table
+            status.signal_issues = read_signal_issues(db, now - ISSUE_WINDOW_S, now + 3600)
     status.devices = [
         DeviceStatus(
             str(device),
@@ -218,6 +229,14 @@ def _print(console: Console, outbox: OutboxStatus, store: StoreStatus) -> None:
     if not store.devices:
         devices.add_row(NONE, NONE, NONE)
     console.print(devices)
+    if store.signal_issues:
+        issues = Table(title="Signal problems, last 24 h (samples)")
+        for name in ("device", "signal", "cause", "samples", "latest"):
+            issues.add_column(name, overflow="fold")
+        for issue in store.signal_issues:
+            issues.add_row(str(issue["device_id"]), str(issue["signal_id"]), str(issue["cause"]),
+                           f"{issue['samples']:,}", _text(issue["detail"]))
+        console.print(issues)
     where = store.path if store.exists else f"{store.path} (none yet)"
     console.print(f"Store size on disk: {_size(store.size_bytes)} ({where})", highlight=False)
     if store.raw_bytes is not None:
