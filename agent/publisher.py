@@ -74,7 +74,7 @@ class PublisherSettings(BrokerSettings):
     stable_s: float = 60.0
     receipt_timeout_s: float = 30.0
     resend_cap_s: float = 300.0
-    window: int = 4
+    window: int = 16  # reports in flight: 4 capped delivery at 139 reports/s (BENCHMARKS.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -219,17 +219,16 @@ class Publisher:
 
     def step(self, timeout: float = 0.1) -> None:
         """Handle queued events (waiting up to `timeout` for the first) and send what is due."""
-        deadline = time.monotonic() + timeout
+        # Wait for the first event only: a receipt frees a window slot, and the next report
+        # goes out at once rather than at the end of the timeout (window / timeout would
+        # otherwise cap the rate: 4 / 0.1 s = 40 reports/s).
+        first = True
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                event = (
-                    self._events.get(timeout=max(0.0, remaining))
-                    if remaining > 0
-                    else self._events.get_nowait()
-                )
+                event = self._events.get(timeout=timeout) if first else self._events.get_nowait()
             except queue.Empty:
                 break
+            first = False
             try:
                 self._handle(event)
             except sqlite3.OperationalError as error:

@@ -76,7 +76,7 @@ class Delivery(Strict):
     )
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = Field(None, description="Default: tieragent-<factory_id>.")
-    window: int = Field(4, ge=1, le=64, description="Reports in flight at once.")
+    window: int = Field(16, ge=1, le=64, description="Reports in flight at once.")
     keepalive_s: int = Field(30, ge=5, le=3600)
     receipt_timeout_s: float = Field(
         30.0, gt=0, description="Resend a report whose signed receipt is this late (doubling)."

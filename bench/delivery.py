@@ -62,11 +62,12 @@ def fast_signer(broker_url: str, key_file: Path) -> None:
     import paho.mqtt.client as mqtt
 
     from agent.protocol.envelope import payload_sha256, unverified_payload
-    from agent.protocol.mqtt import receipt_topic
+    from agent.protocol.mqtt import no_delay, receipt_topic
     from bureau.receipts import receipt_payload, sign_receipt
 
     key = OKPKey.import_key(key_file.read_bytes())
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-fast-signer")
+    client.on_socket_open = no_delay  # as agent.protocol.mqtt.make_client does
 
     def on_connect(c: mqtt.Client, *_: Any) -> None:
         c.subscribe("tieragent/v1/+/report", qos=1)
@@ -127,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reports", type=int, default=200)
     parser.add_argument("--devices", type=int, default=2)
-    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--receiver", choices=("both", "bureau", "fast"), default="both")
     parser.add_argument("--fast-signer", nargs=2, metavar=("BROKER_URL", "KEY_FILE"))
     args = parser.parse_args()

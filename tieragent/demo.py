@@ -363,7 +363,11 @@ def run_demo(
             if publisher_errors:
                 raise DemoError(f"delivery failed: {publisher_errors[0]}")
             counts = outbox.counts()
-            console.print(f"[bold]5[/] outbox: {counts}")
+            console.print(
+                f"[bold]5[/] outbox: {counts.get('acked', 0)} acknowledged, "
+                f"{counts.get('pending', 0)} pending, {counts.get('inflight', 0)} in flight, "
+                f"{counts.get('rejected', 0)} rejected"
+            )
 
             receiver.tick()
             stop_ticks.set()
@@ -373,7 +377,7 @@ def run_demo(
             return _bureau_year(
                 console, bureau_db=bureau_db, factory_id=factory_id, year=year,
                 through=last_day, out=out, delivered=counts.get("acked", 0), days=len(days),
-                live=live_result, elapsed_s=time.monotonic() - started,
+                live=live_result, started_mono=started,
             )
     finally:
         processes.stop_all()
@@ -381,7 +385,7 @@ def run_demo(
 
 def _bureau_year(
     console: Console, *, bureau_db: Path, factory_id: str, year: int, through: date, out: Path,
-    delivered: int, days: int, live: LiveResult, elapsed_s: float,
+    delivered: int, days: int, live: LiveResult, started_mono: float,
 ) -> int:
     from bureau.evidence_export import export_evidence
     from bureau.evidence_verify import verify_evidence_dir
@@ -423,7 +427,9 @@ def _bureau_year(
     rows.append(("HTML evidence report", str(evidence_dir / "report.html")))
     rows.append(("offline verification",
                  "OK" if verified.ok else "FAILED: " + "; ".join(verified.problems[:3])))
-    rows.append(("demo time", f"{elapsed_s:.0f} s"))
+    # Everything from the keys to the verified evidence folder (the interpreter's start-up,
+    # about a second, is before it).
+    rows.append(("demo time", f"{time.monotonic() - started_mono:.0f} s"))
     console.print(summary_table(rows, "tieragent demo"))
     return 0 if verified.ok and delivered == days else 1
 

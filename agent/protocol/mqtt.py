@@ -6,9 +6,11 @@ credentials and protocol version are handled one way (docs/reliability.md §d).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import socket
 import ssl
 import sys
 from collections import Counter
@@ -133,6 +135,9 @@ def make_client(
         client.username_pw_set(settings.username, password)
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
+    # Small messages both ways (a report, its PUBACK, a receipt): without TCP_NODELAY,
+    # Nagle's algorithm and delayed ACKs hold each one up to 40 ms per hop.
+    client.on_socket_open = no_delay
     client.max_inflight_messages_set(max(1, inflight))
     client.max_queued_messages_set(max(2, inflight * 2))
     client.reconnect_delay_set(
@@ -150,6 +155,11 @@ def make_client(
             client.connect_async(host, port, settings.keepalive_s)
 
     return client, connect
+
+
+def no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (websockets)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect_error() -> str:

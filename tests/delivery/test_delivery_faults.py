@@ -150,6 +150,9 @@ def test_puback_lost_resend_gets_identical_duplicate_receipt(
         try:
             assert _step_until(publisher, lambda: publisher.ready, 10)
             for n in range(1, 4):
+                # The fault is the lost PUBACK and receipt, not a lost CONNACK: start each
+                # round on a link that is up (the last round's reset may still reconnect).
+                assert _step_until(publisher, lambda: publisher.ready, 10)
                 proxy.drop_downstream(True)
                 down_before = proxy.bytes_down
                 [item] = commit_days(outbox, key, range(n, n + 1))

@@ -219,17 +219,23 @@ def verify_evidence_command(
 def render_summary(result: AnnualEvaluation, console: Console) -> None:
     """Period, coverage per month, chain gaps and rejections."""
     coverage = result.coverage
+    baseline = (
+        f"baseline {result.baseline['year']} ({result.baseline['days']} day(s))"
+        if result.baseline.get("year") is not None
+        else "no baseline year"
+    )
     console.print(
         f"[bold]{result.factory_id}[/] {result.first_day} .. {result.last_day} "
-        f"({result.time_zone}); baseline {result.baseline['year']} "
-        f"({result.baseline['days']} day(s))"
+        f"({result.time_zone}); {baseline}"
     )
     table = Table(
         title="Coverage 覆盖率 (days with an accepted daily report)", title_justify="left"
     )
     for name in ("Month", "Days", "Accepted", "Missing", "No data", "Rejected", "Pending link",
                  "Share", ""):
-        table.add_column(name, justify="right" if name not in ("Month", "") else "left")
+        # Headers wrap at 80 columns rather than being cut ("Accept…").
+        table.add_column(name, justify="right" if name not in ("Month", "") else "left",
+                         overflow="fold")
     for month in [*coverage["months"], {**coverage, "month": "total"}]:
         table.add_row(
             month["month"],

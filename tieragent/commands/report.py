@@ -279,7 +279,7 @@ def report_send(
     bureau_key: Path | None = typer.Option(None, "--bureau-key",
                                            help="Pinned bureau receipt JWK(s)."),
     protocol: str | None = typer.Option(None, "--protocol", help="5 or 3.1.1 [default: 5]"),
-    window: int | None = typer.Option(None, "--window", help="[default: 4]"),
+    window: int | None = typer.Option(None, "--window", help="[default: 16]"),
     keepalive_s: int | None = typer.Option(None, "--keepalive-s", help="[default: 30]"),
     receipt_timeout_s: float | None = typer.Option(None, "--receipt-timeout-s",
                                                    help="[default: 30]"),
