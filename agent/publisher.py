@@ -283,7 +283,8 @@ class Publisher:
         elif kind in ("disconnected", "connect_failed", "connect_refused"):
             if self._connected:
                 self.metrics["reconnects_total"] += 1
-                log.warning("Disconnected from the MQTT broker.", extra={"reason": event[1:]})
+                log.warning("Disconnected from the MQTT broker: %s.", event[1],
+                            extra={"fields": {"reason": str(event[1])}})
             else:  # no CONNACK yet: the attempt failed (TLS, refused port, credentials)
                 self.failures.failed(event[1])
             self._connected = self._subscribed = False
@@ -301,7 +302,8 @@ class Publisher:
         if failed:
             self.metrics["puback_failures_total"] += 1
             log.error(
-                "The broker refused a report.", extra={"report_id": report_id, "reason": reason}
+                "The broker refused a report: %s.", reason,
+                extra={"fields": {"report_id": report_id, "reason": reason}},
             )
             item = self.outbox.get(report_id)
             attempts = item.attempts if item else 1
@@ -329,8 +331,10 @@ class Publisher:
             if receipt["status"] == "rejected":
                 self.metrics["reports_rejected_total"] += 1
                 log.error(
-                    "The bureau rejected a report; it is quarantined.",
-                    extra={"report_id": receipt["report_id"], "reason": receipt.get("reason")},
+                    "The bureau rejected report %s (%s); it is quarantined until `tieragent "
+                    "report release`.", receipt["report_id"], receipt.get("reason"),
+                    extra={"fields": {"report_id": receipt["report_id"],
+                                      "reason": receipt.get("reason")}},
                 )
             return
         item = self.outbox.get(str(receipt["report_id"]))

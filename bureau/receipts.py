@@ -59,13 +59,44 @@ def sign_receipt(payload: dict[str, Any], key: OKPKey) -> str:
 
 
 def load_or_create_bureau_key(path: Path, passphrase_file: Path | None = None) -> OKPKey:
-    """The bureau's receipt-signing key (0600 PKCS#8 file), created on first use."""
+    """The bureau's receipt-signing key (0600 PKCS#8 file), created on first use (the demo
+    and tests; an operator creates it once with `create_bureau_key`)."""
     passphrase = read_passphrase(passphrase_file)
     if not path.exists():
         from agent.protocol.keys import generate_key
 
         save_private_key(path, generate_key(), passphrase)
     return load_private_key(path, passphrase)
+
+
+class BureauKeyMissing(Exception):
+    """The receipt key file does not exist (it is never created implicitly)."""
+
+
+def load_bureau_key(path: Path, passphrase_file: Path | None = None) -> OKPKey:
+    """The existing receipt-signing key; BureauKeyMissing when there is no such file: a key
+    made up on the spot would sign receipts no agent has pinned, and every one of them would
+    be counted as forged."""
+    if not path.exists():
+        raise BureauKeyMissing(
+            f"{path} does not exist. Create the bureau's receipt key once with `tieragent "
+            f"bureau init-key --key {path}` and give agents the output of `tieragent bureau "
+            f"show-key --key {path}`; or give --key the key you already use."
+        )
+    return load_private_key(path, read_passphrase(passphrase_file))
+
+
+def create_bureau_key(path: Path, passphrase_file: Path | None = None) -> OKPKey:
+    """A new receipt-signing key at `path`; refuses to replace an existing file."""
+    from agent.protocol.keys import generate_key
+
+    if path.exists():
+        raise FileExistsError(
+            f"{path} already exists; a new bureau key would orphan every agent that pinned "
+            "this one. Remove it first only if that is what you mean."
+        )
+    save_private_key(path, generate_key(), read_passphrase(passphrase_file))
+    return load_private_key(path, read_passphrase(passphrase_file))
 
 
 def bureau_public(key: OKPKey) -> dict[str, str]:

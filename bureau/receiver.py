@@ -124,7 +124,8 @@ class Receiver:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
             if rc.is_failure:
-                log.error("The broker refused the bureau connection.", extra={"reason": str(rc)})
+                log.error("The broker refused the bureau connection.",
+                          extra={"fields": {"reason": str(rc)}})
                 return
             for topic in self._filters():
                 client.subscribe(topic, qos=1)
@@ -208,13 +209,14 @@ class Receiver:
             if decision.status == "accepted":
                 return self._store_accepted(message, decision, now)
             self.metrics[f"rejected_total:{decision.reason}"] += 1
+            # The reason, factory and report in the line itself: an operator reading the
+            # log must not need SQLite to know what was refused and why.
             log.warning(
-                "Report rejected.",
-                extra={
-                    "reason": decision.reason,
-                    "factory_id": decision.factory_id,
-                    "detail": decision.detail,
-                },
+                "Report rejected: %s (%s).", decision.reason, decision.detail,
+                extra={"fields": {
+                    "reason": decision.reason, "factory_id": decision.factory_id,
+                    "report_id": decision.report_id, "seq": decision.seq,
+                }},
             )
             payload = decision.payload
             period = payload.get("period") if isinstance(payload, dict) else None
@@ -301,7 +303,7 @@ class Receiver:
                 self.store.alert(row.factory_id, "gap", f"seq {row.seq - 1} still missing")
                 log.warning(
                     "Chain gap persists past the reorder timeout.",
-                    extra={"factory_id": row.factory_id, "seq": row.seq},
+                    extra={"fields": {"factory_id": row.factory_id, "seq": row.seq}},
                 )
 
     def tick(self) -> None:
@@ -318,7 +320,7 @@ class Receiver:
             with self.store.transaction():
                 key = self.registry.apply_rotation(message, expected_factory=parts[2])
             self.metrics["keys_rotated_total"] += 1
-            log.info("Key rotation accepted.", extra={"factory_id": key.factory_id})
+            log.info("Key rotation accepted.", extra={"fields": {"factory_id": key.factory_id}})
         except RegistryError as error:
             self.metrics["rotations_rejected_total"] += 1
-            log.warning("Key rotation rejected.", extra={"detail": str(error)})
+            log.warning("Key rotation rejected: %s", error)

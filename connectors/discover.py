@@ -78,6 +78,7 @@ class Variable:
     value: bool | int | float | str | None = None  # the value read once while browsing
     codes: list[int] = field(default_factory=list)  # integer values seen (state guesses)
     history: list[object] = field(default_factory=list)  # every value read, in order
+    enum_names: list[str] = field(default_factory=list)  # its EnumStrings, index = code
 
 
 @dataclass
@@ -156,6 +157,7 @@ async def discover(
             variable.data_type = type_name
         await _read_values(session, found, nodes)
         integers = [i for i, v in enumerate(found) if v.data_type in INTEGER_TYPES]
+        await _read_enum_names(session, [found[i] for i in integers], [nodes[i] for i in integers])
         for _ in range(int(observe_s / 0.5)):
             await asyncio.sleep(0.5)
             await _read_values(session, [found[i] for i in integers], [nodes[i] for i in integers])
@@ -195,11 +197,39 @@ async def _read_values(
             variable.codes.append(value)
 
 
-def _browse_description(node_id: ua.NodeId) -> ua.BrowseDescription:
+async def _read_enum_names(
+    session: BatchedSession, variables: Sequence[Variable], nodes: Sequence[ua.NodeId]
+) -> None:
+    """Each integer variable's EnumStrings property (the names of its codes), where the
+    server publishes one: an enumeration-typed PLC variable, a companion specification."""
+    if not nodes:
+        return
+    results = await session.browse(
+        [_browse_description(node, ua.ObjectIds.HasProperty) for node in nodes]
+    )
+    found: list[tuple[Variable, ua.NodeId]] = []
+    for variable, result in zip(variables, results, strict=True):
+        for reference in result.References:
+            if reference.BrowseName.Name == "EnumStrings":
+                found.append((variable, ua.NodeId(reference.NodeId.Identifier,
+                                                  reference.NodeId.NamespaceIndex,
+                                                  reference.NodeId.NodeIdType)))
+    if not found:
+        return
+    values = await session.read([node for _, node in found])
+    for (variable, _), data in zip(found, values, strict=True):
+        names = data.Value.Value if data.Value is not None else None
+        if isinstance(names, list):
+            variable.enum_names = [str(getattr(n, "Text", n) or "") for n in names]
+
+
+def _browse_description(
+    node_id: ua.NodeId, reference_type: int = ua.ObjectIds.HierarchicalReferences
+) -> ua.BrowseDescription:
     description = ua.BrowseDescription()
     description.NodeId = node_id
     description.BrowseDirection = ua.BrowseDirection.Forward
-    description.ReferenceTypeId = ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences))
+    description.ReferenceTypeId = ua.NodeId(ua.Int32(reference_type))
     description.IncludeSubtypes = True
     description.NodeClassMask = ua.NodeClass.Object | ua.NodeClass.Variable
     description.ResultMask = ua.BrowseResultMask.All
@@ -373,6 +403,15 @@ def _one_state(drafts: list[SignalDraft], state_kinds: dict[int, str]) -> None:
             draft.role = "process"
             draft.notes.append(f"also looks like a state ({kind}); one state per device")
             continue
+        named = preset_of_names(draft.variable.enum_names)
+        if named is not None:  # the server names its codes: no guess needed
+            draft.state_map = named
+            continue
+        if draft.variable.enum_names:
+            draft.notes.append(
+                "the server names the codes " + ", ".join(
+                    f"{code} {name}" for code, name in enumerate(draft.variable.enum_names))
+                + ": no preset has these names; write a state_maps entry")
         if kind in ("opcua_machinery", "packml"):
             draft.state_map = kind
             continue
@@ -394,6 +433,29 @@ def _running_codes(state: Variable, counters: Sequence[Variable]) -> set[int]:
             if code == codes[i - 1] and after > before:
                 running.add(code)
     return running
+
+
+# The names servers give each preset's codes (EnumStrings, index = code), compared without
+# case, spaces or punctuation: OPC 30050 PackML states, OPC 40001 MachineryItemState, and
+# the plain map's own words.
+_PRESET_NAMES: dict[str, tuple[str, ...]] = {
+    "packml": (
+        "undefined", "clearing", "stopped", "starting", "idle", "suspended", "execute",
+        "stopping", "aborting", "aborted", "holding", "held", "unholding", "suspending",
+        "unsuspending", "resetting", "completing", "complete",
+    ),
+    "opcua_machinery": ("notavailable", "outofservice", "notexecuting", "executing"),
+    "plain": ("offline", "running", "idle", "setup", "plannedstop", "unplannedstop"),
+}
+
+
+def preset_of_names(names: Sequence[str]) -> str | None:
+    """The preset whose codes have exactly these names (index = code), or None."""
+    normal = tuple(re.sub(r"[^a-z0-9]", "", name.lower()) for name in names)
+    for preset, table in _PRESET_NAMES.items():
+        if normal == table:
+            return preset
+    return None
 
 
 # The code that means running in each preset, for a guess from a counter going up.

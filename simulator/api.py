@@ -42,6 +42,10 @@ class SignalSpec:
     modbus: ModbusSpec | None = None
     unit_id: int | None = None
     counter_bits: int | None = None  # counters wrap at 2**bits on the wire
+    # A state signal whose server publishes the codes' names (the OPC UA face writes them as
+    # the variable's EnumStrings property, index = code), as enumeration-typed PLC variables
+    # and companion specifications do; None for a plain integer.
+    state_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

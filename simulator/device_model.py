@@ -48,6 +48,16 @@ SINGLE_ROLES: frozenset[str] = frozenset(
 # Codes the simulator puts on the wire, per preset. They agree with indicators/vocabulary.py
 # (PackML Execute=6, Idle=4, Resetting=15, Stopped=2, Aborted=9; MachineryItemState
 # Executing=3, NotExecuting=2, OutOfService=1; the plain PLC map 1..5).
+# The names a server gives each code of a preset (OPC 30050 PackML states; OPC 40001
+# MachineryItemState). A plain PLC integer has none.
+STATE_NAMES: dict[str, tuple[str, ...]] = {
+    "packml": (
+        "Undefined", "Clearing", "Stopped", "Starting", "Idle", "Suspended", "Execute",
+        "Stopping", "Aborting", "Aborted", "Holding", "Held", "UnHolding", "Suspending",
+        "Unsuspending", "Resetting", "Completing", "Complete",
+    ),
+    "opcua_machinery": ("NotAvailable", "OutOfService", "NotExecuting", "Executing"),
+}
 STATE_CODES: dict[str, dict[str, int]] = {
     "packml": {"running": 6, "idle": 4, "setup": 15, "planned_stop": 2, "unplanned_stop": 9},
     "opcua_machinery": {"running": 3, "idle": 2, "unplanned_stop": 1},

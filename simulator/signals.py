@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from simulator.api import ModbusSpec, SignalSpec, ValueType
-from simulator.device_model import COUNT_ROLES, STATE_CODES, SignalDef, SimDevice
+from simulator.device_model import COUNT_ROLES, STATE_CODES, STATE_NAMES, SignalDef, SimDevice
 from simulator.model import SimFactory
 from simulator.timeline import F64, STATES, UNPLANNED_STOP, DeviceTimeline
 
@@ -73,6 +73,9 @@ def signal_specs(factory: SimFactory) -> list[SignalSpec]:
                     unit_id=device.unit_id if device.face == "modbus" else None,
                     counter_bits=(
                         factory.counter_bits(device, signal) if signal.role in COUNT_ROLES else None
+                    ),
+                    state_names=(
+                        STATE_NAMES.get(device.state_preset) if signal.role == "state" else None
                     ),
                 )
             )

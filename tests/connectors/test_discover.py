@@ -185,6 +185,35 @@ def test_state_map_from_the_code_held_while_pieces_are_counted(
 
 
 @pytest.mark.parametrize(
+    ("names", "state_map", "note"),
+    [
+        (["Undefined", "Clearing", "Stopped", "Starting", "Idle", "Suspended", "Execute",
+          "Stopping", "Aborting", "Aborted", "Holding", "Held", "UnHolding", "Suspending",
+          "Unsuspending", "Resetting", "Completing", "Complete"], "packml", None),
+        (["NotAvailable", "OutOfService", "NotExecuting", "Executing"], "opcua_machinery", None),
+        (["Offline", "Running", "Idle", "Setup", "Planned stop", "Unplanned stop"], "plain",
+         None),
+        (["Off", "Auto", "Manual"], "plain", "the server names the codes 0 Off, 1 Auto, 2 Manual"),
+    ],
+)
+def test_state_map_from_the_names_the_server_gives_the_codes(
+    names: list[str], state_map: str, note: str | None
+) -> None:
+    """If the state variable has EnumStrings naming its codes as a preset does, then that
+    preset, even from a single code seen (2 is Stopped in PackML, idle in plain); names no
+    preset has are quoted in a check note."""
+    state = Variable("ns=2;s=M/State", "F/M/State", "State", "Int32", 2, [2], [2],
+                     enum_names=names)
+    (device,) = group_devices([state])
+    signal = device.signals[0]
+    assert (signal.role, signal.state_map) == ("state", state_map)
+    if note is None:
+        assert not any("state codes unknown" in text for text in signal.notes)
+    else:
+        assert any(note in text and "state_maps" in text for text in signal.notes)
+
+
+@pytest.mark.parametrize(
     ("name", "role"),
     [
         ("MachineState", "state"),

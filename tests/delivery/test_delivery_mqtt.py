@@ -342,6 +342,17 @@ def test_bureau_killed_between_commit_and_receipt(tmp_path: Path, mosquitto: Bro
         timeout=60,
         capture_output=True,
     )
+    # The key is made once, explicitly: `show-key` and `serve` never create one.
+    missing = subprocess.run([*cli, "show-key", "--key", str(bureau_key_file)], timeout=60,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "bureau init-key" in missing.stderr
+    assert not bureau_key_file.exists()
+    subprocess.run([*cli, "init-key", "--key", str(bureau_key_file)], check=True, timeout=60,
+                   capture_output=True)
+    again = subprocess.run([*cli, "init-key", "--key", str(bureau_key_file)], timeout=60,
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert bureau_key_file.stat().st_mode & 0o777 == 0o600
     shown = subprocess.run(
         [*cli, "show-key", "--key", str(bureau_key_file)],
         check=True,

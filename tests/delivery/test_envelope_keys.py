@@ -244,3 +244,18 @@ def test_no_secret_in_cli_output_or_logs(tmp_path: Path) -> None:
     assert "PRIVATE KEY" not in text and secret_d not in text and "pp-123" not in text
     assert stat.S_IMODE((tmp_path / "agent-key.pem").stat().st_mode) == 0o600
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in tmp_path.glob("retired/*.pem"))
+
+
+def test_nesting_depth_ignores_brackets_inside_strings() -> None:
+    """The depth bound counts containers, not bracket characters inside string values
+    (escaped quotes included), and still refuses one level too many."""
+    from agent.protocol.envelope import MAX_JSON_DEPTH, EnvelopeError, strict_loads
+
+    tricky = '{"a": "[[[\\"{{{ \\\\", "b": [[1, {"c": "]]]"}]], "d": "\\\\"}'
+    assert strict_loads(tricky.encode())["b"] == [[1, {"c": "]]]"}]]
+    at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    strict_loads(at_limit.encode())
+    with pytest.raises(EnvelopeError, match="nesting"):
+        strict_loads(("[" + at_limit + "]").encode())
+    strings = '["' + "[" * (MAX_JSON_DEPTH + 5) + '"]'
+    assert strict_loads(strings.encode()) == ["[" * (MAX_JSON_DEPTH + 5)]

@@ -5,10 +5,12 @@ it again. Real Mosquitto, real bureau receiver, real CLI processes."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from joserfc.jwk import OKPKey
 
 from agent.outbox import ACKED, PENDING, REJECTED, Outbox
@@ -47,8 +49,10 @@ def _tieragent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
-def test_send_with_config_delivers_and_quarantine_exits_1(tmp_path: Path, mosquitto: Broker
-                                                          ) -> None:
+def test_send_with_config_delivers_and_quarantine_exits_1(
+    tmp_path: Path, mosquitto: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tieragent.bureau")
     agent_key = OKPKey.generate_key("Ed25519")
     bureau = start_bureau(tmp_path / "bureau.db", mosquitto.url, {FACTORY: agent_key})
     data = tmp_path / "data"
@@ -77,6 +81,10 @@ def test_send_with_config_delivers_and_quarantine_exits_1(tmp_path: Path, mosqui
         assert states[3][0] == REJECTED and "aud" in (states[3][1] or "")
         rejected_id = next(item.report_id for item in outbox.items() if item.seq == 3)
         outbox.close()
+        # The bureau's log line says what was refused and why, without opening SQLite.
+        (line,) = [r for r in caplog.records if r.getMessage().startswith("Report rejected")]
+        assert line.getMessage() == "Report rejected: aud (Report is addressed to another bureau.)."
+        assert line.fields["report_id"] == rejected_id and line.fields["seq"] == 3  # type: ignore[attr-defined]
         assert [r.seq for r in bureau.receiver.store.reports(FACTORY)] == [1, 2]
 
         released = _tieragent("report", "release", rejected_id, "--outbox",

@@ -192,6 +192,7 @@ def test_run_reports_each_day_after_midnight_kill_and_downtime(tmp_path: Path) -
         factory_id = raw["factory"]["factory_id"]
         site = Site(tmp_path, clock, broker, tmp_path / "agent.yaml", factory_id,
                     tmp_path / "bureau.db", tmp_path / "bureau-key.pem")
+        site.check("bureau", "init-key", "--key", str(site.bureau_key))
         (tmp_path / "bureau.jwk.json").write_text(
             site.check("bureau", "show-key", "--key", str(site.bureau_key)))
         site.check("keys", "init", "--dir", str(tmp_path / "data" / "keys"))

@@ -6,6 +6,7 @@ tieragent bureau enroll --db bureau.db --factory F --jwk agent-key.jwk.json
 tieragent bureau revoke --db bureau.db --kid KID
 tieragent bureau rotate --db bureau.db --statement rotation-KID.json
 tieragent bureau list --db bureau.db
+tieragent bureau init-key --key bureau-key.pem   (once; never implicitly)
 tieragent bureau show-key --key bureau-key.pem
 """
 
@@ -22,10 +23,16 @@ from pathlib import Path
 from types import FrameType
 
 import typer
+from joserfc.jwk import OKPKey
 
 from agent.protocol.envelope import EnvelopeError, strict_loads
 from agent.protocol.mqtt import BrokerError, parse_broker_url
-from bureau.receipts import bureau_public, load_or_create_bureau_key
+from bureau.receipts import (
+    BureauKeyMissing,
+    bureau_public,
+    create_bureau_key,
+    load_bureau_key,
+)
 from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore
@@ -34,7 +41,9 @@ from tieragent.console import InvalidInput, handle_errors
 bureau_app = typer.Typer(help="The bureau side: receiver and key registry.", no_args_is_help=True)
 
 _DB = typer.Option(Path("bureau.db"), "--db", help="Bureau SQLite database.")
-_KEY = typer.Option(Path("bureau-key.pem"), "--key", help="Receipt-signing key (0600; created).")
+_KEY = typer.Option(
+    Path("bureau-key.pem"), "--key",
+    help="Receipt-signing key (0600), made once by `tieragent bureau init-key`.")
 
 @contextmanager
 def _registry(db: Path) -> Iterator[KeyRegistry]:
@@ -71,7 +80,7 @@ def serve(
     if protocol not in ("5", "3.1.1"):
         raise InvalidInput(f"--protocol {protocol!r} is not 5 or 3.1.1.")
     parse_broker_url(broker)
-    signing_key = load_or_create_bureau_key(key)
+    signing_key = _load_key(key)
     settings = ReceiverSettings(
         db=db,
         broker_url=broker,
@@ -163,4 +172,24 @@ def list_keys(db: Path = _DB) -> None:
 @handle_errors
 def show_key(key: Path = _KEY) -> None:
     """Print the public JWK of the receipt-signing key (agents pin it)."""
-    typer.echo(json.dumps(bureau_public(load_or_create_bureau_key(key)), indent=2))
+    typer.echo(json.dumps(bureau_public(_load_key(key)), indent=2))
+
+
+@bureau_app.command("init-key")
+@handle_errors
+def init_key(key: Path = _KEY) -> None:
+    """Create the bureau's receipt-signing key (once; an existing file is never replaced)."""
+    try:
+        public = bureau_public(create_bureau_key(key))
+    except FileExistsError as error:
+        raise InvalidInput(str(error)) from None
+    typer.echo(f"Created {key} (0600). Give agents its public key: tieragent bureau show-key "
+               f"--key {key}")
+    typer.echo(json.dumps(public, indent=2))
+
+
+def _load_key(key: Path) -> OKPKey:
+    try:
+        return load_bureau_key(key)
+    except BureauKeyMissing as error:
+        raise InvalidInput(str(error)) from None
