@@ -98,7 +98,7 @@ class Publisher:
         self._stopping = False
         self._client: mqtt.Client | None = None
         self.failures = ConnectFailures(
-            self.metrics, log, "Cannot connect to the MQTT broker: %s"
+            self.metrics, log, "Cannot connect to the MQTT broker: %s", settings.protocol
         )
 
     # ---- lifecycle -------------------------------------------------------------------

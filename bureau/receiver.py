@@ -84,7 +84,8 @@ class Receiver:
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.failures = ConnectFailures(
-            self.metrics, log, "The bureau cannot connect to the MQTT broker: %s"
+            self.metrics, log, "The bureau cannot connect to the MQTT broker: %s",
+            settings.protocol,
         )
 
     # ---- MQTT -------------------------------------------------------------------------

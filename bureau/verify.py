@@ -15,6 +15,7 @@ indicators.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from agent.protocol.envelope import (
     Verified,
     peek_compact,
     sha256_hex,
+    strict_loads,
     verify_compact,
 )
 from agent.protocol.mqtt import report_topic_factory
@@ -95,14 +97,19 @@ class Verifier:
         except EnvelopeError as error:
             return reject(error.reason, str(error))
         payload_sha = sha256_hex(unverified)
+        # Before the signature is checked, the ids the payload claims are named in the
+        # receipt only so that the sender can find its own row: the agent matches a receipt
+        # on report id *and* payload SHA-256, so naming an id proves nothing and forges
+        # nothing, and without it a revoked or unknown key's reports are resent forever.
+        claimed = _claimed_ids(unverified)
         try:
             key = self.registry.lookup(factory_id, header["kid"], now)
         except KeyLookupError as error:
-            return reject(error.reason, str(error), payload_sha)
+            return reject(error.reason, str(error), payload_sha, **claimed)
         try:
             verified = verify_compact(message, Kind.REPORT, key.jwk)
         except EnvelopeError as error:
-            return reject(error.reason, str(error), payload_sha)
+            return reject(error.reason, str(error), payload_sha, **claimed)
         report = verified.payload
         problems = schema_errors(report)
         if problems:
@@ -181,6 +188,26 @@ class Verifier:
         return Decision(
             "accepted", None, "Report accepted.", factory_id, sha, state=state, relink=relink, **ids
         )
+
+
+def _claimed_ids(unverified: bytes) -> dict[str, Any]:
+    """report_id and seq as an unverified payload states them, when well formed."""
+    try:
+        payload = strict_loads(unverified)
+    except EnvelopeError:
+        return {}
+    if not isinstance(payload, dict):
+        return {}
+    report_id, seq = payload.get("report_id"), payload.get("seq")
+    if not (isinstance(report_id, str) and _REPORT_ID.fullmatch(report_id)):
+        return {}
+    ids: dict[str, Any] = {"report_id": report_id}
+    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1:
+        ids["seq"] = seq
+    return ids
+
+
+_REPORT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _epoch(iso: str) -> float:

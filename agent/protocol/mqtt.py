@@ -180,10 +180,12 @@ class ConnectFailures:
     required", a reset) only as an error log line, so `on_log` keeps that line for the
     disconnect that follows; on_disconnect itself just gets "Unspecified error"."""
 
-    def __init__(self, metrics: Counter[str], logger: logging.Logger, message: str) -> None:
+    def __init__(self, metrics: Counter[str], logger: logging.Logger, message: str,
+                 protocol: str = "5") -> None:
         self.last: str | None = None
         self._socket_error: str | None = None  # paho's last error line (network thread)
         self._metrics, self._logger, self._message = metrics, logger, message
+        self._protocol = protocol
 
     def on_log(self, _c: mqtt.Client, _u: Any, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
@@ -196,6 +198,12 @@ class ConnectFailures:
 
     def failed(self, cause: str) -> None:
         self._metrics["connect_failures_total"] += 1
+        if self._protocol == "5" and ("Unspecified error" in cause or "protocol" in cause.lower()):
+            # A broker that speaks only MQTT 3.1.1 (NATS's and RabbitMQ's MQTT faces) closes
+            # an MQTT 5 connection before CONNACK, which paho reports as nothing more.
+            cause += (" (the connection closed before the broker answered MQTT 5; if it "
+                      "speaks only MQTT 3.1.1, set protocol 3.1.1: delivery.protocol, "
+                      "--protocol 3.1.1)")
         if cause != self.last:
             self._logger.error(self._message, cause)
         self.last = cause

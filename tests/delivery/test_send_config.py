@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,90 @@ def test_send_config_errors_name_the_key(tmp_path: Path) -> None:
     missing = _tieragent("report", "send", "--data-dir", str(data), timeout=30)
     assert missing.returncode == 2
     assert "--config FILE with a delivery: section" in missing.stderr
+
+
+def test_reports_of_a_revoked_key_are_quarantined_not_resent_forever(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    """If the bureau has revoked the agent's key, then its rejection receipt names the
+    report (claimed id, matched with the payload hash), the agent quarantines it with the
+    reason `revoked`, counts no forged receipt, and `--until-drained` exits 1 at once."""
+    agent_key = OKPKey.generate_key("Ed25519")
+    bureau = start_bureau(tmp_path / "bureau.db", mosquitto.url, {FACTORY: agent_key})
+    with bureau.receiver.store.transaction():
+        bureau.receiver.registry.revoke(agent_key.thumbprint())
+    data = tmp_path / "data"
+    data.mkdir()
+    outbox = Outbox(data / "outbox.db")
+    commit_days(outbox, agent_key, range(1, 3))
+    outbox.close()
+    config = _config(tmp_path, mosquitto.url, bureau.public)
+    try:
+        sent = _tieragent("report", "send", "--config", str(config), "--data-dir", str(data),
+                          "--until-drained", "--timeout-s", "30")
+        assert sent.returncode == 1, sent.stderr[-2000:]
+        assert "2 report(s) quarantined" in sent.stderr
+        summary = json.loads(sent.stdout.strip().splitlines()[-1])
+        assert summary.get("receipts_forged_total", 0) == 0
+        assert summary["reports_sent_total"] == 2  # each sent once, not resent
+        outbox = Outbox(data / "outbox.db")
+        assert {(i.state, i.last_error) for i in outbox.items()} == {(REJECTED, "revoked")}
+        outbox.close()
+    finally:
+        bureau.receiver.stop()
+
+
+def test_a_broker_that_speaks_only_mqtt_311_is_named_as_the_likely_cause(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the broker closes an MQTT 5 CONNECT without a CONNACK, as 3.1.1-only brokers do,
+    then the connect failure names the protocol and the setting that fixes it, once."""
+    import socket
+    import threading
+
+    from agent.publisher import Publisher, PublisherSettings
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    protocol_levels: list[int] = []
+
+    def only_311() -> None:  # reads the CONNECT, refuses anything but level 4 by closing
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                data = conn.recv(1024)
+                if len(data) > 8:
+                    protocol_levels.append(data[8])  # after fixed header, "MQTT" name
+
+    thread = threading.Thread(target=only_311, daemon=True)
+    thread.start()
+    caplog.set_level(logging.ERROR, logger="tieragent.publish")
+    bureau_key = OKPKey.generate_key("Ed25519")
+    outbox = Outbox(tmp_path / "outbox.db")
+    publisher = Publisher(PublisherSettings(
+        broker_url=f"mqtt://127.0.0.1:{listener.getsockname()[1]}", factory_id=FACTORY,
+        bureau_keys=({"kty": "OKP", "crv": "Ed25519", "x": bureau_key.as_dict()["x"]},),
+        reconnect_min_s=0.2, reconnect_max_s=0.5,
+    ), outbox)
+    publisher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(protocol_levels) < 3:
+            publisher.step(0.1)
+    finally:
+        publisher.stop()
+        stop.set()
+        thread.join(5)
+        listener.close()
+        outbox.close()
+    assert protocol_levels[:1] == [5]  # it did offer MQTT 5
+    lines = [r.getMessage() for r in caplog.records if "Cannot connect" in r.getMessage()]
+    assert len(lines) == 1, lines  # logged once, not per retry
+    assert "speaks only MQTT 3.1.1, set protocol 3.1.1" in lines[0]
+    assert publisher.metrics["connect_failures_total"] >= 3
