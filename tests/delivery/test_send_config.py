@@ -86,6 +86,16 @@ def test_send_with_config_delivers_and_quarantine_exits_1(
         (line,) = [r for r in caplog.records if r.getMessage().startswith("Report rejected")]
         assert line.getMessage() == "Report rejected: aud (Report is addressed to another bureau.)."
         assert line.fields["report_id"] == rejected_id and line.fields["seq"] == 3  # type: ignore[attr-defined]
+        listed = _tieragent("bureau", "rejections", "--db", str(tmp_path / "bureau.db"),
+                            "--json")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)
+        assert (row["report_id"], row["reason"], row["period_key"]) == (
+            rejected_id, "aud", period.key)
+        table = _tieragent("bureau", "rejections", "--db", str(tmp_path / "bureau.db"))
+        assert "aud" in table.stdout and "Rejected reports" in table.stdout
+        nothing = _tieragent("bureau", "rejections", "--db", str(tmp_path / "none.db"))
+        assert nothing.returncode == 2 and "does not exist" in nothing.stderr
         assert [r.seq for r in bureau.receiver.store.reports(FACTORY)] == [1, 2]
 
         released = _tieragent("report", "release", rejected_id, "--outbox",

@@ -6,6 +6,7 @@ tieragent bureau enroll --db bureau.db --factory F --jwk agent-key.jwk.json
 tieragent bureau revoke --db bureau.db --kid KID
 tieragent bureau rotate --db bureau.db --statement rotation-KID.json
 tieragent bureau list --db bureau.db
+tieragent bureau rejections --db bureau.db [--factory F] [--json]
 tieragent bureau init-key --key bureau-key.pem   (once; never implicitly)
 tieragent bureau show-key --key bureau-key.pem
 """
@@ -19,11 +20,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 import typer
 from joserfc.jwk import OKPKey
+from rich.console import Console
+from rich.table import Table
 
 from agent.protocol.envelope import EnvelopeError, strict_loads
 from agent.protocol.mqtt import BrokerError, parse_broker_url
@@ -166,6 +171,36 @@ def list_keys(db: Path = _DB) -> None:
             typer.echo(f"{key.factory_id}\t{key.kid}\t{key.status}\t{reports} reports")
     finally:
         store.close()
+
+
+@bureau_app.command("rejections")
+@handle_errors
+def rejections(
+    db: Path = _DB,
+    factory: str | None = typer.Option(None, "--factory", help="Only this factory."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON list, for scripts."),
+) -> None:
+    """List refused reports, oldest first: when, factory, period, report id, reason."""
+    if not db.is_file():
+        raise InvalidInput(f"{db} does not exist: give the --db of `tieragent bureau serve`.")
+    store = SqliteReportStore(db)
+    try:
+        rows = [r for r in store.rejections() if factory is None or r.factory_id == factory]
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(
+            [{k: v for k, v in asdict(r).items() if k != "jws"} for r in rows], indent=2))
+        return
+    table = Table(title=f"Rejected reports in {db} ({len(rows)})")
+    for name in ("received (UTC)", "factory", "period", "report", "reason", "detail"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        period = f"{r.period_kind} {r.period_key}" if r.period_kind else "—"
+        table.add_row(
+            datetime.fromtimestamp(r.received_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            r.factory_id or "—", period, r.report_id or "—", r.reason, r.detail)
+    Console().print(table)
 
 
 @bureau_app.command("show-key")
