@@ -43,12 +43,14 @@ def render_evaluation(evaluation: Evaluation, console: Console) -> None:
         if not rows:
             continue
         table = Table(title=TIER_NAMES[tier], title_justify="left", expand=False)
+        # Every column wraps (fold) rather than being cut or dropped at 80 columns; the
+        # condition keeps room for its Chinese and English names.
         table.add_column("Condition 条件", overflow="fold", max_width=48)
-        table.add_column("Level", no_wrap=True)
-        table.add_column("Measured 实测", justify="right", no_wrap=True)
-        table.add_column("Threshold 阈值", justify="right", no_wrap=True)
-        table.add_column("Source 来源", no_wrap=True)
-        table.add_column("Status 状态", no_wrap=True)
+        table.add_column("Level", overflow="fold")
+        table.add_column("Measured 实测", justify="right", overflow="fold")
+        table.add_column("Threshold 阈值", justify="right", overflow="fold")
+        table.add_column("Source 来源", overflow="fold")
+        table.add_column("Status 状态", overflow="fold")
         for row in rows:
             table.add_row(
                 Text(f"{row.label_zh}\n{row.label_en}" + ("" if row.required else " (info)")),

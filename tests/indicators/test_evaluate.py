@@ -391,3 +391,21 @@ def test_rich_view_shows_labels_values_and_statuses(
         "EXAMPLE",
     ):
         assert expected in text, expected
+
+
+def test_rich_view_at_80_columns_wraps_and_keeps_every_column(
+    policy: Policy, declarations: Declarations
+) -> None:
+    """At 80 columns no column is dropped or cut: each table line ends with its border."""
+    from rich.cells import cell_len
+
+    base, inventory = factory()
+    console = Console(record=True, width=80)
+    render_evaluation(run(base, inventory, policy, declarations), console)
+    lines = console.export_text().splitlines()
+    assert max(cell_len(line) for line in lines) <= 80
+    rows = [line for line in lines if line.startswith(("┃", "│", "┏", "┡", "└"))]
+    assert rows and all(line.rstrip()[-1] in "┃│┓┩┘" for line in rows), rows[:3]
+    header = "".join(line for line in lines if line.startswith("┃"))
+    for word in ("Condition", "Level", "Measured", "Threshold", "Source", "Status"):
+        assert word in header, word
