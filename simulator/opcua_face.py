@@ -28,7 +28,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from simulator.opcua_nodes import (
     NAMESPACE_INDEX,
     NAMESPACE_URI,
     SYNTHETIC_LINE,
+    add_enum_strings,
     coerce_value,
     object_item,
     opcua_path_of,
@@ -399,16 +400,7 @@ class OpcUaFace:
         for tag in self._tags.values():
             tag.written = None
             if tag.spec.state_names is not None:
-                await self._add_enum_strings(server, tag.nodeid, tag.spec.state_names)
-
-    @staticmethod
-    async def _add_enum_strings(server: Server, nodeid: ua.NodeId, names: Sequence[str]) -> None:
-        """The standard EnumStrings property (0:EnumStrings, LocalizedText[], index = code)."""
-        prop = ua.NodeId(ua.String(str(nodeid.Identifier) + "/EnumStrings"), nodeid.NamespaceIndex)
-        await server.get_node(nodeid).add_property(
-            prop, ua.QualifiedName("EnumStrings", 0), [ua.LocalizedText(n) for n in names],
-            varianttype=ua.VariantType.LocalizedText,
-        )
+                await add_enum_strings(server, tag.nodeid, tag.spec.state_names)
 
     async def _run(self) -> None:
         tick = self._config.tick_s

@@ -8,7 +8,9 @@ Factory/Synthetic. The OPC UA face (`simulator.opcua_face`) builds its nodes fro
 
 from __future__ import annotations
 
-from asyncua import ua
+from collections.abc import Sequence
+
+from asyncua import Server, ua
 
 from simulator.api import SignalSpec
 
@@ -114,3 +116,13 @@ def variable_item(
     attrs.Historizing = False
     item.NodeAttributes = attrs
     return item
+
+
+async def add_enum_strings(server: Server, nodeid: ua.NodeId, names: Sequence[str]) -> None:
+    """The standard EnumStrings property of `nodeid` (0:EnumStrings, LocalizedText[], index =
+    code), as enumeration-typed PLC variables and companion specifications publish it."""
+    prop = ua.NodeId(ua.String(str(nodeid.Identifier) + "/EnumStrings"), nodeid.NamespaceIndex)
+    await server.get_node(nodeid).add_property(
+        prop, ua.QualifiedName("EnumStrings", 0), [ua.LocalizedText(n) for n in names],
+        varianttype=ua.VariantType.LocalizedText,
+    )
