@@ -81,6 +81,7 @@ class Receiver:
         )
         self.metrics: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._closed = False  # the store, by `stop`
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.failures = ConnectFailures(
@@ -116,11 +117,17 @@ class Receiver:
         client.loop_start()
 
     def stop(self) -> None:
+        """Disconnect, then close the store; safe to call twice. The store is closed under
+        the lock that `handle` and `tick` hold: closing an SQLite connection while another
+        thread is inside a call on it crashes the process (a segfault seen in the demo)."""
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
             self._client = None
-        self.store.close()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.store.close()
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
@@ -175,6 +182,8 @@ class Receiver:
     ) -> tuple[str, str] | None:
         """Process one message; returns (receipt topic, receipt JWS) or None (no reply)."""
         with self._lock:
+            if self._closed:
+                return None  # stopping: the message stays unanswered, the agent resends
             if topic.endswith("/keyrotate"):
                 self._rotate(topic, message)
                 return None
@@ -310,7 +319,8 @@ class Receiver:
     def tick(self) -> None:
         """Periodic work without traffic (gap alerts); call about once a second."""
         with self._lock:
-            self._check_pending(self.clock())
+            if not self._closed:
+                self._check_pending(self.clock())
 
     def _rotate(self, topic: str, message: bytes) -> None:
         if len(message) > 65_536:

@@ -371,6 +371,7 @@ def run_demo(
 
             receiver.tick()
             stop_ticks.set()
+            ticker.join(5)
             receiver.stop()
 
             # 6. The bureau's annual evaluation and the evidence folder.
