@@ -161,3 +161,14 @@ def test_example_loads_typed() -> None:
     press = config.device("PRESS-01")
     assert press.unit_id == 1
     assert config.state_map("plain")[1] == "running"
+
+
+def test_a_bad_valid_range_is_named_and_printed_as_written(tmp_path: Path) -> None:
+    """Config errors print as plain text: "[min, max]" in a message is not eaten as markup."""
+    raw = yaml.safe_load((Path(__file__).parent / "agent" / "data" / "agent.yaml").read_text())
+    raw["devices"][0]["signals"][0]["valid_range"] = [5, 1]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    result = runner.invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert "devices[0].signals[0].valid_range: give [min, max] with min < max" in result.output

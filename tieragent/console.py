@@ -72,9 +72,10 @@ def print_verification(problems: Sequence[str], checked: str) -> None:
 def print_config_error(error: ConfigError) -> None:
     err_console.print(f"[bold red]Invalid configuration[/] ({len(error.problems)} problem(s)):")
     for problem in error.problems:
-        err_console.print(
-            f"  {problem.file}: [bold]{problem.key}[/]: {problem.message}", highlight=False
-        )
+        # Text, not markup: a message such as "give [min, max]" must print as written.
+        err_console.print(Text.assemble(
+            f"  {problem.file}: ", (problem.key, "bold"), f": {problem.message}"
+        ), highlight=False)
 
 
 def report_error(error: Exception) -> int:
