@@ -110,14 +110,23 @@ def _split(n: int) -> int:
 
 
 def root(leaves: Sequence[bytes]) -> bytes:
-    """Merkle Tree Hash of a list of leaf hashes (already leaf_hash-ed)."""
-    n = len(leaves)
-    if n == 0:
+    """Merkle Tree Hash of a list of leaf hashes (already leaf_hash-ed).
+
+    Level by level, an odd last node moving up unpaired: the same tree as RFC 6962's split
+    at the largest power of two below n (its left part is always a perfect tree), without
+    the recursion and the list slices (4x fewer Python calls for a day's ~4,000 leaves).
+    """
+    if not leaves:
         return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = _split(n)
-    return node_hash(root(leaves[:k]), root(leaves[k:]))
+    level = list(leaves)
+    sha256 = hashlib.sha256
+    while len(level) > 1:
+        paired = [sha256(b"\x01" + level[i] + level[i + 1]).digest()
+                  for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:

@@ -227,3 +227,26 @@ def test_corrupted_outbox_is_refused_and_left_untouched(tmp_path: Path) -> None:
     with pytest.raises(OutboxError, match=str(path)):
         Outbox(path)
     assert sha256_hex(path.read_bytes()) == before
+
+
+def test_level_by_level_root_equals_the_rfc_6962_recursion() -> None:
+    """`root` pairs level by level; RFC 6962 splits at the largest power of two below n.
+    They are the same tree for every size (odd counts, powers of two and one past)."""
+    import hashlib
+    import os
+
+    from agent.protocol.merkle import EMPTY_ROOT, root
+
+    def definition(leaves: list[bytes]) -> bytes:
+        if not leaves:
+            return EMPTY_ROOT
+        if len(leaves) == 1:
+            return leaves[0]
+        k = 1
+        while k * 2 < len(leaves):
+            k *= 2
+        return hashlib.sha256(b"\x01" + definition(leaves[:k]) + definition(leaves[k:])).digest()
+
+    for n in [*range(70), 127, 128, 129, 1000, 4097]:
+        leaves = [os.urandom(32) for _ in range(n)]
+        assert root(leaves) == definition(leaves), n
