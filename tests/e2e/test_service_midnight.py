@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow
 
 ZONE = ZoneInfo("Asia/Shanghai")
 GRACE_S = 5.0
-LEAD_S = 20.0  # the agent starts this long before midnight
+LEAD_S = 12.0  # the agent starts this long before midnight
 
 
 class ShiftedClock:
