@@ -145,7 +145,12 @@ def test_puback_lost_resend_gets_identical_duplicate_receipt(
     outbox = Outbox(tmp_path / "outbox.db")
     items: list[OutboxItem] = []
     with FaultProxy("127.0.0.1", mosquitto.port) as proxy:
-        publisher = Publisher(settings(f"mqtt://127.0.0.1:{proxy.port}", bureau), outbox)
+        # Keepalive longer than a round's dropped-downstream window: the fault under test is
+        # the lost PUBACK and receipt, not a keepalive timeout (whose reconnect would lose
+        # its CONNACK in the same window; frozen links are tested on their own).
+        publisher = Publisher(
+            settings(f"mqtt://127.0.0.1:{proxy.port}", bureau, keepalive_s=10), outbox
+        )
         publisher.start()
         try:
             assert _step_until(publisher, lambda: publisher.ready, 10)
