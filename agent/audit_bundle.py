@@ -1,7 +1,8 @@
 """Evidence bundles: signed reports plus the raw-data segments behind them, and their check.
 
 Layout of a bundle directory:
-    manifest.json                      {"format", "factory_id", "reports": [...], "keys": [...]}
+    manifest.json                      {"format", "factory_id", "reports": [...], "keys": [...],
+                                        "chain": {"first_seq", "last_seq"}}
     keys/<kid>.jwk.json                public keys that signed the reports
     reports/<seq:06d>-<report_id>.jws  the report JWS, byte for byte as sent
     receipts/<report_id>.jws           bureau receipt, when known
@@ -9,12 +10,19 @@ Layout of a bundle directory:
                                        in leaf order
     raw/<report_id>/<n:06d>.json       one segment's canonical bytes (agent.protocol.merkle rule)
 
+Each entry of `reports` has a `role`: "period" for the reports exported (with their raw
+segments), "chain" for the other reports of the factory's chain between them. One chain
+carries every report kind (day, month, year) and revision, so a bundle of one period's
+reports holds a contiguous slice of it only with the reports signed in between; the manifest's
+`chain` names that slice, and every seq in it must be in the bundle.
+
 Raw segments come from a callback (`segments_for(report) -> Iterable[Segment]`) that the
 caller wires to its store, so this module does no storage I/O of its own.
 
-`verify_bundle` checks signatures, the hash chain, the Merkle root of each report against
-its raw segments (naming the segments whose bytes changed) and the indicators recomputed
-from the base measures, and returns every problem as a sentence.
+`verify_bundle` checks signatures, the hash chain (every seq from the first to the last, each
+linking its predecessor), the Merkle root of each period report against its raw segments
+(naming the segments whose bytes changed) and the indicators recomputed from the base
+measures, and returns every problem as a sentence.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from agent.protocol.report import (
 )
 
 FORMAT = "tieragent-evidence/v1"
+PERIOD, CHAIN = "period", "chain"  # the role of a report in the bundle
 SegmentsFor = Callable[[Mapping[str, Any]], Iterable[Segment]]
 
 
@@ -68,8 +77,14 @@ def export_bundle(
     reports: Iterable[BundleReport],
     public_keys: Iterable[Mapping[str, str]],
     segments_for: SegmentsFor | None,
+    *,
+    chain: Iterable[BundleReport] = (),
 ) -> Path:
-    """Write a bundle into `out` (created; must be empty or absent). Returns the manifest path."""
+    """Write a bundle into `out` (created; must be empty or absent). Returns the manifest path.
+
+    `reports` are the exported reports, with their raw segments; `chain` the other reports
+    of the factory's chain between their seqs (any kind or revision, no raw segments), so
+    that the bundle's chain is contiguous."""
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise FileExistsError(f"{out}: the bundle directory is not empty.")
@@ -81,7 +96,8 @@ def export_bundle(
         keys.append(kid)
     entries = []
     factory_id = None
-    for item in reports:
+    roles = [(item, PERIOD) for item in reports] + [(item, CHAIN) for item in chain]
+    for item, role in roles:
         report = unverified_payload(item.jws, Kind.REPORT)
         factory_id = report["factory_id"]
         name = f"{int(report['seq']):06d}-{report['report_id']}.jws"
@@ -89,7 +105,7 @@ def export_bundle(
         if item.receipt_jws:
             _write(out / "receipts" / f"{report['report_id']}.jws", item.receipt_jws.encode())
         segment_count = 0
-        if segments_for is not None:
+        if segments_for is not None and role == PERIOD:
             index = []
             for n, (segment, digest) in enumerate(ordered_digests(segments_for(report))):
                 seg_file = f"{n:06d}.seg"
@@ -111,13 +127,25 @@ def export_bundle(
         entries.append(
             {
                 "file": f"reports/{name}",
+                "role": role,
                 "report_id": report["report_id"],
                 "seq": report["seq"],
                 "period": report["period"],
-                "raw_segments": segment_count if segments_for is not None else None,
+                "revision": report.get("revision", 0),
+                "raw_segments": (
+                    segment_count if segments_for is not None and role == PERIOD else None
+                ),
             }
         )
-    manifest = {"format": FORMAT, "factory_id": factory_id, "reports": entries, "keys": keys}
+    entries.sort(key=lambda e: int(e["seq"]))
+    seqs = [int(e["seq"]) for e in entries]
+    manifest = {
+        "format": FORMAT,
+        "factory_id": factory_id,
+        "reports": entries,
+        "keys": keys,
+        "chain": {"first_seq": min(seqs), "last_seq": max(seqs)} if seqs else None,
+    }
     path = out / "manifest.json"
     _write(path, json.dumps(manifest, indent=2).encode())
     return path
@@ -157,7 +185,7 @@ def verify_bundle(
     chain: list[ChainEntry] = []
     labels: list[str] = []
     for entry in manifest.get("reports", []):
-        label = f"report seq {entry.get('seq')} ({entry.get('period', {}).get('key', '?')})"
+        label = _label(entry)
         try:
             token = (bundle / entry["file"]).read_text().strip()
             header, _ = peek_compact(token, Kind.REPORT)
@@ -176,7 +204,8 @@ def verify_bundle(
         result.reports += 1
         chain.append(ChainEntry(report["seq"], verified.payload_sha256, report["prev_sha256"]))
         labels.append(label)
-        _check_raw(bundle, report, label, result)
+        if entry.get("role", PERIOD) == PERIOD:
+            _check_raw(bundle, report, label, result)
         try:
             mismatched = indicator_mismatches(
                 report["indicators"], recompute_indicators(report, indicator_fn)
@@ -188,15 +217,59 @@ def verify_bundle(
                 result.problems.append(
                     f"{label}: indicators differ from the base measures: {', '.join(mismatched)}."
                 )
-    for link in walk_chain(chain, manifest.get("factory_id")):
+    links = walk_chain(chain, manifest.get("factory_id"))
+    for link in links:
         label = labels[link.index]
         if link.from_genesis is False:
             result.problems.append(f"{label}: does not start from the genesis hash.")
+        elif link.previous_seq == link.seq:
+            result.problems.append(f"{label}: a second report of seq {link.seq} (a fork).")
         elif link.previous_seq is not None and not link.follows:
-            result.problems.append(f"{label}: chain gap after seq {link.previous_seq}.")
+            missing = _seqs(link.previous_seq + 1, link.seq - 1)
+            result.problems.append(
+                f"{label}: chain gap after seq {link.previous_seq} ({missing} not in the "
+                "bundle)."
+            )
         elif link.previous_seq is not None and not link.linked:
             result.problems.append(f"{label}: prev_sha256 does not match seq {link.previous_seq}.")
+    _check_ends(manifest.get("chain"), [link.seq for link in links], result)
     return result
+
+
+def _label(entry: Mapping[str, Any]) -> str:
+    period = entry.get("period") or {}
+    revision = f" revision {entry['revision']}" if entry.get("revision") else ""
+    return f"report seq {entry.get('seq')} ({period.get('key', '?')}{revision})"
+
+
+def _seqs(first: int, last: int) -> str:
+    return f"seq {first}" if first == last else f"seq {first}..{last}"
+
+
+def _check_ends(declared: Any, seqs: list[int], result: VerifyResult) -> None:
+    """The manifest's chain slice (seq first..last) must be in the bundle from end to end
+    (the walk names the holes in between)."""
+    if not isinstance(declared, Mapping):
+        return
+    first, last = declared.get("first_seq"), declared.get("last_seq")
+    if not isinstance(first, int) or not isinstance(last, int):
+        result.problems.append("manifest.json: the chain slice is not two sequence numbers.")
+        return
+    if not seqs:
+        result.problems.append(f"manifest.json: no verified report of {_seqs(first, last)}.")
+        return
+    where = f"the manifest declares seq {first}..{last}"
+    if min(seqs) > first:
+        result.problems.append(
+            f"chain: {_seqs(first, min(seqs) - 1)} not in the bundle ({where})."
+        )
+    if max(seqs) < last:
+        result.problems.append(f"chain: {_seqs(max(seqs) + 1, last)} not in the bundle ({where}).")
+    outside = sorted(s for s in seqs if s < first or s > last)
+    if outside:
+        result.problems.append(
+            f"chain: seq {', '.join(map(str, outside))} outside the slice {where}."
+        )
 
 
 def _check_raw(bundle: Path, report: Mapping[str, Any], label: str, result: VerifyResult) -> None:

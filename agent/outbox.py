@@ -12,11 +12,17 @@ States: pending -> inflight -> acked | rejected (quarantine; `release`d only by 
 Timers use time.monotonic(); they mean nothing after a restart, so `open` makes every
 unacknowledged row due at once.
 
+After each COMMIT that adds a report, the chain head is also written beside the database
+(`outbox.db.head`, agent/outbox_head.py). At open, a head that the database no longer holds
+means committed reports were lost (a damaged WAL, an older copy put in place): the outbox
+refuses to open and names them, unless the loss is accepted (`accept_head_loss`).
+
 Not thread-safe: one thread (the publisher's driver) owns an Outbox.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -25,9 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.outbox_head import (
+    Heads,
+    database_heads,
+    head_path,
+    keep_wal,
+    lost_reports,
+    read_heads,
+    write_heads,
+)
 from agent.protocol.chain import genesis_sha256
 from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import canonical_bytes, sha256_hex
+
+log = logging.getLogger("tieragent.outbox")
 
 PENDING, INFLIGHT, ACKED, REJECTED = "pending", "inflight", "acked", "rejected"
 UNACKED = (PENDING, INFLIGHT)
@@ -85,8 +102,16 @@ _COLUMNS = (
 
 
 class Outbox:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, accept_head_loss: bool = False) -> None:
+        """Open (or create) the outbox at `path`; OutboxError if it cannot be used.
+
+        `accept_head_loss`: the operator accepts that committed reports named by an earlier
+        refusal are gone; the head record is set aside (`outbox.db.head.lost-<UTC time>`) and
+        taken from the database again. What was accepted is in `accepted_loss`.
+        """
         self.path = path
+        self.head_path = head_path(path)
+        self.accepted_loss: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
@@ -96,16 +121,77 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._assert_durability()
+            recorded = self._check_head(accept_head_loss)  # before any write reaches the WAL
             self._rename_legacy_columns()
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "UPDATE outbox SET next_attempt_at_mono = 0 WHERE state IN ('pending','inflight')"
             )
+            if recorded != database_heads(self._db):
+                self._save_head()  # a new outbox, an older version's, or a crash before the write
         except sqlite3.DatabaseError as error:
             raise OutboxError(
                 f"{path}: the outbox database cannot be opened ({error}). It was not modified; "
                 "move it aside and restore from backup, or contact support."
             ) from None
+
+    def _check_head(self, accept: bool) -> Heads | None:
+        """The head record, checked against the database: OutboxError naming the reports it
+        has lost, unless `accept`. None if there is no record (or it was set aside)."""
+        try:
+            recorded = read_heads(self.head_path)
+            problems = lost_reports(self._db, recorded) if recorded else []
+        except ValueError as error:
+            if accept:
+                self._set_head_aside(f"the head record {self.head_path} {error}")
+                return None
+            self._db.close()
+            raise OutboxError(
+                f"{self.head_path}: the outbox's head record {error}, so the outbox "
+                f"{self.path} cannot be checked for lost reports; it was not opened. If only "
+                "this file is damaged, move it aside: it is then written again from the "
+                "database (docs/operations.md#backup-and-restore)."
+            ) from None
+        if not problems:
+            return recorded
+        lost = "; ".join(problems)
+        if accept:
+            self._set_head_aside(f"committed reports lost: {lost}")
+            return None
+        kept = keep_wal(self.path)
+        self._db.close()
+        wal = f" (the write-ahead log as found is kept in {kept})" if kept else ""
+        raise OutboxError(
+            f"{self.path}: committed reports were lost: {lost}. The head record "
+            f"{self.head_path}, written after each commit, names them; the cause is a "
+            "damaged write-ahead log, or an older copy put in place. The agent "
+            f"refuses to continue the chain without them; nothing was changed{wal}. Restore "
+            f"{self.path.name} from a backup that holds them (delete its -wal and -shm files "
+            f"first), or, to accept the loss, move {self.head_path} aside and start again: "
+            "the lost periods are then reported again from the database's last seq on, and "
+            "the bureau rejects any it already holds, so tell the bureau "
+            "(docs/operations.md#backup-and-restore)."
+        )
+
+    def _set_head_aside(self, what: str) -> None:
+        aside = self.head_path.with_name(
+            f"{self.head_path.name}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        )
+        self.head_path.rename(aside)
+        self.accepted_loss = what
+        log.warning("Outbox loss accepted by the operator; the head record is taken from the "
+                    "database again.", extra={"fields": {
+                        "file": str(self.path), "set_aside": str(aside), "accepted": what}})
+
+    def _save_head(self) -> None:
+        """Write the head record from the database. A failure only leaves the record behind
+        (which is safe: it is written again at the next commit or open), so it is logged."""
+        try:
+            write_heads(self.head_path, database_heads(self._db))
+        except OSError as error:
+            log.warning("Outbox head record not written; lost reports will not be detected "
+                        "until it is.", extra={"fields": {
+                            "file": str(self.head_path), "error": str(error)}})
 
     def _rename_legacy_columns(self) -> None:
         """Outboxes written before 0.2 called the slot `period_key`, the bureau's word for
@@ -205,6 +291,7 @@ class Outbox:
                 self._db.execute("ROLLBACK")
             raise
         crash_point("after_commit")
+        self._save_head()  # after the COMMIT: the record is never ahead of the database
         item = self.get(str(report["report_id"]))
         assert item is not None
         return item

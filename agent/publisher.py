@@ -31,11 +31,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from agent.errors import AgentError
+from agent.key_rotation import complete_rotation, pending_rotations
 from agent.outbox import Outbox
 from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import (
@@ -53,11 +55,12 @@ from agent.protocol.mqtt import (
     make_client,
     receipt_topic,
     report_topic,
+    rotation_topic,
     status_topic,
 )
 
 log = logging.getLogger("tieragent.publish")
-RECEIPT_STATUSES = frozenset({"accepted", "duplicate", "rejected"})
+RECEIPT_STATUSES = frozenset({"accepted", "duplicate", "pending", "rejected"})
 
 
 class PublishError(AgentError):
@@ -75,6 +78,7 @@ class PublisherSettings(BrokerSettings):
     receipt_timeout_s: float = 30.0
     resend_cap_s: float = 300.0
     window: int = 16  # reports in flight: 4 capped delivery at 139 reports/s (BENCHMARKS.md)
+    key_dir: Path | None = None  # for key rotations: statements to deliver, keys to forget
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +104,8 @@ class Publisher:
         self.failures = ConnectFailures(
             self.metrics, log, "Cannot connect to the MQTT broker: %s", settings.protocol
         )
+        self._rotations = pending_rotations(settings.key_dir) if settings.key_dir else []
+        self._waiting_link: dict[int, str] = {}  # predecessor seq -> report held by the bureau
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -277,6 +283,7 @@ class Publisher:
         elif kind == "subscribed":
             if event[1] == self._sub_mid and not event[2]:
                 self._subscribed = True
+                self._publish_rotations()
             elif event[2]:
                 self.metrics["subscribe_refused_total"] += 1
                 log.error("The broker refused the receipt subscription.")
@@ -319,6 +326,9 @@ class Publisher:
             self.metrics["receipts_forged_total"] += 1
             return
         crash_point("after_receipt_verify")
+        if receipt["status"] == "pending":
+            self._hold_for_predecessor(receipt)
+            return
         matched = self.outbox.apply_receipt(
             receipt["report_id"],
             receipt["report_sha256"],
@@ -328,6 +338,12 @@ class Publisher:
         )
         if matched:
             self.metrics["receipts_verified_total"] += 1
+            if self._rotations and receipt["status"] in ("accepted", "duplicate"):
+                self._note_acknowledged_kid(str(receipt["report_id"]))
+            seq = receipt.get("seq")
+            successor = self._waiting_link.pop(seq, None) if isinstance(seq, int) else None
+            if successor is not None:  # its predecessor is in: resend it now
+                self.outbox.postpone(successor, 0.0, "predecessor acknowledged; resending")
             if receipt["status"] == "rejected":
                 self.metrics["reports_rejected_total"] += 1
                 log.error(
@@ -342,6 +358,43 @@ class Publisher:
             self.metrics["receipts_repeat_total"] += 1  # a late duplicate for an acked row
         else:
             self.metrics["receipts_forged_total"] += 1
+
+    def _hold_for_predecessor(self, receipt: dict[str, Any]) -> None:
+        """The bureau holds the report apart until its predecessor is stored: keep it open
+        (only `accepted` or `duplicate` closes a row) and resend it once the predecessor's
+        receipt arrives, or after the usual backoff if that receipt never comes."""
+        item = self.outbox.get(str(receipt["report_id"]))
+        if item is None or item.payload_sha256 != receipt["report_sha256"] or item.state not in (
+            "pending", "inflight"
+        ):
+            self.metrics["receipts_forged_total"] += 1
+            return
+        self.metrics["receipts_pending_total"] += 1
+        self._waiting_link[item.seq - 1] = item.report_id
+        self.outbox.postpone(
+            item.report_id, time.monotonic() + self._backoff(item.attempts),
+            f"held by the bureau until seq {item.seq - 1} arrives",
+        )
+
+    def _publish_rotations(self) -> None:
+        """Send every unacknowledged rotation statement before any report (the bureau
+        applies the same statement once however often it arrives)."""
+        client = self._client
+        for rotation in self._rotations:
+            if client is not None:
+                client.publish(rotation_topic(self.settings.factory_id), rotation.statement, qos=1)
+                self.metrics["rotations_sent_total"] += 1
+
+    def _note_acknowledged_kid(self, report_id: str) -> None:
+        """A receipt for a report signed by a rotated-in key acknowledges the rotation."""
+        item = self.outbox.get(report_id)
+        if item is None:
+            return
+        kid = peek_compact(item.jws, Kind.REPORT)[0].get("kid")
+        for rotation in [r for r in self._rotations if r.new_kid == kid]:
+            complete_rotation(rotation)
+            self._rotations.remove(rotation)
+            self.metrics["rotations_completed_total"] += 1
 
     def _verify_receipt(self, payload: bytes) -> dict[str, Any] | None:
         try:

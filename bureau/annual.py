@@ -15,6 +15,10 @@ pending-link reports. When the share of days with an accepted report is below th
 bound for the period or for any single month, every measured condition is insufficient_data
 (its measured value is still shown): a month withheld must not hide inside a good year.
 
+The chain section walks the year's daily reports with the other reports of the factory's one
+chain between them (month and year reports, revisions: `bureau.evidence_export.load_chain`),
+so a gap is a sequence number the bureau does not hold, never a month report or a revision.
+
 `evaluate_year` is pure (no I/O apart from reading the policy files named in `PolicyFiles`),
 so the offline verifier of an evidence folder runs exactly the same computation.
 """
@@ -73,7 +77,8 @@ class AnnualError(BureauError):
 
 @dataclass(frozen=True, slots=True)
 class DayEntry:
-    """One daily report of the year as the evaluation sees it (payload None when unreadable)."""
+    """One report as the evaluation sees it (payload None when unreadable or not needed): a
+    daily report of the year, or, in the chain section, a report of any `kind`."""
 
     period_key: str
     state: str  # accepted | pending-link | rejected
@@ -86,6 +91,7 @@ class DayEntry:
     reason: str | None
     payload: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
     jws: str | None = dataclasses.field(default=None, repr=False, compare=False)
+    kind: str = "day"  # the period kind: day, month or year
 
     @classmethod
     def from_year_entry(cls, entry: YearEntry) -> DayEntry:
@@ -100,6 +106,7 @@ class DayEntry:
         payload: Mapping[str, Any] | None,
         jws: str | None,
         report_id: str | None = None,
+        kind: str = "day",
     ) -> DayEntry:
         body = dict(payload) if payload is not None else None
         return cls(
@@ -114,6 +121,7 @@ class DayEntry:
             reason=reason,
             payload=body,
             jws=jws,
+            kind=str(body["period"]["kind"]) if body else kind,
         )
 
 
@@ -181,11 +189,15 @@ def evaluate_year(
     baseline_year: int | None = None,
     through: date | None = None,
     overrides: Mapping[str, Any] | None = None,
+    chain: Sequence[DayEntry] = (),
 ) -> AnnualEvaluation:
     """Evaluate `factory_id` over `year` (Jan 1 to `through`, default Dec 31) from its daily
     report entries. `overrides` replace report params (e.g. industry_code, province) before the
-    policy's own params apply. Raises AnnualError when no accepted report lies in the period or
-    a file is unusable."""
+    policy's own params apply. `chain` holds the other stored reports of the factory's chain
+    between the first and the last seq of the year (month and year reports, revisions, other
+    years' days; entries already in `entries` may be repeated): the chain section walks them
+    with the year's daily reports. Raises AnnualError when no accepted report lies in the
+    period or a file is unusable."""
     if baseline_year is not None and baseline_year >= year:
         raise AnnualError(f"The baseline year {baseline_year} must lie before {year}.")
     try:
@@ -250,7 +262,7 @@ def evaluate_year(
         params=dataclasses.asdict(run_params),
         inputs=files.digests(),
         coverage=coverage,
-        chain=_chain(entries, chosen, first, last),
+        chain=_chain(entries, chain, chosen, first, last),
         monthly=_monthly(base, inventory, run_params, first, last),
         indicators=indicators,
         baseline={
@@ -390,14 +402,20 @@ def _tally(days: Mapping[str, str], bound: float) -> dict[str, Any]:
 
 
 def _chain(
-    entries: Sequence[DayEntry], chosen: Mapping[str, DayEntry], first: date, last: date
+    entries: Sequence[DayEntry],
+    chain: Sequence[DayEntry],
+    chosen: Mapping[str, DayEntry],
+    first: date,
+    last: date,
 ) -> dict[str, Any]:
-    """The stored reports in seq order with their link state, the seq gaps, and rejections."""
-    stored = sorted(
-        (e for e in entries if e.state != REJECTED and e.seq is not None),
-        key=lambda e: int(e.seq or 0),
-    )
-    used = {id(e) for e in chosen.values()}
+    """The year's stored reports and the chain's reports of any kind between them, in seq
+    order with their link state; the seq gaps; the rejections."""
+    unique: dict[str, DayEntry] = {}
+    for entry in [*entries, *chain]:
+        if entry.state != REJECTED and entry.seq is not None:
+            unique.setdefault(entry.report_id or f"seq {entry.seq}", entry)
+    stored = sorted(unique.values(), key=lambda e: int(e.seq or 0))
+    used = {e.report_id for e in chosen.values()}
     links: list[dict[str, Any]] = []
     gaps: list[dict[str, int]] = []
     for link in walk_chain(
@@ -409,6 +427,7 @@ def _chain(
         links.append(
             {
                 "seq": link.seq,
+                "kind": entry.kind,
                 "period_key": entry.period_key,
                 "report_id": entry.report_id,
                 "revision": entry.revision,
@@ -417,7 +436,9 @@ def _chain(
                 "payload_sha256": entry.payload_sha256,
                 "prev_sha256": entry.prev_sha256,
                 "linked_to_previous": link.linked,
-                "counted": id(entry) in used and _day_in(entry.period_key, first, last),
+                "counted": entry.kind == "day"
+                and entry.report_id in used
+                and _day_in(entry.period_key, first, last),
             }
         )
     rejections = [

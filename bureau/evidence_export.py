@@ -6,6 +6,9 @@ Layout (every path relative to the folder):
     evaluation.json            `AnnualEvaluation.to_json()`
     report.html                the self-contained evidence report (bureau.html_report)
     reports/<day>_<seq>_<id>.jws    the year's stored daily reports, bytes as received
+    chain/<seq>_<kind>_<key>_<id>.jws   the other stored reports of the factory's chain between
+                               the first and the last seq of the year (month and year reports,
+                               other years' days), so the folder holds a contiguous chain slice
     baseline/<day>_<seq>_<id>.jws   the accepted daily reports of the baseline year
     rejected/<n>_<day>.jws     rejected reports whose signature verified (others: manifest only)
     keys/<kid>.jwk.json        the factory's public keys; keys.json: their validity periods
@@ -25,6 +28,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.protocol.chain import chain_slice
 from bureau.annual import (
     AnnualError,
     AnnualEvaluation,
@@ -33,7 +37,7 @@ from bureau.annual import (
 )
 from bureau.html_report import render_html
 from bureau.registry import KeyRegistry
-from bureau.store import ACCEPTED, REJECTED, SqliteReportStore
+from bureau.store import ACCEPTED, REJECTED, SqliteReportStore, StoredReport
 from indicators.policy import PolicyFiles
 
 EVIDENCE_FORMAT = "tieragent-annual-evidence/v1"
@@ -57,6 +61,33 @@ def load_year(store: SqliteReportStore, factory_id: str, year: int) -> list[DayE
     return [DayEntry.from_year_entry(e) for e in store.reports_for_year(factory_id, year)]
 
 
+def load_chain(store: SqliteReportStore, factory_id: str, year: int) -> list[DayEntry]:
+    """The factory's stored reports (any kind, any revision, any state) whose seq lies between
+    the first and the last seq of its reports of `year` (day, month and year periods): the
+    contiguous slice of its one chain that the year's reports belong to."""
+    stored = store.reports(factory_id)
+    prefix = f"{year:04d}"
+    of_year = [r.seq for r in stored if r.period_key.startswith(prefix)]
+    return [_chain_entry(r) for r in chain_slice(stored, lambda r: r.seq, of_year)]
+
+
+def _chain_entry(report: StoredReport) -> DayEntry:
+    """A stored report of any kind as the chain sees it (its payload is not decoded)."""
+    return DayEntry(
+        period_key=report.period_key,
+        state=report.state,
+        report_id=report.report_id,
+        seq=report.seq,
+        kid=report.kid,
+        revision=report.revision,
+        payload_sha256=report.payload_sha256,
+        prev_sha256=report.prev_sha256,
+        reason=None,
+        jws=report.jws,
+        kind=report.period_kind,
+    )
+
+
 def check_factory(store: SqliteReportStore, factory_id: str) -> None:
     """Raise AnnualError when the bureau knows nothing of `factory_id`."""
     if not KeyRegistry(store.db).known_factory(factory_id) and not store.reports(factory_id):
@@ -74,11 +105,35 @@ def evaluate_from_store(
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[AnnualEvaluation, list[DayEntry], list[DayEntry]]:
     """The annual evaluation plus the year's and the baseline year's entries it used."""
+    result, entries, baseline, _ = _evaluate(
+        store,
+        factory_id,
+        year,
+        files,
+        baseline_year=baseline_year,
+        through=through,
+        overrides=overrides,
+    )
+    return result, entries, baseline
+
+
+def _evaluate(
+    store: SqliteReportStore,
+    factory_id: str,
+    year: int,
+    files: PolicyFiles,
+    *,
+    baseline_year: int | None,
+    through: date | None,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[AnnualEvaluation, list[DayEntry], list[DayEntry], list[DayEntry]]:
+    """`evaluate_from_store` plus the chain slice (`load_chain`) it walked."""
     check_factory(store, factory_id)
     entries = load_year(store, factory_id, year)
     if not entries:
         raise AnnualError(f"Factory {factory_id!r} has no daily reports for {year}.")
     baseline = load_year(store, factory_id, baseline_year) if baseline_year else []
+    chain = load_chain(store, factory_id, year)
     result = evaluate_year(
         factory_id,
         year,
@@ -88,8 +143,9 @@ def evaluate_from_store(
         baseline_year=baseline_year,
         through=through,
         overrides=overrides,
+        chain=chain,
     )
-    return result, entries, baseline
+    return result, entries, baseline, chain
 
 
 def export_evidence(
@@ -107,7 +163,7 @@ def export_evidence(
     mistakes (unknown factory, no reports, bad files, non-empty folder)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AnnualError(f"{out}: the evidence folder must be new or empty.")
-    result, entries, baseline = evaluate_from_store(
+    result, entries, baseline, chain = _evaluate(
         store,
         factory_id,
         year,
@@ -131,6 +187,12 @@ def export_evidence(
             assert entry.jws is not None
             record["file"] = writer.text(_report_name("reports", entry), entry.jws)
         manifest_entries.append(record)
+    year_ids = {entry.report_id for entry in entries}
+    for entry in chain:
+        if entry.report_id not in year_ids and entry.jws is not None:
+            record = _entry_record(entry, "chain")
+            record["file"] = writer.text(_chain_name(entry), entry.jws)
+            manifest_entries.append(record)
     for entry in baseline:
         if entry.state == ACCEPTED and entry.jws is not None:
             record = _entry_record(entry, "baseline")
@@ -197,6 +259,7 @@ def _dumps(value: Any) -> str:
 def _entry_record(entry: DayEntry, role: str) -> dict[str, Any]:
     return {
         "role": role,
+        "kind": entry.kind,
         "period_key": entry.period_key,
         "state": entry.state,
         "reason": entry.reason,
@@ -207,6 +270,10 @@ def _entry_record(entry: DayEntry, role: str) -> dict[str, Any]:
 
 def _report_name(folder: str, entry: DayEntry) -> str:
     return f"{folder}/{entry.period_key}_{int(entry.seq or 0):06d}_{entry.report_id}.jws"
+
+
+def _chain_name(entry: DayEntry) -> str:
+    return f"chain/{int(entry.seq or 0):06d}_{entry.kind}_{entry.period_key}_{entry.report_id}.jws"
 
 
 def _iso(epoch: float | None) -> str | None:

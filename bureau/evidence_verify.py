@@ -6,7 +6,9 @@ Checks, each problem one sentence naming the file and what inside it is wrong:
    file is missing or extra.
 2. Every report's signature verifies with the folder's key of its `kid`, the key's file name is
    its RFC 7638 thumbprint, and the payload is the report the manifest says (id, day, factory).
-3. The chain: consecutive sequence numbers link by prev_sha256.
+3. The chain: consecutive sequence numbers link by prev_sha256, over the year's reports and
+   the other reports of the chain between them (chain/: month and year reports, other years'
+   days); which sequence numbers are missing is part of the evaluation that check 4 recomputes.
 4. The evaluation recomputes: the annual evaluation is run again from the reports' base measures
    and the folder's policy files, and compared with evaluation.json value by value.
 5. report.html shows the evaluation's numbers: every element with `data-ref` holds, in
@@ -90,11 +92,11 @@ def verify_evidence_dir(path: Path) -> EvidenceResult:
         result.problems.append("manifest.json: bytes differ from its canonical form (edited).")
     _check_files(path, manifest, result)
     keys = _load_keys(path, result)
-    entries, baseline = _load_entries(path, manifest, keys, result)
-    _check_chain(entries, result)
+    entries, baseline, chain = _load_entries(path, manifest, keys, result)
+    _check_chain([*entries, *chain], result)
     evaluation = _load_json(path / "evaluation.json", result)
     if evaluation is not None:
-        _check_recompute(path, manifest, entries, baseline, evaluation, result)
+        _check_recompute(path, manifest, entries, baseline, chain, evaluation, result)
         _check_html(path, evaluation, result)
     return result
 
@@ -151,10 +153,13 @@ def _load_entries(
     manifest: dict[str, Any],
     keys: dict[str, dict[str, Any]],
     result: EvidenceResult,
-) -> tuple[list[DayEntry], list[DayEntry]]:
-    """Entries rebuilt from the verified report files; a report that fails counts as unreadable."""
+) -> tuple[list[DayEntry], list[DayEntry], list[DayEntry]]:
+    """The year's, the baseline year's and the other chain entries, rebuilt from the verified
+    report files; a report that fails counts as unreadable."""
     year: list[DayEntry] = []
     baseline: list[DayEntry] = []
+    chain: list[DayEntry] = []
+    roles = {"baseline": baseline, "chain": chain}
     for item in manifest.get("entries") or []:
         day, state, reason = str(item.get("period_key")), str(item.get("state")), item.get("reason")
         report_id = item.get("report_id")
@@ -166,6 +171,7 @@ def _load_entries(
             if payload is not None and (
                 payload.get("report_id") != report_id
                 or payload.get("period", {}).get("key") != day
+                or payload.get("period", {}).get("kind") != item.get("kind", "day")
                 or payload.get("factory_id") != manifest.get("factory_id")
             ):
                 result.problems.append(
@@ -177,9 +183,10 @@ def _load_entries(
                 state = REJECTED if state == REJECTED else "unverified"
             else:
                 result.reports += 1
-        entry = DayEntry.from_parts(day, state, reason, payload, token, report_id)
-        (baseline if item.get("role") == "baseline" else year).append(entry)
-    return year, baseline
+        kind = str(item.get("kind") or "day")
+        entry = DayEntry.from_parts(day, state, reason, payload, token, report_id, kind)
+        roles.get(str(item.get("role")), year).append(entry)
+    return year, baseline, chain
 
 
 def _verified(
@@ -226,6 +233,7 @@ def _check_recompute(
     manifest: dict[str, Any],
     entries: list[DayEntry],
     baseline: list[DayEntry],
+    chain: list[DayEntry],
     stored: Any,
     result: EvidenceResult,
 ) -> None:
@@ -248,6 +256,7 @@ def _check_recompute(
             baseline_year=manifest.get("baseline_year"),
             through=date.fromisoformat(through) if through else None,
             overrides=manifest.get("overrides") or {},
+            chain=chain,
         ).to_json()
     except (AnnualError, ValueError, KeyError, TypeError) as error:
         result.problems.append(f"evaluation.json: cannot be recomputed from the reports ({error}).")

@@ -39,6 +39,7 @@ STATE_LABELS: dict[str, str] = {
     "missing": "缺失 missing",
     "no_data": "无数据 no data",
 }
+KIND_LABELS: dict[str, str] = {"day": "日 day", "month": "月 month", "year": "年 year"}
 CHARTED: tuple[str, ...] = ("oee", "defect_rate", "energy_per_unit", "data_collection_rate")
 
 _CSS = """
@@ -416,10 +417,14 @@ def _chain(result: Mapping[str, Any]) -> str:
     rows = []
     for i, link in enumerate(result["chain"]["reports"]):
         state = str(link["state"])
+        kind = str(link.get("kind", "day"))
+        revision = f" (修订 revision {int(link['revision'])})" if link.get("revision") else ""
         rows.append(
-            f'<tr data-seq="{link["seq"]}" data-state="{escape(state)}">'
+            f'<tr data-seq="{link["seq"]}" data-kind="{escape(kind)}" '
+            f'data-state="{escape(state)}">'
             + _num("td", link["seq"], "count", pointer("chain", "reports", i, "seq"))
-            + f"<td>{escape(link['period_key'])}</td>"
+            + f"<td>{escape(KIND_LABELS.get(kind, kind))}</td>"
+            f"<td>{escape(link['period_key'])}{escape(revision)}</td>"
             f"<td><code>{escape(str(link['report_id']))}</code></td>"
             f"<td><code>{escape(str(link['kid'])[:12])}…</code></td>"
             f'<td class="{escape(state)}">{escape(STATE_LABELS.get(state, state))}</td>'
@@ -428,11 +433,15 @@ def _chain(result: Mapping[str, Any]) -> str:
         )
     return (
         "<h2>报告链 Chain of reports</h2>"
-        '<p class="small">每份日报都由工厂密钥签名（Ed25519 JWS），并以 prev_sha256 链接前一份。 '
-        "Each daily report is signed with the factory's key and links its predecessor by "
-        "prev_sha256. Verification state: accepted by the bureau on receipt; re-checked offline "
-        "by <code>tieragent verify</code>.</p>"
-        '<table id="chain"><tr><th>序号 Seq</th><th>日期 Day</th><th>报告 Report id</th>'
+        '<p class="small">每份报告（日、月、年报告及其修订）都由工厂密钥签名（Ed25519 JWS），'
+        "并以 prev_sha256 链接同一条链上的前一份。 "
+        "Each report (day, month and year reports and their revisions) is signed with the "
+        "factory's key and links its predecessor in the factory's one chain by prev_sha256; the "
+        "table lists every stored report between the year's first and last. Verification state: "
+        "accepted by the bureau on receipt; re-checked offline by "
+        "<code>tieragent verify</code>.</p>"
+        '<table id="chain"><tr><th>序号 Seq</th><th>类型 Kind</th><th>期间 Period</th>'
+        "<th>报告 Report id</th>"
         "<th>密钥 Key id</th><th>状态 State</th><th>链接 Linked</th><th>计入 Counted</th></tr>"
         f"{''.join(rows)}</table>"
     )
@@ -470,7 +479,11 @@ def _gaps(result: Mapping[str, Any]) -> str:
         f'<dt>待链接日 Pending-link days</dt><dd id="pending-link-days">'
         f"{days('pending_link_days')}</dd>"
         f'<dt>低于覆盖下限的月份 Months below the bound</dt><dd id="months-below">{below}</dd></dl>'
-        f'<h3>链缺口 Chain gaps</h3><ul id="chain-gaps">{gap_items or "<li>—</li>"}</ul>'
+        "<h3>链缺口 Chain gaps</h3>"
+        '<p class="small">局未收到的序号（链上任何类型的报告都计入，月报和修订不算缺口）。 '
+        "Sequence numbers the bureau holds no report for (reports of every kind count, so a "
+        "month report or a revision is not a gap).</p>"
+        f'<ul id="chain-gaps">{gap_items or "<li>—</li>"}</ul>'
         f'<h3>被拒报告 Rejected reports</h3><ul id="rejections">'
         f"{rejection_items or '<li>—</li>'}</ul>"
     )

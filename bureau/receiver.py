@@ -37,7 +37,7 @@ from agent.protocol.mqtt import (
 from agent.protocol.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt
 from bureau.registry import KeyRegistry, RegistryError
-from bureau.store import Rejection, SqliteReportStore, StoredReport
+from bureau.store import PENDING_LINK, Rejection, SqliteReportStore, StoredReport
 from bureau.verify import DEFAULT_MAX_BYTES, Decision, Verifier
 
 log = logging.getLogger("tieragent.bureau")
@@ -218,6 +218,8 @@ class Receiver:
                 )
             if decision.status == "accepted":
                 return self._store_accepted(message, decision, now)
+            if decision.status == "pending":
+                return self._answer_pending(decision, now)
             self.metrics[f"rejected_total:{decision.reason}"] += 1
             # The reason, factory and report in the line itself: an operator reading the
             # log must not need SQLite to know what was refused and why.
@@ -265,6 +267,7 @@ class Receiver:
         report = decision.payload
         verified = decision.verified
         assert verified is not None and decision.factory_id is not None
+        self._evict_orphans(decision)
         receipt = sign_receipt(
             receipt_payload(
                 bureau_id=self.settings.bureau_id,
@@ -272,7 +275,8 @@ class Receiver:
                 report_id=report["report_id"],
                 report_sha256=decision.report_sha256,
                 seq=report["seq"],
-                status="accepted",
+                # Stored but not linked to the chain: never `accepted` until it links.
+                status="pending" if decision.state == PENDING_LINK else "accepted",
                 state=decision.state,
                 received_at=now,
             ),
@@ -299,11 +303,36 @@ class Receiver:
         )
         if decision.relink is not None:
             self.store.set_state(decision.relink, "accepted")
-        self.registry.note_report_kid(verified.header["kid"], now)
         self.metrics["reports_accepted_total"] += 1
         if decision.state == "pending-link":
             self.metrics["pending_link_total"] += 1
         return receipt
+
+    def _answer_pending(self, decision: Decision, now: float) -> str:
+        self.metrics["reports_held_total"] += 1
+        return sign_receipt(
+            receipt_payload(
+                bureau_id=self.settings.bureau_id, factory_id=decision.factory_id,
+                report_id=decision.report_id, report_sha256=decision.report_sha256,
+                seq=decision.seq, status="pending", received_at=now,
+            ),
+            self.key,
+        )
+
+    def _evict_orphans(self, decision: Decision) -> None:
+        for report_id in decision.evict:
+            detail = f"seq {decision.seq} of the real chain contradicts this unlinked report"
+            orphan = self.store.evict(report_id, "orphan", detail)
+            if orphan is None:
+                continue
+            self.metrics["orphans_evicted_total"] += 1
+            self.store.alert(orphan.factory_id, "orphan", f"seq {orphan.seq}: {detail}")
+            log.warning(
+                "An unlinked report was contradicted by the real chain and moved to the "
+                "rejections as an orphan.",
+                extra={"fields": {"reason": "orphan", "factory_id": orphan.factory_id,
+                                  "report_id": orphan.report_id, "seq": orphan.seq}},
+            )
 
     def _check_pending(self, now: float) -> None:
         cutoff = now - self.settings.reorder_timeout_s

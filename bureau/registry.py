@@ -3,9 +3,15 @@
 Keys live in the bureau database (table `keys`, see bureau.store). Lookups are always
 scoped to the factory named by the topic, parameterised, and never touch the filesystem,
 so a hostile `kid` (`../`, quotes, SQL) is just an unknown key. A revoked key rejects
-reports received after `revoked_at`; earlier ones stay valid. A rotation statement signed
-by the old and the new key adds the new key; the old one is marked retired when the first
-report under the new key arrives and is kept forever to verify history.
+reports received after `revoked_at`; earlier ones stay valid.
+
+Rotation: a statement signed by the old and the new key names `effective_from_seq`, the
+first sequence number the new key signs. Applying it enrols the new key and retires the old
+one at once, which gives each key a window by sequence number: the old key signs seqs below
+`effective_from_seq` (its reports still in flight stay valid), the new key that seq and
+after. A retired or revoked key can sign no further rotation, so a stolen retired key
+cannot hand the factory to a key of its choosing. Retired keys are kept forever to verify
+history.
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ class EnrolledKey:
     valid_from: float
     revoked_at: float | None
     retired_at: float | None
+    from_seq: int | None = None  # first seq this key signs (set when rotated in)
+    until_seq: int | None = None  # first seq it no longer signs (set when rotated out)
+
+    def signs_seq(self, seq: int) -> bool:
+        """Whether `seq` lies in the key's window by sequence number."""
+        return (self.from_seq is None or seq >= self.from_seq) and (
+            self.until_seq is None or seq < self.until_seq
+        )
 
 
 class KeyLookupError(Exception):
@@ -100,7 +114,17 @@ class KeyRegistry:
         ).fetchone()
         if row is None:
             return None
-        return EnrolledKey(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6])
+        rotated_in = self.db.execute(
+            "SELECT effective_from_seq FROM rotations WHERE new_kid = ?", (kid,)
+        ).fetchone()
+        rotated_out = self.db.execute(
+            "SELECT effective_from_seq FROM rotations WHERE rotated_from = ?", (kid,)
+        ).fetchone()
+        return EnrolledKey(
+            row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6],
+            from_seq=rotated_in[0] if rotated_in else None,
+            until_seq=rotated_out[0] if rotated_out else None,
+        )
 
     def enrolled(self, factory_id: str | None = None) -> list[EnrolledKey]:
         sql = "SELECT kid FROM keys"
@@ -129,17 +153,6 @@ class KeyRegistry:
             raise KeyLookupError("unknown-key", "Key is not valid yet.")
         return key
 
-    def note_report_kid(self, kid: str, at: float) -> None:
-        """First report under a rotated-in key: retire the key it replaced (kept for history)."""
-        row = self.db.execute("SELECT rotated_from FROM rotations WHERE new_kid = ?", (kid,))
-        found = row.fetchone()
-        if found is not None:
-            self.db.execute(
-                "UPDATE keys SET status = 'retired', retired_at = ? "
-                "WHERE kid = ? AND status = 'active'",
-                (at, found[0]),
-            )
-
     def apply_rotation(
         self,
         statement: bytes | dict[str, Any],
@@ -147,7 +160,11 @@ class KeyRegistry:
         *,
         expected_factory: str | None = None,
     ) -> EnrolledKey:
-        """Accept a key-rotation statement signed by the current (old) key and the new key."""
+        """Accept a key-rotation statement signed by the current (old) key and the new key.
+
+        The same statement applied again is a no-op (it may arrive more than once over MQTT).
+        """
+        at = at if at is not None else time.time()
         try:
             value = strict_loads(statement) if isinstance(statement, bytes) else statement
             unverified = _unverified_payload(value)
@@ -155,23 +172,55 @@ class KeyRegistry:
             factory_id = str(unverified.get("factory_id"))
             if expected_factory is not None and factory_id != expected_factory:
                 raise RegistryError("The statement names another factory than its topic.")
-            if old is None or old.factory_id != factory_id or old.status == "revoked":
-                raise RegistryError("The old key is not an enrolled, unrevoked key of the factory.")
+            if old is None or old.factory_id != factory_id:
+                raise RegistryError("The old key is not an enrolled key of the factory.")
             new_jwk = unverified.get("new_jwk")
             if not isinstance(new_jwk, dict):
                 raise RegistryError("The statement has no new_jwk.")
             verified = verify_general(value, Kind.KEYROTATE, [old.jwk, new_jwk]).payload
         except EnvelopeError as error:
             raise RegistryError(f"Rotation statement rejected: {error}") from None
-        if verified.get("new_kid") != thumbprint(new_jwk):
+        new_kid = thumbprint(new_jwk)
+        if verified.get("new_kid") != new_kid:
             raise RegistryError("Rotation statement: new_kid is not the new key's thumbprint.")
+        done = self.db.execute(
+            "SELECT rotated_from FROM rotations WHERE new_kid = ?", (new_kid,)
+        ).fetchone()
+        if done is not None and done[0] == old.kid:
+            new = self.get(new_kid)
+            assert new is not None
+            return new
+        if old.status != "active":
+            raise RegistryError(
+                f"Rotation statement signed by key {old.kid}, which is {old.status}: only the "
+                "factory's active key can hand over to a new one."
+            )
+        first_seq = verified.get("effective_from_seq")
+        if not isinstance(first_seq, int) or isinstance(first_seq, bool) or first_seq < 1:
+            raise RegistryError(
+                "Rotation statement names no effective_from_seq (the first report sequence "
+                "number the new key signs). Fix: `tieragent keys rotate --config FILE`."
+            )
+        signed_after = self.db.execute(
+            "SELECT MAX(seq) FROM reports WHERE factory_id = ? AND kid = ?", (factory_id, old.kid)
+        ).fetchone()[0]
+        if signed_after is not None and signed_after >= first_seq:
+            raise RegistryError(
+                f"Rotation statement: effective_from_seq {first_seq} is at or before seq "
+                f"{signed_after}, already stored under the old key."
+            )
         key = self.enroll(factory_id, new_jwk, at)
         self.db.execute(
-            "INSERT OR REPLACE INTO rotations (new_kid, rotated_from, statement, at) "
-            "VALUES (?, ?, ?, ?)",
-            (key.kid, old.kid, json.dumps(value), at if at is not None else time.time()),
+            "INSERT INTO rotations (new_kid, rotated_from, statement, at, effective_from_seq) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key.kid, old.kid, json.dumps(value), at, first_seq),
         )
-        return key
+        self.db.execute(
+            "UPDATE keys SET status = 'retired', retired_at = ? WHERE kid = ?", (at, old.kid)
+        )
+        rotated = self.get(key.kid)
+        assert rotated is not None
+        return rotated
 
 
 def _unverified_payload(value: Any) -> dict[str, Any]:

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS rotations (
     new_kid TEXT PRIMARY KEY,
     rotated_from TEXT NOT NULL,
     statement TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    effective_from_seq INTEGER
 );
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -146,6 +147,7 @@ class ReportStore(Protocol):
     def by_seq(self, factory_id: str, seq: int) -> StoredReport | None: ...
     def insert(self, report: StoredReport) -> None: ...
     def set_state(self, report_id: str, state: str) -> None: ...
+    def evict(self, report_id: str, reason: str, detail: str) -> StoredReport | None: ...
     def quarantine(self, rejection: Rejection) -> None: ...
     def alert(self, factory_id: str | None, kind: str, detail: str) -> None: ...
     def reports(self, factory_id: str) -> list[StoredReport]: ...
@@ -179,6 +181,7 @@ class SqliteReportStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            _add_missing_columns(self.db)
         except sqlite3.DatabaseError as error:
             raise ReportStoreError(
                 f"{path}: the bureau database cannot be opened ({error})."
@@ -236,6 +239,23 @@ class SqliteReportStore:
 
     def set_state(self, report_id: str, state: str) -> None:
         self.db.execute("UPDATE reports SET state = ? WHERE report_id = ?", (state, report_id))
+
+    def evict(self, report_id: str, reason: str, detail: str) -> StoredReport | None:
+        """Move a stored pending-link report to the rejections: an orphan that a genuine
+        report contradicts must not hold a sequence number of the real chain."""
+        row = self.get(report_id)
+        if row is None:
+            return None
+        self.db.execute("DELETE FROM reports WHERE report_id = ?", (report_id,))
+        self.quarantine(
+            Rejection(
+                factory_id=row.factory_id, topic="", reason=reason, detail=detail,
+                report_id=row.report_id, period_kind=row.period_kind,
+                period_key=row.period_key, message_sha256=row.payload_sha256, size=len(row.jws),
+                jws=row.jws, received_at=row.received_at,
+            )
+        )
+        return row
 
     def quarantine(self, rejection: Rejection) -> None:
         self.db.execute(
@@ -332,3 +352,10 @@ class SqliteReportStore:
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Columns added after a table was first created (CREATE IF NOT EXISTS keeps old tables)."""
+    rotation_columns = {row[1] for row in db.execute("PRAGMA table_info(rotations)")}
+    if "effective_from_seq" not in rotation_columns:
+        db.execute("ALTER TABLE rotations ADD COLUMN effective_from_seq INTEGER")

@@ -2,15 +2,16 @@
 
 size -> topic -> header -> key (factory of the topic, enrolled, not revoked) -> signature
 -> strict parse + canonical form -> schema -> topic/aud/kid/time binding -> ids and chain
-(duplicate, conflict, fork, chain break, gap = pending-link) -> indicators recomputed.
+(duplicate, conflict, fork, chain break, gap = pending) -> indicators recomputed.
 
 `Verifier.check` reads the store but never writes; the receiver applies the `Decision`
 in the same transaction. Every failure is a `Decision` with a reason code, never an
 exception: hostile input must not crash the receiver.
 
 Reason codes: size, topic, header, unknown-factory, unknown-key, revoked, signature,
-format (strict JSON, canonical form, schema), aud, future, conflict, fork, chain,
-indicators.
+format (strict JSON, canonical form, schema), aud, future, retired (a rotated-out key at or
+after the rotation's sequence number), key-window (a rotated-in key before it), conflict,
+fork, chain, indicators.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ FUTURE_SKEW_S = 300.0
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with a message: accept (state accepted|pending-link), duplicate, reject."""
+    """What to do with a message: accept (state accepted, or pending-link when its predecessor
+    is not stored: receipt `pending`), answer pending without storing (it cannot be placed
+    yet), answer as a duplicate, or reject."""
 
-    status: str  # accepted | duplicate | rejected
+    status: str  # accepted | pending | duplicate | rejected
     reason: str | None
     detail: str
     factory_id: str | None
@@ -60,6 +63,7 @@ class Decision:
     payload: dict[str, Any] = field(default_factory=dict)
     original: StoredReport | None = None
     relink: str | None = None  # report_id of a pending-link successor this report links
+    evict: tuple[str, ...] = ()  # pending-link reports this one proves to be orphans
 
 
 class Verifier:
@@ -132,6 +136,22 @@ class Verifier:
             return reject("aud", "Report is addressed to another bureau.", payload_sha, **ids)
         if _epoch(report["issued_at"]) > now + FUTURE_SKEW_S:
             return reject("future", "issued_at lies in the future.", payload_sha, **ids)
+        seq = int(report["seq"])
+        if key.until_seq is not None and seq >= key.until_seq:
+            return reject(
+                "retired",
+                f"Key {key.kid} was rotated out from seq {key.until_seq}; seq {seq} must be "
+                "signed by its successor.",
+                payload_sha,
+                **ids,
+            )
+        if key.from_seq is not None and seq < key.from_seq:
+            return reject(
+                "key-window",
+                f"Key {key.kid} signs from seq {key.from_seq}; seq {seq} predates it.",
+                payload_sha,
+                **ids,
+            )
         return self._business(factory_id, verified, payload_sha, ids)
 
     def _business(
@@ -156,25 +176,46 @@ class Verifier:
                     **ids,
                 )
             return reject("conflict", "Same report_id, different content (equivocation).")
+        def held(detail: str) -> Decision:
+            # Not stored: the sender resends it once the chain before it is in.
+            return Decision("pending", None, detail, factory_id, sha, **ids)
+
+        # A stored pending-link report (its predecessor was missing when it came) holds its seq
+        # only until the real chain contradicts it: a report that links to the stored chain
+        # evicts it, so an orphan never blocks the genuine report at its seq or after it.
+        evict: list[str] = []
         taken = self.store.by_seq(factory_id, seq)
-        if taken is not None:
+        if taken is not None and taken.state != PENDING_LINK:
             return reject("fork", f"seq {seq} is taken by another report.")
-        state = ACCEPTED
+        linked = False
         if seq == 1:
             if report["prev_sha256"] != genesis_sha256(factory_id):
                 return reject("chain", "seq 1 does not start from the genesis hash.")
+            linked = True
         else:
             previous = self.store.by_seq(factory_id, seq - 1)
-            if previous is None:
-                state = PENDING_LINK
-            elif previous.payload_sha256 != report["prev_sha256"]:
+            if previous is not None and previous.payload_sha256 == report["prev_sha256"]:
+                linked = True
+            elif previous is not None and previous.state == PENDING_LINK:
+                return held(f"Stored seq {seq - 1} is itself unlinked and does not chain to this.")
+            elif previous is not None:
                 return reject("chain", f"prev_sha256 does not match stored seq {seq - 1}.")
+        if taken is not None:
+            if not linked:
+                return held(f"seq {seq} is held by an unlinked report; resend after seq {seq - 1}.")
+            evict.append(taken.report_id)
         successor = self.store.by_seq(factory_id, seq + 1)
         relink = None
         if successor is not None:
-            if successor.prev_sha256 != sha:
+            if successor.prev_sha256 == sha:
+                relink = successor.report_id if successor.state == PENDING_LINK else None
+            elif successor.state != PENDING_LINK:
                 return reject("chain", f"Stored seq {seq + 1} does not chain to this report.")
-            relink = successor.report_id if successor.state == PENDING_LINK else None
+            elif not linked:
+                return held(f"seq {seq - 1} is not stored; resend after it.")
+            else:
+                evict.append(successor.report_id)
+        state = ACCEPTED if linked else PENDING_LINK
         if self.check_indicators:
             try:
                 recomputed = recompute_indicators(report, self.indicator_fn)
@@ -186,7 +227,8 @@ class Verifier:
                     "indicators", f"Indicators differ from base measures: {mismatched[:5]}"
                 )
         return Decision(
-            "accepted", None, "Report accepted.", factory_id, sha, state=state, relink=relink, **ids
+            "accepted", None, "Report accepted.", factory_id, sha, state=state, relink=relink,
+            evict=tuple(evict), **ids,
         )
 
 

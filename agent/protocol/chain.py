@@ -4,14 +4,23 @@ previous report's payload (`prev_sha256`); seq 1 names the genesis hash.
 `walk_chain` is the one walk every verifier uses (the agent's audit bundle, the bureau's
 annual evaluation, the evidence folder check): it orders the reports by seq and says how
 each joins the one before it. What counts as a problem is the caller's decision.
+
+One chain carries every report of the factory: day, month and year periods and the revisions
+of any of them, in the order they were signed. A walk over one kind of report alone sees the
+others as gaps; `chain_slice` picks what a walk needs: every report between the first and the
+last seq of the reports of interest, whatever their kind, so that a gap the walk finds is a
+sequence number that is really missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from agent.protocol.envelope import sha256_hex
+
+T = TypeVar("T")
 
 
 def genesis_sha256(factory_id: str) -> str:
@@ -74,3 +83,14 @@ def walk_chain(entries: Sequence[ChainEntry], factory_id: str | None = None) -> 
         )
         previous = entry
     return links
+
+
+def chain_slice(items: Iterable[T], seq: Callable[[T], int], of: Iterable[int]) -> list[T]:
+    """The items whose seq lies between the lowest and the highest seq in `of` (inclusive),
+    in seq order: the contiguous part of a factory's chain that joins the reports `of` names,
+    whatever the kind or revision of the reports in between. Empty when `of` is empty."""
+    wanted = list(of)
+    if not wanted:
+        return []
+    first, last = min(wanted), max(wanted)
+    return sorted((item for item in items if first <= seq(item) <= last), key=seq)

@@ -139,7 +139,10 @@ def make_client(
     # Nagle's algorithm and delayed ACKs hold each one up to 40 ms per hop.
     client.on_socket_open = no_delay
     client.max_inflight_messages_set(max(1, inflight))
-    client.max_queued_messages_set(max(2, inflight * 2))
+    # paho's queue also holds what the link lost and paho resends itself after a reconnect,
+    # and a status message per connection: at 2 x inflight, a lossy link filled it and a new
+    # report was refused (MQTT_ERR_QUEUE_SIZE) until PUBACKs came back (seen in T6 under load).
+    client.max_queued_messages_set(max(16, inflight * 4))
     client.reconnect_delay_set(
         max(1, int(settings.reconnect_min_s)), max(1, int(settings.reconnect_max_s))
     )

@@ -92,13 +92,14 @@ def test_replay_gives_100_byte_identical_duplicate_receipts(
 
 def test_equivocation_fork_chain_break_and_gap(bureau: Bureau, agent_key: OKPKey) -> None:
     """If a report reuses an id with other content, reuses a seq, breaks prev_sha256 or
-    skips a seq, then: conflict, fork, chain rejections; the gap is accepted as pending-link
-    and linked when the missing report arrives (B5-B7)."""
+    skips a seq, then: conflict, fork, chain rejections; the report after a gap is stored as
+    pending-link with a `pending` receipt (never `accepted`) and linked when the missing report
+    arrives (B5-B7)."""
     r1, r2, r3 = _chain(agent_key, range(1, 4))
     handle = bureau.receiver.handle
     assert _receipt(bureau, handle(TOPIC, r1))["status"] == "accepted"
     gap = _receipt(bureau, handle(TOPIC, r3))
-    assert (gap["status"], gap["state"]) == ("accepted", "pending-link")
+    assert (gap["status"], gap["state"], gap["seq"]) == ("pending", "pending-link", 3)
     assert _receipt(bureau, handle(TOPIC, r2))["status"] == "accepted"
     assert [r.state for r in bureau.receiver.store.reports(FACTORY)] == ["accepted"] * 3
     first = make_report(agent_key, day(1), 1, genesis_sha256(FACTORY), devices=1)
@@ -221,7 +222,7 @@ def test_topic_and_audience_binding(bureau: Bureau, agent_key: OKPKey) -> None:
 
 
 def test_year_query_returns_payloads_and_states(bureau: Bureau, agent_key: OKPKey) -> None:
-    """If days 1, 3 are accepted (3 pending-link) and a forged day 2 is rejected, then the
+    """If day 1 is accepted, day 3 held (pending-link) and a forged day 2 rejected, then the
     year query lists all three periods with their state and payload."""
     r1, _, r3 = _chain(agent_key, range(1, 4))
     bureau.receiver.handle(TOPIC, r1)
@@ -237,3 +238,30 @@ def test_year_query_returns_payloads_and_states(bureau: Bureau, agent_key: OKPKe
     assert all(e.payload is not None and e.payload["factory_id"] == FACTORY for e in entries)
     token = entries[0].jws
     assert token is not None and base64.urlsafe_b64decode(token.split(".")[0] + "==")
+
+
+def test_an_orphan_never_blocks_the_genuine_chain(bureau: Bureau, agent_key: OKPKey) -> None:
+    """If a validly signed report skips a seq with an unknown prev_sha256 (an orphan at seq 3),
+    then its receipt says `pending`, never `accepted`, and the factory's genuine seq 2 and 3
+    are accepted (before: the orphan got `accepted`, genuine 2 was rejected as `chain` and
+    genuine 3 would hit `fork`); the orphan moves to the rejections with an alert. A genuine
+    report that arrives while an orphan holds its predecessor's seq is answered `pending`,
+    not rejected, and accepted when resent."""
+    r1, r2, r3, r4 = _chain(agent_key, range(1, 5))
+    handle = bureau.receiver.handle
+    store = bureau.receiver.store
+    assert _receipt(bureau, handle(TOPIC, r1))["status"] == "accepted"
+    orphan = make_report(agent_key, day(20), 3, "ab" * 32, devices=1)
+    held = _receipt(bureau, handle(TOPIC, _signed(agent_key, orphan)))
+    assert held["status"] == "pending" and held["report_id"] == orphan["report_id"]
+    early = _receipt(bureau, handle(TOPIC, r4))  # its seq 3 is the orphan: cannot place it
+    assert (early["status"], early["seq"]) == ("pending", 4)
+    assert _receipt(bureau, handle(TOPIC, r2))["status"] == "accepted"
+    assert _receipt(bureau, handle(TOPIC, r3))["status"] == "accepted"
+    assert _receipt(bureau, handle(TOPIC, r4))["status"] == "accepted"
+    assert [(r.seq, r.state) for r in store.reports(FACTORY)] == [
+        (1, "accepted"), (2, "accepted"), (3, "accepted"), (4, "accepted")]
+    assert [(r.reason, r.report_id) for r in store.rejections()] == [
+        ("orphan", orphan["report_id"])]
+    assert "orphan" in {kind for _, kind, _ in store.alerts()}
+    assert bureau.receiver.metrics["orphans_evicted_total"] == 1

@@ -158,9 +158,9 @@ def test_bad_reports_get_rejection_receipts_over_mqtt(tmp_path: Path, mosquitto:
         ),
         (
             sign_compact(canonical_bytes(out_of_chain), key, Kind.REPORT).encode(),
-            "accepted",
+            "pending",
             None,
-        ),  # a gap: accepted as pending-link
+        ),  # a gap: stored as pending-link, answered `pending` (never `accepted`)
     ]
     for n, (message, status, reason) in enumerate(cases, start=1):
         raw.publish(topic, message)

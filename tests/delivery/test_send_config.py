@@ -207,3 +207,50 @@ def test_a_broker_that_speaks_only_mqtt_311_is_named_as_the_likely_cause(
     assert len(lines) == 1, lines  # logged once, not per retry
     assert "speaks only MQTT 3.1.1, set protocol 3.1.1" in lines[0]
     assert publisher.metrics["connect_failures_total"] >= 3
+
+
+def test_key_rotation_is_delivered_and_the_retired_private_key_forgotten(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    """If the operator rotates with `keys rotate --config` after two reports, then the new key
+    signs from seq 3 (read from the outbox), `report send` delivers the statement before the
+    reports, the bureau accepts all three with the old key retired from seq 3, and the retired
+    private key is deleted from the gateway once the bureau acknowledged a report signed by the
+    new key (its public JWK stays). It was kept in keys/retired/ forever before."""
+    from agent.protocol.keys import PRIVATE_NAME, init_keys, load_private_key
+
+    data = tmp_path / "data"
+    init_keys(data / "keys", None)
+    old_key = load_private_key(data / "keys" / PRIVATE_NAME)
+    bureau = start_bureau(tmp_path / "bureau.db", mosquitto.url, {FACTORY: old_key})
+    outbox = Outbox(data / "outbox.db")
+    commit_days(outbox, old_key, range(1, 3))
+    outbox.close()
+    config = _config(tmp_path, mosquitto.url, bureau.public)
+    no_seq = _tieragent("keys", "rotate", "--dir", str(data / "keys"), "--factory", FACTORY)
+    assert no_seq.returncode == 2 and "--effective-from-seq" in no_seq.stderr
+    rotated = _tieragent("keys", "rotate", "--config", str(config), "--data-dir", str(data))
+    assert rotated.returncode == 0, rotated.stderr[-2000:]
+    assert "signs from report seq 3" in rotated.stderr
+    new_key = load_private_key(data / "keys" / PRIVATE_NAME)
+    old_kid, new_kid = old_key.thumbprint(), new_key.thumbprint()
+    assert (data / "keys" / "retired" / f"{old_kid}.pem").exists()
+    outbox = Outbox(data / "outbox.db")
+    commit_days(outbox, new_key, range(3, 4))
+    outbox.close()
+    try:
+        sent = _tieragent("report", "send", "--config", str(config), "--data-dir", str(data),
+                          "--until-drained", "--timeout-s", "30")
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        registry = bureau.receiver.registry
+        old, new = registry.get(old_kid), registry.get(new_kid)
+        assert old is not None and (old.status, old.until_seq) == ("retired", 3)
+        assert new is not None and (new.status, new.from_seq) == ("active", 3)
+        stored = bureau.receiver.store.reports(FACTORY)
+        assert [(r.seq, r.kid, r.state) for r in stored] == [
+            (1, old_kid, "accepted"), (2, old_kid, "accepted"), (3, new_kid, "accepted")]
+        assert not (data / "keys" / "retired" / f"{old_kid}.pem").exists()
+        assert (data / "keys" / "retired" / f"{old_kid}.jwk.json").exists()
+        assert "retired private key was deleted" in sent.stderr
+    finally:
+        bureau.receiver.stop()

@@ -29,6 +29,7 @@ import typer
 from agent.audit_bundle import BundleReport, export_bundle, verify_bundle
 from agent.config import load_config
 from agent.outbox import ACKED, REJECTED, Outbox
+from agent.protocol.chain import chain_slice
 from agent.protocol.envelope import (
     EnvelopeError,
     public_jwk,
@@ -332,7 +333,9 @@ def report_send(
     if base is None:
         settings = PublisherSettings(factory_id=factory, **overrides)
     else:
-        settings = dataclasses.replace(base, factory_id=factory, **overrides)
+        reporting = config.reporting or Reporting()  # rotations: as `run` delivers them
+        settings = dataclasses.replace(base, factory_id=factory, **overrides,
+                                       key_dir=reporting.key_dir or data_dir / "keys")
     outbox = _existing_outbox(outbox_path)
     publisher = Publisher(settings, outbox)
     publisher.start()
@@ -386,7 +389,9 @@ def evidence_export(
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db/outbox.db."),
     key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Key directory (public keys)."),
 ) -> None:
-    """Write an audit bundle: the period's signed reports and the raw segments behind them."""
+    """Write an audit bundle: the period's signed reports and the raw segments behind them,
+    with the other reports of the chain signed between them (month and year reports,
+    revisions), so that the bundle's chain is contiguous."""
     from agent.reporter import segments_of_report
 
     config = load_config(config_path)
@@ -395,21 +400,37 @@ def evidence_export(
         outbox = _existing_outbox(data_dir / "outbox.db")
         jwks = [json.loads((key_dir / "agent-key.jwk.json").read_text())]
         jwks += [json.loads(p.read_text()) for p in sorted(key_dir.glob("retired/*.jwk.json"))]
-        reports = [
-            BundleReport(i.jws, i.receipt_jws)
-            for i in outbox.items()
-            if i.period_slot.split("/")[1].startswith(period)
-        ]
-        if not reports:
+        items = outbox.items(config.factory.factory_id)
+        chosen = [i for i in items if i.period_slot.split("/")[1].startswith(period)]
+        if not chosen:
             raise InvalidInput(
                 f"No report in {data_dir / 'outbox.db'} for a period starting with {period!r}."
             )
-        manifest = export_bundle(out, reports, jwks, segments_for=segments_of_report(store))
+        ids = {i.report_id for i in chosen}
+        between = [
+            i
+            for i in chain_slice(items, lambda i: i.seq, (i.seq for i in chosen))
+            if i.report_id not in ids
+        ]
+        manifest = export_bundle(
+            out,
+            [BundleReport(i.jws, i.receipt_jws) for i in chosen],
+            jwks,
+            segments_for=segments_of_report(store),
+            chain=[BundleReport(i.jws, i.receipt_jws) for i in between],
+        )
     except ValueError as error:  # e.g. a key file that is not JSON
         raise InvalidInput(str(error)) from None
     finally:
         store.close()
-    typer.echo(f"Wrote {len(reports)} report(s) with their raw segments to {manifest.parent}.")
+    others = (
+        f", and the {len(between)} other report(s) of the chain between them (no raw segments)"
+        if between
+        else ""
+    )
+    typer.echo(
+        f"Wrote {len(chosen)} report(s) with their raw segments{others} to {manifest.parent}."
+    )
 
 
 @handle_errors

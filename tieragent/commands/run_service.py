@@ -8,6 +8,7 @@ start with exit 2 naming the file and the key, not a thread that dies later.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import FactoryConfig
+from agent.outbox import Outbox
 from agent.protocol.envelope import EnvelopeError
 from agent.protocol.keys import PRIVATE_NAME, KeyFileError, load_private_key
 from agent.protocol.mqtt import BrokerError, parse_broker_url
@@ -27,6 +29,7 @@ from agent.service import (
     policy_files,
     publisher_settings,
 )
+from agent.service_config import Reporting
 from tieragent.console import InvalidInput
 
 log = logging.getLogger("tieragent.cli")
@@ -103,6 +106,10 @@ def start_service(config: FactoryConfig, config_path: Path, data_dir: Path,
     paths = ServicePaths(config_path.absolute(), data_dir)
     check_reporting(config, config_path, paths)
     settings = check_delivery(config, config_path)
+    if config.reporting is not None or settings is not None:
+        # A damaged outbox (lost reports, corrupt file) stops `run` here with its message,
+        # not later inside a thread while collection carries on.
+        Outbox(paths.outbox).close()
     threads = ServiceThreads()
     if config.reporting is not None:
         scheduler = ReportScheduler(config, paths, state, clock)
@@ -111,6 +118,8 @@ def start_service(config: FactoryConfig, config_path: Path, data_dir: Path,
         log.info("No `reporting:` section: collecting only; build reports with "
                  "`tieragent report`.")
     if settings is not None:
+        settings = dataclasses.replace(
+            settings, key_dir=paths.key_dir(config.reporting or Reporting()))
         threads.start("delivery", DeliveryLoop(settings, paths, state).run)
     elif config.reporting is not None:
         log.info("No `delivery:` section: reports stay queued in %s for `tieragent report "
