@@ -7,8 +7,11 @@ Layout of a bundle directory:
     reports/<seq:06d>-<report_id>.jws  the report JWS, byte for byte as sent
     receipts/<report_id>.jws           bureau receipt, when known
     raw/<report_id>/index.json         [{device_id, signal_id, hour_start, file, leaf}],
-                                       in leaf order
-    raw/<report_id>/<n:06d>.json       one segment's canonical bytes (agent.protocol.merkle rule)
+                                       in leaf order (hour_start: the segment's span start)
+    raw/<report_id>/<n:06d>.seg        one segment's bytes under the report's segmenting rule:
+                                       for the current rule its sealed bytes as stored
+                                       (agent.protocol.segment_codec), for the first rule the
+                                       bytes recomputed (agent.protocol.merkle.segment_bytes)
 
 Each entry of `reports` has a `role`: "period" for the reports exported (with their raw
 segments), "chain" for the other reports of the factory's chain between them. One chain
@@ -16,8 +19,10 @@ carries every report kind (day, month, year) and revision, so a bundle of one pe
 reports holds a contiguous slice of it only with the reports signed in between; the manifest's
 `chain` names that slice, and every seq in it must be in the bundle.
 
-Raw segments come from a callback (`segments_for(report) -> Iterable[Segment]`) that the
-caller wires to its store, so this module does no storage I/O of its own.
+Raw segments come from a callback (`segments_for(report) -> Iterable[SealedSegment |
+Segment]`) that the caller wires to its store (agent.reporter.segments_of_report: the sealed
+segments, never the live samples), so this module does no storage I/O of its own.
+agent.sample_proof proves a single sample from a bundle.
 
 `verify_bundle` checks signatures, the hash chain (every seq from the first to the last, each
 linking its predecessor), the Merkle root of each period report against its raw segments
@@ -43,16 +48,17 @@ from agent.protocol.envelope import (
     unverified_payload,
     verify_compact,
 )
-from agent.protocol.merkle import Segment, leaf_hash, ordered_digests, root, segment_bytes
+from agent.protocol.merkle import Segment, leaf_hash, root, segment_bytes
 from agent.protocol.report import (
     IndicatorFn,
     indicator_mismatches,
     recompute_indicators,
 )
+from agent.protocol.segment_codec import SealedSegment
 
 FORMAT = "tieragent-evidence/v1"
 PERIOD, CHAIN = "period", "chain"  # the role of a report in the bundle
-SegmentsFor = Callable[[Mapping[str, Any]], Iterable[Segment]]
+SegmentsFor = Callable[[Mapping[str, Any]], Iterable[Segment | SealedSegment]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +113,16 @@ def export_bundle(
         segment_count = 0
         if segments_for is not None and role == PERIOD:
             index = []
-            for n, (segment, digest) in enumerate(ordered_digests(segments_for(report))):
+            for n, (segment, data) in enumerate(stored_bytes(segments_for(report))):
                 seg_file = f"{n:06d}.seg"
-                _write(out / "raw" / report["report_id"] / seg_file, segment_bytes(segment))
+                _write(out / "raw" / report["report_id"] / seg_file, data)
                 index.append(
                     {
                         "device_id": segment.device_id,
                         "signal_id": segment.signal_id,
                         "hour_start": segment.hour_start,
                         "file": seg_file,
-                        "leaf": digest.hex(),
+                        "leaf": leaf_hash(data).hex(),
                     }
                 )
             _write(
@@ -149,6 +155,18 @@ def export_bundle(
     path = out / "manifest.json"
     _write(path, json.dumps(manifest, indent=2).encode())
     return path
+
+
+def stored_bytes(
+    segments: Iterable[Segment | SealedSegment],
+) -> list[tuple[Segment | SealedSegment, bytes]]:
+    """Each segment with the bytes its leaf hashes, in leaf order."""
+    pairs = [
+        (segment, segment.data if isinstance(segment, SealedSegment) else segment_bytes(segment))
+        for segment in segments
+    ]
+    pairs.sort(key=lambda pair: pair[0].order_key)
+    return pairs
 
 
 def _write(path: Path, data: bytes) -> None:

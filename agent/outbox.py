@@ -220,6 +220,11 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The database connection, for the tables kept beside the outbox (log_monitor)."""
+        return self._db
+
     def integrity_ok(self) -> bool:
         return bool(self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 

@@ -15,14 +15,17 @@ Delivery rules:
   so a second resend path would double duplicates (paho pitfall 4).
 - Receipts are verified with the pinned bureau keys and `typ=tieragent-receipt+jws`, and
   must name a local row by report_id AND report_sha256; everything else is counted as forged.
+  Their transparency-log proofs must hold (agent/log_monitor.py), or they ack nothing.
 - Reconnect: exponential backoff with full jitter between reconnect_min_s and
   reconnect_max_s, reset after `stable_s` of connection. A watchdog recreates the client
   if paho's network thread dies (paho #894).
-Works on MQTT 5 and on 3.1.1 (`protocol="3.1.1"`); v5 adds session expiry and reason codes.
+Works on MQTT 5 and on 3.1.1; `protocol="auto"` (the default) starts with 5 and falls back to
+3.1.1 once when the broker refuses 5; v5 adds session expiry and reason codes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -38,6 +41,7 @@ import paho.mqtt.client as mqtt
 
 from agent.errors import AgentError
 from agent.key_rotation import complete_rotation, pending_rotations
+from agent.log_monitor import LogMonitor, Verdict
 from agent.outbox import Outbox
 from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import (
@@ -51,6 +55,7 @@ from agent.protocol.envelope import (
 from agent.protocol.mqtt import (
     BrokerSettings,
     ConnectFailures,
+    ProtocolChoice,
     connect_error,
     make_client,
     receipt_topic,
@@ -101,11 +106,13 @@ class Publisher:
         self._connected_at = 0.0
         self._stopping = False
         self._client: mqtt.Client | None = None
+        self.protocol = ProtocolChoice(settings.protocol, log)
         self.failures = ConnectFailures(
             self.metrics, log, "Cannot connect to the MQTT broker: %s", settings.protocol
         )
         self._rotations = pending_rotations(settings.key_dir) if settings.key_dir else []
         self._waiting_link: dict[int, str] = {}  # predecessor seq -> report held by the bureau
+        self._log = LogMonitor(outbox.connection, self._keys)  # the bureau's log (§b.9)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class Publisher:
         factory = self.settings.factory_id
         client_id = self.settings.client_id or f"tieragent-{factory}"
         client, connect = make_client(
-            self.settings,
+            dataclasses.replace(self.settings, protocol=self.protocol.current),
             client_id,
             inflight=self.settings.window,
             will=(status_topic(factory), self._status(False)),
@@ -163,7 +170,7 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
             if rc.is_failure:
-                self._events.put(("connect_refused", str(rc)))
+                self._events.put(("connect_refused", str(rc), client))
                 self._schedule_reconnect(client)
                 return
             _, mid = client.subscribe(receipt_topic(self.settings.factory_id), qos=1)
@@ -176,14 +183,14 @@ class Publisher:
 
     def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         try:
-            self._events.put(("connect_failed", connect_error()))
+            self._events.put(("connect_failed", connect_error(), client))
             self._schedule_reconnect(client)
         except Exception:
             log.exception("MQTT on_connect_fail handler failed.")
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
-            self._events.put(("disconnected", self.failures.disconnect_reason(rc)))
+            self._events.put(("disconnected", self.failures.disconnect_reason(rc), client))
             self._schedule_reconnect(client)
         except Exception:
             log.exception("MQTT on_disconnect handler failed.")
@@ -288,18 +295,31 @@ class Publisher:
                 self.metrics["subscribe_refused_total"] += 1
                 log.error("The broker refused the receipt subscription.")
         elif kind in ("disconnected", "connect_failed", "connect_refused"):
+            if event[2] is not self._client:
+                return  # the client replaced by a protocol fallback, closing down
             if self._connected:
                 self.metrics["reconnects_total"] += 1
                 log.warning("Disconnected from the MQTT broker: %s.", event[1],
                             extra={"fields": {"reason": str(event[1])}})
+            elif self.protocol.falls_back(str(event[1])):
+                self._restart_client()
             else:  # no CONNACK yet: the attempt failed (TLS, refused port, credentials)
-                self.failures.failed(event[1])
+                self.failures.failed(f"{event[1]} (MQTT {self.protocol.current})")
             self._connected = self._subscribed = False
             self._mids.clear()
         elif kind == "puback":
             self._handle_puback(event[1], event[2], event[3])
         elif kind == "message":
             self._handle_receipt(event[1], event[2])
+
+    def _restart_client(self) -> None:
+        """A new client (another MQTT version); the old one's network thread is stopped."""
+        old = self._client
+        if old is not None:
+            old.disconnect()
+            old.loop_stop()
+        self._connected = self._subscribed = False
+        self._new_client()
 
     def _handle_puback(self, mid: int, failed: bool, reason: str) -> None:
         report_id = self._mids.pop(mid, None)
@@ -326,6 +346,10 @@ class Publisher:
             self.metrics["receipts_forged_total"] += 1
             return
         crash_point("after_receipt_verify")
+        verdict = self._log.check(receipt)  # any receipt: foreign ones extend the chain too
+        if verdict is not Verdict.ADMIT:  # an inconsistent or not yet linked log acks nothing
+            self.metrics[f"log_{verdict}_total"] += 1  # log_alarm_total, log_unlinked_total
+            return
         if receipt["status"] == "pending":
             self._hold_for_predecessor(receipt)
             return

@@ -1,8 +1,10 @@
 """What a period's report is computed from, and worker processes that compute it ahead.
 
-`period_inputs` reads a period's base measures and raw samples and computes the tier
-evaluation, the factory's indicators and the raw-data segment digests: everything of a
-report that is measured. Signing and committing stay with the caller, in period order.
+`period_inputs` reads a period's base measures and its sealed raw segments and computes the
+tier evaluation, the factory's indicators and the raw-data segment digests: everything of a
+report that is measured. Signing and committing stay with the caller, in period order. The
+period's days must be sealed first (agent.store.sealed; `agent.reporter` does it): the digests
+are those of the sealed segments, never of the live samples.
 
 Building many days (`agent.reporter.build_period_reports`) spends most of its time here, in
 Python that holds the GIL, so `InputPool` runs `period_inputs` in worker processes, each
@@ -12,6 +14,7 @@ process. The workers run the same function on the same rows; only where it runs 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import sqlite3
@@ -29,9 +32,8 @@ from agent.assess import assess
 from agent.config import FactoryConfig
 from agent.errors import AgentError
 from agent.protocol.merkle import root
-from agent.raw_segments import column_digests, segment_digests
-from agent.store.raw import read_raw
-from agent.store.report_reads import RawColumns, read_base_measures, read_raw_columns
+from agent.store.report_reads import read_base_measures
+from agent.store.sealed import SealPlan, plan_seals, sealed_digests
 from indicators.catalog import BASELINE_INDICATORS, INDICATORS
 from indicators.policy import PolicySet
 
@@ -43,14 +45,17 @@ class PeriodInputs:
     indicators: dict[str, Any] | None  # the factory scope, without baseline indicators
     digests: list[bytes]
     merkle_root: bytes  # root(digests), computed where the digests were
+    # Computed ahead by a worker: the period's days not sealed yet, as they would be sealed
+    # (the digests include them); the committing process stores them (Store.seal_days).
+    seals: tuple[SealPlan, ...] = ()
 
 
 def period_inputs(
     config: FactoryConfig, policy: PolicySet, inventory: pd.DataFrame, base: pd.DataFrame,
-    raw_columns: Callable[[], RawColumns], raw_frame: Callable[[], pd.DataFrame],
+    digests_of: Callable[[], list[bytes]],
 ) -> PeriodInputs:
-    """The measured part of a period's report, from its base measures and its raw samples
-    (`raw_columns()`, or `raw_frame()` when a value is not a plain number)."""
+    """The measured part of a period's report, from its base measures and the leaf hashes
+    of its sealed raw segments (`digests_of()`, in leaf order)."""
     assessed = assess(config, base, inventory, policy)
     # The evaluation computed the factory's indicators from these base measures already.
     factory_scope = assessed.indicators.get("factory")
@@ -63,9 +68,7 @@ def period_inputs(
         if factory_scope is not None
         else None
     )
-    digests = column_digests(raw_columns())
-    if digests is None:  # a value that is not a plain number: the exact frame path
-        digests = segment_digests(raw_frame())
+    digests = digests_of()
     return PeriodInputs(base, assessed.to_json(), indicators, digests, root(digests))
 
 
@@ -114,11 +117,15 @@ def stored_period_inputs(
     conn: sqlite3.Connection, config: FactoryConfig, policy: PolicySet,
     inventory: pd.DataFrame, start: float, end: float,
 ) -> PeriodInputs:
-    """`period_inputs` of [start, end) read over `conn`, as `Store` reads it."""
-    return period_inputs(
+    """`period_inputs` of the day [start, end) read over `conn`, as `Store` reads it, with
+    the day's seal planned here if it is not sealed yet (sealing encodes and compresses: the
+    workers do that part in parallel, the committing process only stores the blocks)."""
+    plans = plan_seals(conn, [(int(start), int(end))])
+    inputs = period_inputs(
         config, policy, inventory, read_base_measures(conn, start, end),
-        lambda: read_raw_columns(conn, start, end), lambda: read_raw(conn, start, end),
+        lambda: sealed_digests(conn, start, end, plans),
     )
+    return dataclasses.replace(inputs, seals=tuple(plans))
 
 
 def _child_env() -> dict[str, str]:

@@ -1,8 +1,9 @@
 """From the agent's store to signed reports in the outbox.
 
-Reads a period's base measures, inventory and raw samples from the store, evaluates the
-tier policy, computes the raw-data segment digests, and builds, signs and commits the
-report in one outbox transaction (agent.outbox).
+Seals the period's raw data (agent.store.sealed: each local day once, when its first report
+is built), reads the period's base measures, inventory and sealed raw segments from the
+store, evaluates the tier policy, computes the segment digests, and builds, signs and
+commits the report in one outbox transaction (agent.outbox).
 
 Only what is true is signed:
 
@@ -11,9 +12,10 @@ Only what is true is signed:
 - A period without any received sample is reported as such: coverage 0, every condition
     insufficient_data (agent.assess), and the bureau does not count it as a coverage day.
 - A period that already has a report at this revision is not rebuilt: the outbox keeps the
-    signed bytes and resends those. If the store's data for the period changed since (base
-    measures or raw-data Merkle root), `PeriodDataChanged` says so and asks for a new
-    revision with a reason.
+    signed bytes and resends those. If the store's base measures for the period changed
+    since, `PeriodDataChanged` says so and asks for a new revision with a reason. Its raw
+    data cannot change: it is sealed, and a sample arriving later goes to the open segment
+    of its receive time.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from agent.protocol.envelope import (
     unverified_payload,
 )
 from agent.protocol.keys import PRIVATE_NAME, load_private_key
-from agent.protocol.merkle import Segment
+from agent.protocol.merkle import SEGMENTING_RULE_V1, Segment
 from agent.protocol.period import Period, PeriodError
 from agent.protocol.report import (
     ReportMeta,
@@ -54,17 +56,15 @@ from agent.protocol.report import (
     has_samples,
     report_id,
 )
-from agent.raw_segments import segments
+from agent.protocol.segment_codec import SealedSegment
 from agent.report_inputs import InputPool, PeriodInputs, period_inputs
+from agent.store.sealed import SealPlan
 from agent.store.store import Store
 from indicators.policy import PolicySet, file_sha256
 
 # From this many days on, `build_period_reports` computes days ahead in worker processes
 # (starting them costs about a second).
 POOL_MIN_DAYS = 20
-
-# Re-exported for callers and tests that know it from here (it lives in agent.raw_segments).
-segment_digests = raw_segments.segment_digests
 
 
 def agent_version() -> str:
@@ -76,14 +76,40 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def segments_of_report(store: Store) -> Callable[[Mapping[str, Any]], Iterable[Segment]]:
-    """For evidence export: the raw segments behind a report, read back from the store."""
+def segments_of_report(
+    store: Store,
+) -> Callable[[Mapping[str, Any]], Iterable[Segment | SealedSegment]]:
+    """For evidence export: the raw segments behind a report, as sealed when it was built;
+    for a report of the first rule (signed before sealing) recomputed from the live store."""
 
-    def segments_for(report: Mapping[str, Any]) -> Iterable[Segment]:
+    def segments_for(report: Mapping[str, Any]) -> Iterable[Segment | SealedSegment]:
         start, end = float(report["period"]["start"]), float(report["period"]["end"])
-        return list(segments(store.raw_samples(start, end)))
+        if report["raw_data"]["segmenting_rule"] == SEGMENTING_RULE_V1:
+            return list(raw_segments.segments(store.raw_samples(start, end)))
+        return store.sealed_segments(start, end)
 
     return segments_for
+
+
+def period_days(period: Period) -> list[tuple[int, int]]:
+    """[start, end) of each local day of `period`: the units raw data is sealed in."""
+    if period.kind == "day":
+        return [period.bounds()]
+    end = period.bounds()[1]
+    days: list[tuple[int, int]] = []
+    day = period.first_day()
+    while True:
+        bounds = Period.day(day, period.time_zone).bounds()
+        if bounds[0] >= end:
+            return days
+        days.append(bounds)
+        day += timedelta(days=1)
+
+
+def seal_period(store: Store, period: Period, plans: Sequence[SealPlan] = ()) -> int:
+    """Seal the raw segments of the period's days not sealed yet, from `plans` where they
+    still hold; the number sealed otherwise."""
+    return store.seal_days(period_days(period), plans)
 
 
 class PeriodNotOver(AgentError):
@@ -277,15 +303,16 @@ def _build(
     factory_id = config.factory.factory_id
     queued = context.outbox.find(factory_id, period.slot(revision))
     start, end = period.bounds()
-    if inputs is None:
+    # Inputs computed ahead (a worker) stand if the period's days are sealed as the worker
+    # planned them (or were sealed already); otherwise they are computed again here.
+    if seal_period(context.store, period, inputs.seals if inputs else ()) or inputs is None:
         if window is not None and period.kind == "day":
             base = window.day(start, end)
         else:
             base = context.store.base_measures(start, end)
         inputs = period_inputs(
             config, context.policy, shared.inventory, base,
-            lambda: context.store.raw_columns(start, end),
-            lambda: context.store.raw_samples(start, end),
+            lambda: context.store.sealed_digests(start, end),
         )
     base = inputs.base
     meta = ReportMeta(
@@ -342,16 +369,17 @@ def _check_unchanged(
     queued: OutboxItem, meta: ReportMeta, report_args: dict[str, Any], outbox: Outbox
 ) -> None:
     """Raise PeriodDataChanged when the report the store gives now differs from the queued
-    one in its base measures or its raw-data Merkle root."""
+    one in its base measures or its raw-data Merkle root. A report of the first segmenting
+    rule (signed before sealing) is compared on its base measures only: its root is of
+    another rule than the one a build gives now."""
     old = unverified_payload(queued.jws, Kind.REPORT)
     new = build_report(
         meta, seq=int(old["seq"]), prev_sha256=str(old["prev_sha256"]), **report_args
     )
-    changed = [
-        what
-        for what, member in (("base measures", "base_measures"), ("raw data", "raw_data"))
-        if new[member] != old[member]
-    ]
+    members = [("base measures", "base_measures")]
+    if old["raw_data"]["segmenting_rule"] != SEGMENTING_RULE_V1:
+        members.append(("raw data", "raw_data"))
+    changed = [what for what, member in members if new[member] != old[member]]
     if changed:
         period = meta.period
         raise PeriodDataChanged(

@@ -312,6 +312,9 @@ def service_reasons(state: ServiceState, delivery: Delivery | None, now: float) 
     with state.lock:
         if state.build_problem is not None:
             reasons.append(f"reports cannot be built: {state.build_problem}")
+        if state.delivery.get("log_alarm_total"):
+            reasons.append("the bureau's transparency log is inconsistent; receipts no longer "
+                           "acknowledge reports (tieragent status)")
         oldest = state.oldest_unacked_at
     if delivery is not None and oldest is not None:
         age = now - oldest

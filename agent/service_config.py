@@ -74,7 +74,9 @@ class Delivery(Strict):
     bureau_key: Path = Field(
         ..., description="The bureau's receipt-signing public JWK(s), as the bureau gave them."
     )
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version: auto starts with 5 and uses 3.1.1 from the first "
+        "time the broker refuses 5 (said once in the log).")
     client_id: str | None = Field(None, description="Default: tieragent-<factory_id>.")
     window: int = Field(16, ge=1, le=64, description="Reports in flight at once.")
     keepalive_s: int = Field(30, ge=5, le=3600)

@@ -12,6 +12,13 @@ Layout (every path relative to the folder):
     baseline/<day>_<seq>_<id>.jws   the accepted daily reports of the baseline year
     rejected/<n>_<day>.jws     rejected reports whose signature verified (others: manifest only)
     keys/<kid>.jwk.json        the factory's public keys; keys.json: their validity periods
+                               (the manifest's `keys` holds the same view, sealed)
+    bureau.jwk.json            the bureau's public key that sealed the folder
+    manifest.jws               the bureau's seal: a JWS over the SHA-256 of manifest.json
+                               (bureau.evidence_seal)
+    log/head.jws, log/proofs.json   the transparency log's signed head and, per report file,
+                               its inclusion proof, stored receipt and the proof that the
+                               head extends the receipt's (bureau.evidence_log)
     inputs/policy.yaml, inputs/benchmarks.yaml, inputs/declarations.yaml   the files evaluated
 
 `bureau.evidence_verify.verify_evidence_dir` checks such a folder with nothing else.
@@ -24,9 +31,11 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+from joserfc.jwk import OKPKey
 
 from agent.protocol.chain import chain_slice
 from bureau.annual import (
@@ -35,6 +44,8 @@ from bureau.annual import (
     DayEntry,
     evaluate_year,
 )
+from bureau.evidence_log import write_log
+from bureau.evidence_seal import BUREAU_KEY_NAME, SEAL_NAME, bureau_jwk_text, key_view, seal
 from bureau.html_report import render_html
 from bureau.registry import KeyRegistry
 from bureau.store import ACCEPTED, REJECTED, SqliteReportStore, StoredReport
@@ -158,9 +169,11 @@ def export_evidence(
     baseline_year: int | None = None,
     through: date | None = None,
     overrides: Mapping[str, Any] | None = None,
+    bureau_key: OKPKey,
 ) -> ExportSummary:
-    """Write the evidence folder into `out` (absent or empty). Raises AnnualError on user
-    mistakes (unknown factory, no reports, bad files, non-empty folder)."""
+    """Write the evidence folder into `out` (absent or empty), sealed with `bureau_key`.
+    Raises AnnualError on user mistakes (unknown factory, no reports, bad files, non-empty
+    folder)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AnnualError(f"{out}: the evidence folder must be new or empty.")
     result, entries, baseline, chain = _evaluate(
@@ -198,28 +211,21 @@ def export_evidence(
             record = _entry_record(entry, "baseline")
             record["file"] = writer.text(_report_name("baseline", entry), entry.jws)
             manifest_entries.append(record)
+    filed = {str(record["report_id"]) for record in manifest_entries if record["file"]}
+    write_log(store, bureau_key, {  # the transparency log's proofs (bureau.evidence_log)
+        str(e.report_id): str(e.payload_sha256) for e in [*entries, *chain, *baseline]
+        if e.state != REJECTED and e.report_id in filed and e.payload_sha256}.items(), writer)
 
     keys = KeyRegistry(store.db).enrolled(factory_id)
     for key in keys:
         writer.text(
             f"keys/{key.kid}.jwk.json", json.dumps(key.jwk, indent=2, sort_keys=True) + "\n"
         )
+    sealed_keys = key_view(keys)
     writer.text(
-        "keys.json",
-        _dumps(
-            [
-                {
-                    "kid": k.kid,
-                    "factory_id": k.factory_id,
-                    "status": k.status,
-                    "valid_from": _iso(k.valid_from),
-                    "revoked_at": _iso(k.revoked_at),
-                    "retired_at": _iso(k.retired_at),
-                }
-                for k in keys
-            ]
-        ),
+        "keys.json", _dumps([{k: v for k, v in key.items() if k != "jwk"} for key in sealed_keys])
     )
+    writer.text(BUREAU_KEY_NAME, bureau_jwk_text(bureau_key))
     inputs: dict[str, str | None] = {}
     for name, path in (
         ("policy", files.policy),
@@ -241,10 +247,14 @@ def export_evidence(
         "overrides": dict(overrides or {}),
         "inputs": inputs,
         "entries": manifest_entries,
+        "keys": sealed_keys,
         "files": dict(sorted(writer.digests.items())),
     }
-    (out / "manifest.json").write_bytes(manifest_bytes(manifest))
-    return ExportSummary(out, len(writer.digests) + 1, len(manifest_entries), result)
+    raw_manifest = manifest_bytes(manifest)
+    (out / "manifest.json").write_bytes(raw_manifest)
+    sealed = seal(raw_manifest, factory_id, year, sealed_keys, bureau_key)
+    (out / SEAL_NAME).write_text(sealed + "\n", encoding="ascii")
+    return ExportSummary(out, len(writer.digests) + 2, len(manifest_entries), result)
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -274,12 +284,6 @@ def _report_name(folder: str, entry: DayEntry) -> str:
 
 def _chain_name(entry: DayEntry) -> str:
     return f"chain/{int(entry.seq or 0):06d}_{entry.kind}_{entry.period_key}_{entry.report_id}.jws"
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 class _Writer:

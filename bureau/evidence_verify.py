@@ -15,14 +15,20 @@ Checks, each problem one sentence naming the file and what inside it is wrong:
    `data-value` and in its text, the value evaluation.json has at that pointer; every condition
    of the evaluation has its row in the conditions table.
 
-Trust note: keys come from the folder, so this proves integrity and consistency; who signed is
-proven by comparing the key ids with the bureau's registry or the factory's enrolment record.
+6. The transparency log (bureau.evidence_log): every report file is in the log's signed head,
+   and that head extends the head in every report's stored receipt (signed by the bureau key).
+
+0. The bureau's seal (bureau.evidence_seal): manifest.jws signs the manifest's SHA-256; the
+   manifest's sealed key view decides which key may have signed which seq, and keys/ and
+   keys.json must match it. With a pinned bureau key (`--bureau-key`) this proves who sealed
+   the folder; without one, only that nothing changed after sealing (said in the notes).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from html.parser import HTMLParser
@@ -33,6 +39,8 @@ from agent.protocol.chain import ChainEntry, walk_chain
 from agent.protocol.envelope import EnvelopeError, Kind, peek_compact, thumbprint, verify_compact
 from bureau.annual import AnnualError, DayEntry, evaluate_year
 from bureau.evidence_export import EVIDENCE_FORMAT, INPUT_NAMES, manifest_bytes
+from bureau.evidence_log import check_log, folder_keys
+from bureau.evidence_seal import BUREAU_KEY_NAME, SEAL_NAME, check_report_key, check_seal
 from bureau.html_report import format_value
 from bureau.store import REJECTED
 from indicators.policy import PolicyFiles, file_sha256
@@ -61,6 +69,7 @@ class EvidenceResult:
     reports: int = 0
     numbers: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the seal and the key ids relied on
 
     @property
     def ok(self) -> bool:
@@ -76,8 +85,11 @@ def is_evidence_dir(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == EVIDENCE_FORMAT
 
 
-def verify_evidence_dir(path: Path) -> EvidenceResult:
-    """Verify the folder offline; `result.problems` is empty when everything holds."""
+def verify_evidence_dir(
+    path: Path, bureau_keys: Sequence[Mapping[str, Any]] | None = None
+) -> EvidenceResult:
+    """Verify the folder offline; `result.problems` is empty when everything holds.
+    `bureau_keys`: the pinned bureau public JWK(s) the seal must verify with."""
     result = EvidenceResult()
     try:
         raw = (path / "manifest.json").read_bytes()
@@ -91,9 +103,14 @@ def verify_evidence_dir(path: Path) -> EvidenceResult:
     if manifest_bytes(manifest) != raw:
         result.problems.append("manifest.json: bytes differ from its canonical form (edited).")
     _check_files(path, manifest, result)
+    view = check_seal(path, manifest, raw, bureau_keys, result.problems, result.notes)
     keys = _load_keys(path, result)
-    entries, baseline, chain = _load_entries(path, manifest, keys, result)
+    if view:  # sealed: only the bureau's key list counts, whatever keys/ holds
+        keys = {kid: dict(key.get("jwk") or {}) for kid, key in view.items()}
+    entries, baseline, chain = _load_entries(path, manifest, keys, result, view)
     _check_chain([*entries, *chain], result)
+    check_log(path, [*entries, *baseline, *chain],  # §b.9: bureau.evidence_log
+              folder_keys(path, bureau_keys, BUREAU_KEY_NAME), result.problems, result.notes)
     evaluation = _load_json(path / "evaluation.json", result)
     if evaluation is not None:
         _check_recompute(path, manifest, entries, baseline, chain, evaluation, result)
@@ -109,7 +126,7 @@ def _check_files(path: Path, manifest: dict[str, Any], result: EvidenceResult) -
     present = {
         p.relative_to(path).as_posix()
         for p in path.rglob("*")
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.relative_to(path).as_posix() not in ("manifest.json", SEAL_NAME)
     }
     for name in sorted(set(listed) - present):
         result.problems.append(f"{name}: listed in the manifest but missing.")
@@ -153,6 +170,7 @@ def _load_entries(
     manifest: dict[str, Any],
     keys: dict[str, dict[str, Any]],
     result: EvidenceResult,
+    view: Mapping[str, Mapping[str, Any]],
 ) -> tuple[list[DayEntry], list[DayEntry], list[DayEntry]]:
     """The year's, the baseline year's and the other chain entries, rebuilt from the verified
     report files; a report that fails counts as unreadable."""
@@ -167,7 +185,7 @@ def _load_entries(
         token: str | None = None
         if item.get("file"):
             label = f"{item['file']} (report {report_id}, {day})"
-            token, payload = _verified(path / item["file"], keys, label, result)
+            token, payload = _verified(path / item["file"], keys, label, result, view)
             if payload is not None and (
                 payload.get("report_id") != report_id
                 or payload.get("period", {}).get("key") != day
@@ -190,16 +208,25 @@ def _load_entries(
 
 
 def _verified(
-    file: Path, keys: dict[str, dict[str, Any]], label: str, result: EvidenceResult
+    file: Path,
+    keys: dict[str, dict[str, Any]],
+    label: str,
+    result: EvidenceResult,
+    view: Mapping[str, Mapping[str, Any]],
 ) -> tuple[str | None, dict[str, Any] | None]:
     try:
         token = file.read_text(encoding="ascii").strip()
         header, _ = peek_compact(token, Kind.REPORT)
         jwk = keys.get(header["kid"])
+        if jwk is None and view:
+            check_report_key(view, header["kid"], 0, label, result.problems)
+            return None, None
         if jwk is None:
             result.problems.append(f"{label}: signed by key {header['kid']}, not in keys/.")
             return None, None
         payload = verify_compact(token, Kind.REPORT, jwk).payload
+        if view:
+            check_report_key(view, header["kid"], int(payload["seq"]), label, result.problems)
     except (OSError, UnicodeDecodeError) as error:
         result.problems.append(f"{label}: unreadable ({error}).")
         return None, None

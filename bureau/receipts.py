@@ -5,7 +5,10 @@ Every report message gets one. The payload always names `factory_id`, `report_id
 could not be split), so an agent acks exactly the row it sent. A `duplicate` receipt is
 deterministic: no time, no state, only the SHA-256 of the original `accepted` receipt;
 Ed25519 signatures are deterministic too, so every duplicate receipt for one report is
-byte-identical.
+byte-identical. Receipts for a stored report (accepted, pending-link, duplicate) carry the
+transparency log's `log` member (agent/protocol/translog.py: the signed tree head after the
+report's leaf, its inclusion proof, the link from the factory's previous head); it is fixed
+per report too, so a duplicate's `log` equals the original receipt's. Others carry null.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def receipt_payload(
     reason: str | None = None,
     received_at: float | None = None,
     original_receipt_sha256: str | None = None,
+    log: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "type": RECEIPT_TYPE,
@@ -51,6 +55,7 @@ def receipt_payload(
         "reason": reason,
         "received_at": iso_utc(received_at) if received_at is not None else None,
         "original_receipt_sha256": original_receipt_sha256,
+        "log": log,
     }
 
 

@@ -30,6 +30,7 @@ from agent.protocol.mqtt import (
     ROTATE_FILTER,
     BrokerSettings,
     ConnectFailures,
+    ProtocolChoice,
     connect_error,
     make_client,
     receipt_topic,
@@ -38,6 +39,7 @@ from agent.protocol.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt
 from bureau.registry import KeyRegistry, RegistryError
 from bureau.store import PENDING_LINK, Rejection, SqliteReportStore, StoredReport
+from bureau.translog import TransparencyLog
 from bureau.verify import DEFAULT_MAX_BYTES, Decision, Verifier
 
 log = logging.getLogger("tieragent.bureau")
@@ -50,7 +52,7 @@ class ReceiverSettings:
     bureau_id: str
     client_id: str = "tieragent-bureau"
     share_group: str | None = None
-    protocol: str = "5"
+    protocol: str = "auto"  # auto | 5 | 3.1.1 (agent.protocol.mqtt.ProtocolChoice)
     keepalive_s: int = 30
     max_bytes: int = DEFAULT_MAX_BYTES
     reorder_timeout_s: float = 86_400.0
@@ -84,10 +86,15 @@ class Receiver:
         self._closed = False  # the store, by `stop`
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
+        self.protocol = ProtocolChoice(settings.protocol, log)
         self.failures = ConnectFailures(
             self.metrics, log, "The bureau cannot connect to the MQTT broker: %s",
             settings.protocol,
         )
+        self.translog = TransparencyLog(self.store.db, settings.bureau_id, key, self._log_alert)
+        with self.store.transaction():
+            if self.translog.backfill(self.clock()):  # reports stored before the log existed
+                log.info("Reports stored before the transparency log existed were appended.")
 
     # ---- MQTT -------------------------------------------------------------------------
 
@@ -98,7 +105,7 @@ class Receiver:
     def start(self) -> None:
         mqtt_settings = BrokerSettings(
             broker_url=self.settings.broker_url,
-            protocol="3.1.1" if self.settings.protocol == "3.1.1" else "5",
+            protocol=self.protocol.current,
             keepalive_s=self.settings.keepalive_s,
             reconnect_min_s=0.2,
             reconnect_max_s=5.0,
@@ -132,8 +139,13 @@ class Receiver:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
             if rc.is_failure:
-                log.error("The broker refused the bureau connection.",
-                          extra={"fields": {"reason": str(rc)}})
+                if self.protocol.falls_back(str(rc)):
+                    self._fall_back(client)
+                    return
+                log.error("The broker refused the bureau connection (MQTT %s): %s.",
+                          self.protocol.current, rc,
+                          extra={"fields": {"reason": str(rc),
+                                            "protocol": self.protocol.current}})
                 return
             for topic in self._filters():
                 client.subscribe(topic, qos=1)
@@ -154,15 +166,31 @@ class Receiver:
         except Exception:
             log.exception("Bureau on_connect_fail handler failed.")
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         try:
             reason = self.failures.disconnect_reason(rc)
+            if client is not self._client:
+                return  # replaced by a protocol fallback, closing down
             if self.connected.is_set():
                 self.connected.clear()
+            elif self.protocol.falls_back(reason):
+                self._fall_back(client)
             else:  # closed before CONNACK: a failed attempt, not a lost connection
-                self.failures.failed(reason)
+                self.failures.failed(f"{reason} (MQTT {self.protocol.current})")
         except Exception:
             log.exception("Bureau on_disconnect handler failed.")
+
+    def _fall_back(self, old: mqtt.Client) -> None:
+        """Replace the client by one on the fallen-back MQTT version; from another thread,
+        since paho's network thread (this callback's) cannot stop itself."""
+
+        def replace() -> None:
+            old.disconnect()
+            old.loop_stop()
+            if self._client is old and not self._closed:
+                self.start()
+
+        threading.Thread(target=replace, name="mqtt-fallback", daemon=True).start()
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -213,6 +241,9 @@ class Receiver:
                         seq=original.seq,
                         status="duplicate",
                         original_receipt_sha256=original.receipt_sha256,
+                        log=self.translog.receipt_member(
+                            original.report_id, original.payload_sha256
+                        ),
                     ),
                     self.key,
                 )
@@ -268,6 +299,10 @@ class Receiver:
         verified = decision.verified
         assert verified is not None and decision.factory_id is not None
         self._evict_orphans(decision)
+        # Every stored report, pending-link too, gets its leaf before its receipt is signed.
+        self.translog.append(
+            report["report_id"], decision.factory_id, decision.report_sha256, now
+        )
         receipt = sign_receipt(
             receipt_payload(
                 bureau_id=self.settings.bureau_id,
@@ -279,6 +314,7 @@ class Receiver:
                 status="pending" if decision.state == PENDING_LINK else "accepted",
                 state=decision.state,
                 received_at=now,
+                log=self.translog.receipt_member(report["report_id"], decision.report_sha256),
             ),
             self.key,
         )
@@ -307,6 +343,11 @@ class Receiver:
         if decision.state == "pending-link":
             self.metrics["pending_link_total"] += 1
         return receipt
+
+    def _log_alert(self, detail: str) -> None:
+        self.metrics["log_alerts_total"] += 1
+        self.store.alert(None, "log", detail)
+        log.error("The transparency log was changed behind the receiver: %s.", detail)
 
     def _answer_pending(self, decision: Decision, now: float) -> str:
         self.metrics["reports_held_total"] += 1

@@ -1,8 +1,9 @@
 """Bureau storage: the `ReportStore` interface and its SQLite implementation.
 
 One SQLite file (WAL, synchronous=FULL) holds enrolled keys (bureau.registry), reports
-with their original JWS bytes kept verbatim, the receipts sent for them, and a bounded
-forensic quarantine of rejected messages. The receiver runs each message in one
+with their original JWS bytes kept verbatim, the receipts sent for them, a bounded
+forensic quarantine of rejected messages, and the transparency log's leaves and latest
+signed head (bureau.translog). The receiver runs each message in one
 `transaction()`; the receipt is published only after it commits.
 
 For the annual evaluation: `reports_for_year(factory_id, year)` returns a factory's daily
@@ -82,6 +83,23 @@ CREATE TABLE IF NOT EXISTS alerts (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL,
     at REAL NOT NULL
+);
+-- The transparency log (bureau/translog.py): one leaf per stored report, append-only.
+CREATE TABLE IF NOT EXISTS log_leaves (
+    leaf_index INTEGER PRIMARY KEY,
+    leaf_hash BLOB NOT NULL,
+    report_id TEXT NOT NULL,
+    factory_id TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    appended_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_leaves_report ON log_leaves (report_id);
+CREATE INDEX IF NOT EXISTS log_leaves_factory ON log_leaves (factory_id, leaf_index);
+CREATE TABLE IF NOT EXISTS log_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    tree_size INTEGER NOT NULL,
+    root_hash TEXT NOT NULL,
+    sth_jws TEXT NOT NULL
 );
 """
 

@@ -85,7 +85,17 @@ def demo(
 @functools.cache  # once per process: `main` and tests both call it
 def _register_subcommands() -> None:
     """Sub-apps are imported here, not at module top: importing this module stays light."""
-    from tieragent.commands import bureau_annual, evaluate, init, probe, report, run, status
+    from tieragent.commands import (
+        bureau_annual,
+        bureau_log,
+        evaluate,
+        evidence_prove,
+        init,
+        probe,
+        report,
+        run,
+        status,
+    )
     from tieragent.commands.bureau import bureau_app
     from tieragent.commands.keys import keys_app
     from tieragent.commands.sim import app as sim_app
@@ -95,10 +105,12 @@ def _register_subcommands() -> None:
     probe.register(app)
     evaluate.register(app)
     report.register(app)
+    evidence_prove.register(report.evidence_app)
     status.register(app)
     app.add_typer(keys_app, name="keys")
     app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
     bureau_annual.register(bureau_app)
+    bureau_log.register(bureau_app)
     app.add_typer(bureau_app, name="bureau", help="The bureau side: receiver, keys, evaluation.")
 
 

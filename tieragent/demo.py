@@ -30,6 +30,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 import yaml
+from joserfc.jwk import OKPKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -376,7 +377,8 @@ def run_demo(
 
             # 6. The bureau's annual evaluation and the evidence folder.
             return _bureau_year(
-                console, bureau_db=bureau_db, factory_id=factory_id, year=year,
+                console, bureau_db=bureau_db, bureau_key=bureau_key, factory_id=factory_id,
+                year=year,
                 through=last_day, out=out, delivered=counts.get("acked", 0), days=len(days),
                 live=live_result, started_mono=started,
             )
@@ -385,7 +387,8 @@ def run_demo(
 
 
 def _bureau_year(
-    console: Console, *, bureau_db: Path, factory_id: str, year: int, through: date, out: Path,
+    console: Console, *, bureau_db: Path, bureau_key: OKPKey, factory_id: str, year: int,
+    through: date, out: Path,
     delivered: int, days: int, live: LiveResult, started_mono: float,
 ) -> int:
     from bureau.evidence_export import export_evidence
@@ -398,12 +401,13 @@ def _bureau_year(
     try:
         states = Counter(report.state for report in store.reports(factory_id))
         evidence_dir = out / "evidence" / f"{factory_id}-{year}"
-        exported = export_evidence(store, factory_id, year, evidence_dir, files, through=through)
+        exported = export_evidence(store, factory_id, year, evidence_dir, files, through=through,
+                                   bureau_key=bureau_key)
     except AnnualError as error:
         raise DemoError(f"annual evaluation at the bureau: {error}") from None
     finally:
         store.close()
-    verified = verify_evidence_dir(evidence_dir)
+    verified = verify_evidence_dir(evidence_dir, [bureau_public(bureau_key)])
     annual = exported.evaluation
     console.rule(f"Annual evaluation at the bureau: {factory_id}, {year} (through {through})")
     render_summary(annual, console)

@@ -51,6 +51,8 @@ class Kind(StrEnum):
     RECEIPT = "tieragent-receipt+jws"
     KEYROTATE = "tieragent-keyrotate+jws"
     ENROLL = "tieragent-enroll+jws"
+    EVIDENCE = "tieragent-evidence+jws"  # the bureau's seal on an evidence folder's manifest
+    LOG_HEAD = "tieragent-log-head+jws"  # the bureau's signed tree head (agent.protocol.translog)
 
 
 class EnvelopeError(ProtocolError):

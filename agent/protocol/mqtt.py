@@ -65,7 +65,8 @@ class BrokerSettings:
     """How to reach the broker: URL, MQTT version, timers, TLS files and credentials."""
 
     broker_url: str  # mqtt://host:port or mqtts://host:port
-    protocol: Literal["5", "3.1.1"] = "5"
+    # auto: MQTT 5, and 3.1.1 from the first time a broker refuses 5 (see `falls_back`)
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
@@ -110,7 +111,7 @@ def make_client(
             f"TLS files are set but the broker URL {settings.broker_url!r} is not mqtts://; "
             "use mqtts://host:port."
         )
-    v5 = settings.protocol == "5"
+    v5 = settings.protocol != "3.1.1"
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -138,10 +139,12 @@ def make_client(
     # Small messages both ways (a report, its PUBACK, a receipt): without TCP_NODELAY,
     # Nagle's algorithm and delayed ACKs hold each one up to 40 ms per hop.
     client.on_socket_open = no_delay
-    client.max_inflight_messages_set(max(1, inflight))
-    # paho's queue also holds what the link lost and paho resends itself after a reconnect,
-    # and a status message per connection: at 2 x inflight, a lossy link filled it and a new
-    # report was refused (MQTT_ERR_QUEUE_SIZE) until PUBACKs came back (seen in T6 under load).
+    # `inflight` is the caller's own window of reports. paho's in-flight slots also hold the
+    # status message of each connection and the messages whose PUBACK a lossy link lost
+    # (paho resends them after a reconnect): with exactly `inflight` slots, those filled
+    # them and a new report waited in paho's queue, never sent, until PUBACKs came back
+    # (seen in T6 under load). Hence the headroom, in flight and in the queue.
+    client.max_inflight_messages_set(max(1, inflight) * 2 + 4)
     client.max_queued_messages_set(max(16, inflight * 4))
     client.reconnect_delay_set(
         max(1, int(settings.reconnect_min_s)), max(1, int(settings.reconnect_max_s))
@@ -176,6 +179,33 @@ def connect_error() -> str:
     return f"{type(error).__name__}: {error}" if error is not None else "unknown cause"
 
 
+def refuses_mqtt5(cause: str) -> bool:
+    """Whether a failed connection attempt says the broker does not speak MQTT 5: a CONNACK
+    "Unsupported protocol version" (NATS's MQTT face), or the connection closed before any
+    CONNACK, which paho reports as "Unspecified error" (RabbitMQ's)."""
+    return "protocol version" in cause.lower() or "Unspecified error" in cause
+
+
+class ProtocolChoice:
+    """The MQTT version to use now: the setting, or for `auto` MQTT 5 until a broker refuses
+    it, then 3.1.1 for the rest of the process (said once, as a warning)."""
+
+    def __init__(self, setting: str, logger: logging.Logger) -> None:
+        self.setting = setting
+        self.current: Literal["5", "3.1.1"] = "3.1.1" if setting == "3.1.1" else "5"
+        self._logger = logger
+
+    def falls_back(self, cause: str) -> bool:
+        """True when this failure switches `auto` from MQTT 5 to 3.1.1 (reconnect then)."""
+        if self.setting != "auto" or self.current != "5" or not refuses_mqtt5(cause):
+            return False
+        self.current = "3.1.1"
+        self._logger.warning(
+            "The MQTT broker refused MQTT 5 (%s); using MQTT 3.1.1 from now on (protocol: auto; "
+            "set protocol 3.1.1 to start with it).", cause, extra={"fields": {"cause": cause}})
+        return True
+
+
 class ConnectFailures:
     """Why connection attempts fail, kept the same way by the publisher and the bureau
     receiver: the cause is remembered (`last`), counted, and logged once per cause, not on
@@ -201,12 +231,12 @@ class ConnectFailures:
 
     def failed(self, cause: str) -> None:
         self._metrics["connect_failures_total"] += 1
-        if self._protocol == "5" and ("Unspecified error" in cause or "protocol" in cause.lower()):
+        if self._protocol == "5" and refuses_mqtt5(cause):
             # A broker that speaks only MQTT 3.1.1 (NATS's and RabbitMQ's MQTT faces) closes
             # an MQTT 5 connection before CONNACK, which paho reports as nothing more.
-            cause += (" (the connection closed before the broker answered MQTT 5; if it "
-                      "speaks only MQTT 3.1.1, set protocol 3.1.1: delivery.protocol, "
-                      "--protocol 3.1.1)")
+            cause += (" (MQTT 5: the broker refused it or closed the connection before "
+                      "answering; if it speaks only MQTT 3.1.1, set protocol 3.1.1 or auto: "
+                      "delivery.protocol, --protocol)")
         if cause != self.last:
             self._logger.error(self._message, cause)
         self.last = cause

@@ -29,8 +29,9 @@ Policy at the limit (stated in docs/operations.md, "Raw-sample disk quota"):
    collection rate shows the gap. Link events are still recorded.
 
 Reports, the outbox and the derived tables (base measures, sample counts, intervals,
-deltas) are never deleted to make room; nor are raw samples inside the retention period,
-which a sealed report's Merkle root may still need for an audit.
+deltas) are never deleted to make room; nor are raw samples or sealed raw segments
+(agent.store.sealed, counted in the figure) inside the retention period, which an audit of
+a signed report may still need.
 """
 
 from __future__ import annotations

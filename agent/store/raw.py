@@ -21,6 +21,7 @@ import pandas as pd
 from agent.derive.sample_columns import SampleColumns
 from agent.derive.slots import HOUR_S
 from agent.store.report_reads import merged_ranges
+from agent.store.sealed import segment_times
 from agent.store.sqlite import StoreError
 from agent.store.values import (
     BIND_ERRORS,
@@ -35,6 +36,11 @@ _SAMPLE_INSERT = (
     "INSERT INTO samples (device_id, signal_id, source_ts, received_ts, value, quality, status, "
     "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A batch with a sample keyed by another time than its source time (agent.store.sealed).
+_SAMPLE_INSERT_SEG = (
+    "INSERT INTO samples (device_id, signal_id, source_ts, received_ts, value, quality, status, "
+    "origin, seg_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 # Told which samples of a batch cannot be stored: (device ids, columns, mask).
 UnstorableHook = Callable[[list[str], SampleColumns, npt.NDArray[np.bool_]], None]
@@ -45,7 +51,8 @@ def insert_raw(
     quality: npt.NDArray[np.uint8], on_unstorable: UnstorableHook,
 ) -> npt.NDArray[np.bool_] | None:
     """Append raw samples (with `quality` as stored) and record each device-hour's
-    rowid range in sample_index.
+    rowid range in sample_index, by the hour of each sample's segment time (the source time,
+    or the receive time where agent.store.sealed says so: kept in `seg_ts`).
 
     Values are stored exactly (agent.store.values). Returns None, or, if some value
     cannot be stored, the mask of those samples: they are stored BAD without value, and
@@ -54,18 +61,23 @@ def insert_raw(
     if len(device_ids) == 0:
         return None
 
+    keyed, segment_ts = segment_times(conn, cols)
+    # Usually None: then seg_ts is left to its default, NULL (a column less to bind per row).
+    insert = _SAMPLE_INSERT if segment_ts is None else _SAMPLE_INSERT_SEG
+    extra = [] if segment_ts is None else [segment_ts]
+
     def rows(values: list[Any], stored_quality: npt.NDArray[np.uint8]) -> Iterable[Any]:
         return zip(
             device_ids, cols.signal_id.tolist(), cols.source_ts.tolist(),
             cols.received_ts.tolist(), values, stored_quality.tolist(),
-            cols.status.tolist(), cols.origin.tolist(), strict=True,
+            cols.status.tolist(), cols.origin.tolist(), *extra, strict=True,
         )
 
     base = conn.execute("SELECT coalesce(max(rowid), 0) FROM samples").fetchone()[0]
     unstorable: npt.NDArray[np.bool_] | None = None
     try:
         # The fast path: plain ints and floats go to SQLite as they are.
-        conn.executemany(_SAMPLE_INSERT, rows(stored_column(cols.value), quality))
+        conn.executemany(insert, rows(stored_column(cols.value), quality))
     except (*BIND_ERRORS, sqlite3.ProgrammingError):
         # SQLite refused a value: an int in [2^63, 2^64) (kept as a tagged BLOB), or one
         # the store cannot hold (an int beyond uint64 / below int64, a non-UTF-8 str, an
@@ -82,13 +94,13 @@ def insert_raw(
             on_unstorable(device_ids, cols, mask)
             values = [None if value is UNSTORABLE else value for value in values]
             quality = np.where(mask, Q_BAD, quality).astype(np.uint8)
-        conn.executemany(_SAMPLE_INSERT, rows(values, quality))
+        conn.executemany(insert, rows(values, quality))
     top = conn.execute("SELECT max(rowid) FROM samples").fetchone()[0]
     if top != base + len(device_ids):
         raise StoreError(f"{path}: sample rowids are not consecutive; refusing to index")
     frame = pd.DataFrame({
         "device_id": device_ids,
-        "hour_start": (np.floor(cols.source_ts / HOUR_S) * HOUR_S).astype(np.int64),
+        "hour_start": (np.floor(keyed / HOUR_S) * HOUR_S).astype(np.int64),
         "rowid": np.arange(base + 1, top + 1, dtype=np.int64),
     })
     ranges = frame.groupby(["device_id", "hour_start"], sort=False)["rowid"].agg(["min", "max"])
@@ -114,12 +126,16 @@ def as_bad(cols: SampleColumns, unstorable: npt.NDArray[np.bool_]) -> SampleColu
 def read_raw(
     conn: sqlite3.Connection, start: float, end: float, device_id: str | None = None
 ) -> pd.DataFrame:
-    """Raw samples with start <= source_ts < end, ordered by device and insertion, values
-    exactly as ingested (what `Store.raw_samples` returns; see there)."""
+    """Raw samples with start <= segment time < end (agent.store.sealed: the source time
+    unless `seg_ts` says otherwise), ordered by device and insertion, values exactly as
+    ingested (what `Store.raw_samples` returns; see there)."""
     columns = ("device_id", "signal_id", "source_ts", "received_ts", "value", "quality",
                "status", "origin")
     ranges = merged_ranges(conn, start, end, device_id)  # no row twice (see there)
-    where = "rowid BETWEEN ? AND ? AND device_id = ? AND source_ts >= ? AND source_ts < ?"
+    where = (
+        "rowid BETWEEN ? AND ? AND device_id = ? AND coalesce(seg_ts, source_ts) >= ? "
+        "AND coalesce(seg_ts, source_ts) < ?"
+    )
     params = [(first, last, device, start, end) for device, first, last in ranges]
     # A value needing Python work: a tagged BLOB to decode (1) or an integer that a
     # float64 column would round (2). A scan in SQLite finds out whether there is any
@@ -156,7 +172,7 @@ def delete_raw_before(conn: sqlite3.Connection, cutoff: float) -> int:
     for device_id, hour, first, last in ranges:
         deleted += conn.execute(
             "DELETE FROM samples WHERE rowid BETWEEN ? AND ? AND device_id = ? "
-            "AND source_ts < ?", (first, last, device_id, hour + HOUR_S),
+            "AND coalesce(seg_ts, source_ts) < ?", (first, last, device_id, hour + HOUR_S),
         ).rowcount
         conn.execute(
             "DELETE FROM sample_index WHERE device_id = ? AND hour_start = ?",

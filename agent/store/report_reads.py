@@ -1,23 +1,15 @@
-"""Reads for report building: base measures, and raw samples as the columns segment
-digests need (without a DataFrame), and the rowid ranges both raw reads walk.
+"""Reads for report building: base measures, and the rowid ranges the raw reads walk
+(`Store.raw_samples`, and the sealing of a day's raw segments, agent.store.sealed).
 
 Functions of a connection, so that report-building worker processes (agent.report_inputs)
-read exactly as `Store` does, over their own read-only connection.
-
-`Store.raw_samples` (agent.store.raw.read_raw) returns every column as a DataFrame, with
-pandas' type inference on the value column; building a daily report only needs
-(device, signal, source_ts, received_ts, value, quality) per row, and reading those as
-plain columns costs about half as much. Nothing here writes.
+read exactly as `Store` does, over their own read-only connection. Nothing here writes.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
 from agent.derive.slots import HOUR_S
@@ -73,54 +65,3 @@ def merged_ranges(
         else:
             merged.append((device, first, last))
     return merged
-
-
-@dataclass(frozen=True)
-class RawColumns:
-    """One period's raw samples as columns, rows by device then insertion (rowid)."""
-
-    device_names: list[str]  # one per device present, in reading order
-    device_rows: list[int]  # how many rows each of them has
-    signal_id: list[str]
-    source_ts: npt.NDArray[np.float64]
-    received_ts: npt.NDArray[np.float64]
-    value: list[Any]  # as SQLite gives them (tagged BLOBs undecoded)
-    quality: npt.NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return len(self.signal_id)
-
-
-def read_raw_columns(conn: sqlite3.Connection, start: float, end: float) -> RawColumns:
-    """The raw samples with start <= source_ts < end, in `Store.raw_samples`' row order."""
-    names: list[str] = []
-    counts: list[int] = []
-    rows: list[tuple[Any, ...]] = []
-    for device, first, last in merged_ranges(conn, start, end):
-        found = conn.execute(
-            "SELECT signal_id, source_ts, received_ts, value, quality FROM samples "
-            "WHERE rowid BETWEEN ? AND ? AND device_id = ? AND source_ts >= ? "
-            "AND source_ts < ? ORDER BY rowid",
-            (first, last, device, start, end),
-        ).fetchall()
-        if not found:
-            continue
-        if names and names[-1] == device:
-            counts[-1] += len(found)
-        else:
-            names.append(device)
-            counts.append(len(found))
-        rows.extend(found)
-    if not rows:
-        empty = np.zeros(0, dtype=np.float64)
-        return RawColumns([], [], [], empty, empty, [], np.zeros(0, dtype=np.int64))
-    signal, source, received, value, quality = zip(*rows, strict=True)
-    return RawColumns(
-        device_names=names,
-        device_rows=counts,
-        signal_id=list(signal),
-        source_ts=np.array(source, dtype=np.float64),
-        received_ts=np.array(received, dtype=np.float64),
-        value=list(value),
-        quality=np.array(quality, dtype=np.int64),
-    )

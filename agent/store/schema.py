@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from indicators.columns import MEASURE_COLUMNS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: samples.seg_ts, sealed_days, sealed_blocks (agent.store.sealed)
 
 _MEASURES = ",\n    ".join(f"{name} REAL NOT NULL" for name in MEASURE_COLUMNS)
 
@@ -12,13 +12,15 @@ DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # `value` has no declared type so ints, floats and strings keep their own type. Ints in
     # [2^63, 2^64) and NaN, which SQLite cannot hold as such, are tagged BLOBs
-    # (agent.store.values); read them through Store.raw_samples.
+    # (agent.store.values); read them through Store.raw_samples. `seg_ts`: the time that
+    # decides the sample's raw segment where it is not source_ts (agent.store.sealed), else
+    # NULL; a store of schema 1 gets the column at open (agent.store.sqlite).
     """CREATE TABLE IF NOT EXISTS samples (
     device_id TEXT NOT NULL, signal_id TEXT NOT NULL, source_ts REAL NOT NULL,
     received_ts REAL NOT NULL, value, quality INTEGER NOT NULL, status INTEGER NOT NULL,
-    origin INTEGER NOT NULL)""",
-    # Where each device-hour's samples sit (rowid range): a full index on samples would
-    # double the cost of every insert.
+    origin INTEGER NOT NULL, seg_ts REAL)""",
+    # Where each device-hour's samples sit (rowid range), by the hour of coalesce(seg_ts,
+    # source_ts): a full index on samples would double the cost of every insert.
     """CREATE TABLE IF NOT EXISTS sample_index (
     device_id TEXT NOT NULL, hour_start INTEGER NOT NULL, first_rowid INTEGER NOT NULL,
     last_rowid INTEGER NOT NULL, PRIMARY KEY (device_id, hour_start)) WITHOUT ROWID""",
@@ -53,6 +55,14 @@ DDL: tuple[str, ...] = (
     history_id TEXT NOT NULL, device_id TEXT NOT NULL, start REAL NOT NULL, "end" REAL NOT NULL,
     imported_through REAL NOT NULL, samples INTEGER NOT NULL, done INTEGER NOT NULL,
     PRIMARY KEY (history_id, device_id)) WITHOUT ROWID""",
+    # Sealed raw data (agent.store.sealed): the local days whose raw segments are sealed,
+    # and their segments' bytes, compressed, one block per day and device.
+    """CREATE TABLE IF NOT EXISTS sealed_days (
+    start INTEGER PRIMARY KEY, "end" INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS sealed_blocks (
+    day_start INTEGER NOT NULL, device_id TEXT NOT NULL, codec TEXT NOT NULL,
+    segments INTEGER NOT NULL, samples INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (day_start, device_id))""",
     # Signal health per hour (agent.derive.issues): problem samples by cause, the detail
     # of the latest one.
     """CREATE TABLE IF NOT EXISTS signal_issues (

@@ -77,8 +77,12 @@ def open_database(path: Path) -> sqlite3.Connection:
     conn.execute("BEGIN IMMEDIATE")
     for statement in DDL:
         conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(samples)")}
+    if "seg_ts" not in columns:  # schema 1: existing rows read NULL, without a rewrite
+        conn.execute("ALTER TABLE samples ADD COLUMN seg_ts REAL")
     conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),
     )
     conn.execute("COMMIT")

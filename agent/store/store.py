@@ -37,12 +37,14 @@ from agent.derive.sample_columns import (
     columns_from_samples,
     source_skew,
 )
+from agent.protocol.segment_codec import SealedSegment
+from agent.store import sealed
 from agent.store.backfill_state import BackfillState
 from agent.store.derived_rows import read_signal_issues, write_derived
 from agent.store.losses import DISK_FULL, QUOTA_FULL, FailureLog, PendingLosses
 from agent.store.quota import RawQuota
 from agent.store.raw import as_bad, delete_raw_before, insert_raw, read_raw
-from agent.store.report_reads import RawColumns, read_base_measures, read_raw_columns
+from agent.store.report_reads import read_base_measures
 from agent.store.sqlite import StoreError, is_space_error, open_database
 from agent.store.tallies import per_device as _per_device
 from agent.store.tallies import worst_per_device as _worst_per_device
@@ -393,13 +395,15 @@ class Store:
             raise StoreError(f"{self.path}: rebuild failed: {error}")
 
     def purge_raw(self, now: float) -> int:
-        """Delete raw samples of hours older than raw_retention_days; derived rows stay."""
+        """Delete raw samples, and the sealed blocks of days, older than raw_retention_days
+        (the days stay sealed); derived rows stay. Returns the raw samples deleted."""
         cutoff = now - self.config.collection.raw_retention_days * 86400
         deleted = 0
 
         def work() -> None:
             nonlocal deleted
             deleted = delete_raw_before(self._conn, cutoff)
+            sealed.delete_sealed_before(self._conn, cutoff)
 
         error = self._transaction(work, samples=0)
         if error is not None:
@@ -455,21 +459,28 @@ class Store:
             (start, end), ("device_id", "hour_start", *COUNT_FIELDS),
         )
 
-    def raw_samples(
-        self, start: float, end: float, device_id: str | None = None
-    ) -> pd.DataFrame:
-        """Raw samples with start <= source_ts < end, ordered by device and insertion.
-
-        Values come back exactly as ingested (agent.store.values), except bools, which come
-        back as 0 / 1. The value column is left to pandas' inference unless that would lose
-        something: with an integer beyond 2^53 (not exact as a float64) it holds the Python
-        values as objects.
+    def raw_samples(self, start: float, end: float, device_id: str | None = None) -> pd.DataFrame:
+        """Live raw samples with start <= segment time < end (the source time unless it is
+        skewed or sealed: agent.store.sealed), ordered by device and insertion. Values come
+        back exactly as ingested (agent.store.values), except bools, which come back as 0 / 1.
+        The value column is left to pandas' inference unless that would lose something: with
+        an integer beyond 2^53 (not exact as a float64) it holds the Python values as objects.
         """
         return read_raw(self._conn, start, end, device_id)
 
-    def raw_columns(self, start: float, end: float) -> RawColumns:
-        """`raw_samples`' rows for segment digests, as plain columns (agent.store.report_reads)."""
-        return read_raw_columns(self._conn, start, end)
+    def seal_days(
+        self, days: Sequence[tuple[int, int]], plans: Sequence[sealed.SealPlan] = ()
+    ) -> int:
+        """Seal the raw segments of each local day [start, end) not sealed yet (how many other
+        than as `plans` computed them; agent.store.sealed)."""
+        return sealed.seal_days(self._conn, self.path, days, plans)
+
+    def sealed_segments(self, start: float, end: float) -> list[SealedSegment]:
+        """The sealed segments of the days starting in [start, end), in leaf order."""
+        return sealed.sealed_segments(self._conn, start, end)
+
+    def sealed_digests(self, start: float, end: float) -> list[bytes]:
+        return sealed.sealed_digests(self._conn, start, end)
 
     def signal_issues(self, start: float, end: float) -> list[dict[str, object]]:
         """Signal health of [start, end) (agent.store.derived_rows.read_signal_issues)."""

@@ -1,49 +1,17 @@
-"""Store -> signed report: the vectorised segment digests and `tieragent report --period`."""
+"""Store -> signed report: `tieragent report --period`, and its audit bundle."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from typer.testing import CliRunner
 
 from agent.outbox import Outbox
 from agent.protocol.envelope import Kind, unverified_payload
-from agent.protocol.merkle import ordered_digests
 from agent.protocol.report import indicator_mismatches, recompute_indicators
-from agent.reporter import segment_digests, segments
 from tieragent.cli import _register_subcommands, app
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _raw(seed: int, with_strings: bool) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    n = 600
-    values: list[object] = list(rng.normal(50, 10, n).round(3))
-    if with_strings:
-        values[::7] = [f"batch-{i}" for i in range(len(values[::7]))]
-    return pd.DataFrame(
-        {
-            "device_id": rng.choice(["CNC-01", "ROB-02", "PLC-03"], n),
-            "signal_id": rng.choice(["state", "good", "temp"], n),
-            "source_ts": 1_767_225_600 + rng.uniform(0, 3 * 3600, n),
-            "received_ts": 1_767_225_600 + rng.uniform(0, 3 * 3600, n),
-            "value": values,
-            "quality": rng.integers(0, 3, n),
-        }
-    )
-
-
-def test_vectorised_digests_equal_per_segment_bytes() -> None:
-    for seed, with_strings in [(1, False), (2, True)]:
-        raw = _raw(seed, with_strings)
-        slow = [digest for _, digest in ordered_digests(segments(raw))]
-        assert segment_digests(raw) == slow
-        changed = raw.copy()
-        changed.loc[17, "value"] = 1e9
-        assert segment_digests(changed) != slow
 
 
 def test_report_from_backfilled_store(tmp_path: Path) -> None:

@@ -1,13 +1,13 @@
 """Fast report building (issue 20 item 11) gives the same reports as the plain path.
 
-The batch (`build_period_reports`, with and without worker processes), the light raw read
-(`Store.raw_columns` + `column_digests`) and the store's per-device seeks must produce
-exactly what one-by-one building over `Store.raw_samples` produced: same base measures,
-indicators, evaluation and Merkle root, bit for bit.
+The batch (`build_period_reports`, with and without worker processes) and the store's
+per-device seeks must produce exactly what one-by-one building produced: same base measures,
+indicators, evaluation and Merkle root (of the sealed segments), bit for bit.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from agent.config import load_config
 from agent.outbox import Outbox
 from agent.protocol.envelope import Kind, unverified_payload
 from agent.protocol.keys import init_keys
-from agent.protocol.merkle import ordered_digests
-from agent.raw_segments import column_digests, segment_digests, segments
+from agent.protocol.period import Period
+from agent.protocol.segment_codec import decode_segment
 from agent.reporter import ReportContext, build_period_report, build_period_reports
 from agent.store import Store
 from indicators.policy import DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS, PolicyFiles
@@ -46,25 +46,12 @@ def test_samples_straddling_an_hour_in_one_batch_are_read_once(tmp_path: Path) -
     raw = store.raw_samples(T0, T0 + 2 * HOUR)
     assert len(raw) == len(batch)
     assert raw["value"].tolist() == [s.value for s in batch]
-    cols = store.raw_columns(T0, T0 + 2 * HOUR)
-    assert len(cols) == len(batch) and cols.value == [s.value for s in batch]
-    assert column_digests(cols) == segment_digests(raw)
-    store.close()
-
-
-def test_light_digests_equal_the_frame_digests_or_step_aside(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "agent.db", modbus_config())
-    store.resume(T0)
-    batch = [sample("temp", T0 + i * 7.5, (i * 37) % 11) for i in range(400)]  # ints
-    batch += [sample("energy", T0 + i * 9.1, 0.25 * i) for i in range(400)]  # floats
-    batch += [sample("state", T0 + i * 600.0, 1, quality="bad") for i in range(6)]
-    store.ingest(batch)
-    raw = store.raw_samples(T0, T0 + 2 * HOUR)
-    expected = [digest for _, digest in ordered_digests(segments(raw))]
-    assert column_digests(store.raw_columns(T0, T0 + 2 * HOUR)) == expected
-    # A string value: the light path steps aside (None), the frame path decides.
-    store.ingest([sample("temp", T0 + 2 * HOUR + 1, "jammed")])
-    assert column_digests(store.raw_columns(T0, T0 + 3 * HOUR)) is None
+    # Sealing walks the same ranges: every sample in exactly one segment, once.
+    store.seal_days([Period.parse("2026-01-01", "Asia/Shanghai").bounds()])
+    sealed = [decode_segment(s.data) for s in store.sealed_segments(T0 - 8 * HOUR, T0 + HOUR)]
+    assert [(s.signal_id, s.start) for s in sealed] == [
+        ("energy", T0), ("temp", T0), ("energy", T0 + HOUR), ("temp", T0 + HOUR)]
+    assert sorted(v for s in sealed for v in s.values) == sorted(s.value for s in batch)
     store.close()
 
 
@@ -96,9 +83,9 @@ def _reports(outbox: Path) -> list[dict[str, Any]]:
     return payloads
 
 
-def _context(tmp: Path, outbox: str) -> tuple[ReportContext, Store]:
+def _context(tmp: Path, outbox: str, data: str = "data") -> tuple[ReportContext, Store]:
     config = load_config(CONFIG)
-    store = Store.open(tmp / "data" / "agent.db", config)
+    store = Store.open(tmp / data / "agent.db", config)
     policy = PolicyFiles(DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS).load()
     context = ReportContext(
         config=config, config_path=CONFIG, store=store, outbox=Outbox(tmp / outbox),
@@ -111,6 +98,8 @@ def test_batch_with_and_without_workers_equals_one_by_one(
     demo_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     days = ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]
+    # The pool also runs on a copy not sealed yet: its workers plan the seals.
+    shutil.copytree(demo_store / "data", demo_store / "unsealed")
     context, store = _context(demo_store, "single.db")
     for day in days:
         build_period_report(context, day)
@@ -125,11 +114,17 @@ def test_batch_with_and_without_workers_equals_one_by_one(
     context, store = _context(demo_store, "pool.db")
     build_period_reports(context, days, workers=1)
     context.outbox.close()
+    context, unsealed = _context(demo_store, "planned.db", "unsealed")
+    build_period_reports(context, days, workers=1)
+    context.outbox.close()
+    assert unsealed.sealed_digests(0, 4e9) == store.sealed_digests(0, 4e9)
+    unsealed.close()
     single = _reports(demo_store / "single.db")
     assert [r["period"]["key"] for r in single] == days
     assert single[0]["raw_data"]["segment_count"] > 1000
     assert _reports(demo_store / "batch.db") == single
     assert _reports(demo_store / "pool.db") == single
+    assert _reports(demo_store / "planned.db") == single
     # A second batch over the same days signs nothing new: the queued reports stand.
     context, store = _context(demo_store, "pool.db")
     again = build_period_reports(context, days, workers=1)

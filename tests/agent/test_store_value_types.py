@@ -19,9 +19,8 @@ import pytest
 from agent_testkit import T0, modbus_config, sample
 
 from agent.derive.sample_columns import O_SOURCE, SampleColumns
-from agent.protocol.envelope import EnvelopeError
-from agent.protocol.merkle import ordered_digests
-from agent.reporter import segment_digests, segments
+from agent.protocol.period import Period
+from agent.protocol.segment_codec import SegmentSamples, decode_segment
 from agent.store import Store
 from agent.store.values import INT64_MAX, INT64_MIN, UINT64_MAX
 from indicators.vocabulary import Q_BAD, Q_GOOD
@@ -43,6 +42,15 @@ def _reopened(store: Store) -> Store:
 
 def _float_bits(value: float) -> bytes:
     return struct.pack(">d", value)
+
+
+DAY = Period.parse("2026-01-01", "Asia/Shanghai").bounds()  # holds T0 (08:00 local)
+
+
+def _sealed(store: Store) -> dict[str, SegmentSamples]:
+    """The day's raw segments as sealed (agent.store.sealed), decoded, by signal."""
+    store.seal_days([DAY])
+    return {s.signal_id: decode_segment(s.data) for s in store.sealed_segments(*DAY)}
 
 
 INTEGERS = [UINT64_MAX, 2**63, INT64_MAX, INT64_MIN, 2**53 + 1, -(2**53) - 1, 0, -1, 7]
@@ -98,22 +106,23 @@ def test_numeric_frames_keep_their_float_dtype(tmp_path: Path) -> None:
     store.close()
 
 
-def test_big_ints_next_to_missing_values_hash_as_before(tmp_path: Path) -> None:
+def test_big_ints_next_to_missing_values_are_read_and_sealed_exactly(tmp_path: Path) -> None:
     """If a numbers-only period holds big ints, floats and a sample without value, then the
-    ints read back exact, the missing value reads as NaN (as pandas always read it), and
-    the Merkle digests equal those of the float64 column the store returned before."""
+    ints read back exact, the missing value reads as NaN (as pandas always read it), and the
+    sealed segment keeps each value exactly, the missing one as none."""
     store = _open(tmp_path)
     batch = [sample("temp", T0, 2**60 + 1), sample("temp", T0 + 1, None, quality="bad"),
              sample("temp", T0 + 2, UINT64_MAX), sample("energy", T0 + 3, 1.5)]
     assert store.ingest(batch).error is None
     raw = store.raw_samples(0, 4e9)
-    store.close()
     values = raw["value"].tolist()
     assert values[0] == 2**60 + 1 and type(values[0]) is int and values[2] == UINT64_MAX
     assert isinstance(values[1], float) and math.isnan(values[1]) and values[3] == 1.5
-    rounded = raw.assign(value=raw["value"].astype(np.float64))
-    assert segment_digests(raw) == segment_digests(rounded)
-    assert segment_digests(raw) == [digest for _, digest in ordered_digests(segments(raw))]
+    sealed = _sealed(store)
+    store.close()
+    assert sealed["temp"].values == [2**60 + 1, None, UINT64_MAX]
+    assert sealed["temp"].quality.tolist() == [Q_GOOD, Q_BAD, Q_GOOD]
+    assert sealed["energy"].values == [1.5]
 
 
 def test_a_value_the_store_cannot_hold_is_a_bad_sample_and_the_store_goes_on(
@@ -188,46 +197,48 @@ def test_backfill_columns_of_uint64_are_stored_exactly(tmp_path: Path) -> None:
     store.close()
 
 
-def test_segment_digests_of_extreme_values_match_the_per_segment_bytes(tmp_path: Path) -> None:
-    """If a period holds uint64, int64, NaN and infinite values, then the vectorised Merkle
-    digests equal the per-segment ones (report building works on what the store returns)."""
+def test_extreme_values_are_sealed_exactly(tmp_path: Path) -> None:
+    """If a period holds uint64, int64, NaN and infinite values, then its sealed segments
+    decode to each value exactly, type and bits (report building works on what the store
+    returns)."""
     store = _open(tmp_path)
+    floats = [math.nan, math.inf, -0.5, -math.inf, -0.0]
     batch = [sample("temp", T0 + i, v) for i, v in enumerate(INTEGERS)]
-    batch += [sample("energy", T0 + i, v) for i, v in enumerate([math.nan, math.inf, -0.5])]
+    batch += [sample("energy", T0 + i, v) for i, v in enumerate(floats)]
     assert store.ingest(batch).error is None
-    raw = store.raw_samples(0, 4e9)
+    sealed = _sealed(store)
     store.close()
-    assert segment_digests(raw) == [digest for _, digest in ordered_digests(segments(raw))]
+    assert sealed["temp"].values == INTEGERS
+    assert all(type(v) is int for v in sealed["temp"].values)
+    assert [_float_bits(v) for v in sealed["energy"].values] == [_float_bits(v) for v in floats]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raw-data Merkle segments (agent.protocol.merkle, wire format unchanged in this task) "
-    "record values as float64: integers beyond 2^53 are not bound exactly"
-))
 def test_merkle_digest_binds_uint64_values_exactly(tmp_path: Path) -> None:
-    """Documents a known limitation: two stores differing only in one uint64 value near
-    2^64 should give different digests, and today give the same."""
+    """If two stores differ only in one uint64 value near 2^64, then their sealed segments
+    hash to different leaves (the first segment rule recorded values as float64, and gave
+    the same digest)."""
     digests = []
     for name, value in (("a", UINT64_MAX), ("b", UINT64_MAX - 1)):
         store = Store.open(tmp_path / name / "agent.db", modbus_config())
         store.resume(T0)
         assert store.ingest([sample("temp", T0, value)]).error is None
-        digests.append(segment_digests(store.raw_samples(0, 4e9)))
+        store.seal_days([DAY])
+        digests.append(store.sealed_digests(*DAY))
         store.close()
-    assert digests[0] != digests[1]
+    assert len(digests[0]) == 1 and digests[0] != digests[1]
 
 
-@pytest.mark.xfail(strict=True, raises=EnvelopeError, reason=(
-    "a segment with a non-numeric value appends an RFC 8785 array of its values "
-    "(agent.protocol.merkle), which cannot hold NaN, Inf or ints beyond 2^53: report "
-    "building raises EnvelopeError; a wire-format decision, not changed in this task"
-))
 def test_mixed_segment_with_non_finite_or_big_values_can_be_hashed(tmp_path: Path) -> None:
-    """Documents a known limitation (pre-existing for Inf and ints beyond 2^53)."""
+    """If a segment mixes strings with a uint64 or a NaN, then it seals and hashes (the first
+    rule's RFC 8785 array could not hold NaN, Inf or ints beyond 2^53: EnvelopeError), and
+    every value decodes exactly."""
     store = _open(tmp_path)
     batch = [sample("temp", T0, "warming up"), sample("temp", T0 + 1, UINT64_MAX),
              sample("energy", T0 + 2, "n/a"), sample("energy", T0 + 3, math.nan)]
     assert store.ingest(batch).error is None
-    raw = store.raw_samples(0, 4e9)
+    sealed = _sealed(store)
+    assert len(store.sealed_digests(*DAY)) == 2
     store.close()
-    assert len(segment_digests(raw)) == 2
+    assert sealed["temp"].values == ["warming up", UINT64_MAX]
+    energy = sealed["energy"].values
+    assert energy[0] == "n/a" and math.isnan(energy[1])

@@ -44,6 +44,8 @@ class Scenario:
     key: OKPKey
 
 
+# The bureau key that seals evidence folders (the receipts' key in a real bureau).
+BUREAU_KEY = OKPKey.generate_key("Ed25519")
 WITHHELD = {date(2025, 1, 10)}
 REJECTED_DAY = date(2025, 2, 3)
 UNDELIVERED = date(2025, 2, 10)
@@ -74,7 +76,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     sim = simulate(root / "history", date(2025, 1, 1), 59, seed=5)
     baseline = _shifted(sim)
     key = OKPKey.generate_key("Ed25519")
-    bureau = start_bureau(root / "bureau.db", None, {FACTORY: key})
+    bureau = start_bureau(root / "bureau.db", None, {FACTORY: key}, key=BUREAU_KEY)
     outbox = Outbox(root / "outbox.db")
     for day in baseline.all_days():
         deliver(bureau.receiver, commit_day(outbox, baseline, key, day))
@@ -93,7 +95,7 @@ def evidence(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("evidence") / "2025"
     store = SqliteReportStore(scenario.db)
     export_evidence(store, FACTORY, 2025, out, PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS),
-                    baseline_year=2024, through=date(2025, 2, 28))
+                    baseline_year=2024, through=date(2025, 2, 28), bureau_key=BUREAU_KEY)
     store.close()
     return out
 

@@ -30,6 +30,8 @@ from tests.support.chain_reports import MIXED, commit, commit_mixed
 from tests.support.reports import FACTORY
 from tieragent.commands.bureau_annual import register
 
+BUREAU_KEY = OKPKey.generate_key("Ed25519")  # receipts and seal: one key, as in a bureau
+
 FILES = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
 THROUGH = date(2025, 3, 31)
 
@@ -44,7 +46,7 @@ def _bureau(root: Path, missing: bool) -> Chain:
     """The MIXED chain (seq 1-7) at a bureau; with `missing`, then day Mar 3 (seq 8) signed but
     never delivered and Mar 4 (seq 9) delivered: seq 8 is really missing."""
     key = OKPKey.generate_key("Ed25519")
-    bureau = start_bureau(root / "bureau.db", None, {FACTORY: key})
+    bureau = start_bureau(root / "bureau.db", None, {FACTORY: key}, key=BUREAU_KEY)
     outbox = Outbox(root / "outbox.db")
     items = commit_mixed(outbox, key)
     if missing:
@@ -88,7 +90,8 @@ def _evaluate(chain: Chain) -> AnnualEvaluation:
 def _export(chain: Chain, out: Path) -> Path:
     store = SqliteReportStore(chain.db)
     try:
-        export_evidence(store, FACTORY, 2025, out, FILES, through=THROUGH)
+        export_evidence(store, FACTORY, 2025, out, FILES, through=THROUGH,
+                        bureau_key=BUREAU_KEY)
     finally:
         store.close()
     return out

@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from annual_scenario import Scenario
+from annual_scenario import BUREAU_KEY, Scenario
 from simdata import BENCHMARKS, DECLARATIONS, FACTORY
 from typer import Typer
 from typer.testing import CliRunner
 
+from agent.protocol.keys import save_private_key
 from bureau.evidence_verify import is_evidence_dir, verify_evidence_dir
 from bureau.store import SqliteReportStore
 from tieragent.commands.bureau_annual import register
@@ -139,6 +140,13 @@ def _app() -> Typer:
     return app
 
 
+def bureau_key_file(tmp_path: Path) -> Path:
+    """The scenario's bureau key as the PEM file `--key` reads."""
+    path = tmp_path / "bureau-key.pem"
+    save_private_key(path, BUREAU_KEY, None)
+    return path
+
+
 def _args(scenario: Scenario, *extra: str) -> list[str]:
     return ["--db", str(scenario.db), "--factory", FACTORY, "--year", "2025",
             "--through", "2025-02-28", "--benchmarks", str(BENCHMARKS),
@@ -185,7 +193,9 @@ def test_cli_bad_policy_file_and_used_folder(scenario: Scenario, tmp_path: Path)
     used = tmp_path / "used"
     used.mkdir()
     (used / "a").write_text("a")
-    result = CliRunner().invoke(_app(), ["evidence", *_args(scenario, "--out", str(used))])
+    key = bureau_key_file(tmp_path)
+    result = CliRunner().invoke(
+        _app(), ["evidence", *_args(scenario, "--out", str(used), "--key", str(key))])
     assert result.exit_code == 2 and "new or empty" in result.stderr
 
 
@@ -194,7 +204,9 @@ def test_cli_evidence_and_verify(scenario: Scenario, tmp_path: Path) -> None:
     changed copy (exit 1)."""
     out = tmp_path / "ev"
     runner = CliRunner()
-    written = runner.invoke(_app(), ["evidence", *_args(scenario, "--out", str(out))])
+    key = bureau_key_file(tmp_path)
+    written = runner.invoke(
+        _app(), ["evidence", *_args(scenario, "--out", str(out), "--key", str(key))])
     assert written.exit_code == 0, written.output
     assert runner.invoke(_app(), ["verify-evidence", str(out)]).exit_code == 0
     _flip_digit(out / "evaluation.json", 200)

@@ -402,3 +402,35 @@ def test_bureau_killed_between_commit_and_receipt(tmp_path: Path, mosquitto: Bro
     assert acked_after_s <= 3 + 6 + 2 + 5  # receipt timeout + backoff cap + 2 s + bureau start
     store = SqliteReportStore(tmp_path / "bureau.db")
     assert len(store.reports(FACTORY)) == 1
+
+
+def test_default_settings_deliver_through_a_broker_that_speaks_only_mqtt_311(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the broker is NATS's MQTT face (3.1.1 only: it refuses MQTT 5 with CONNACK
+    "Unsupported protocol version"), then with default settings the bureau and the agent each
+    fall back to 3.1.1 once, saying so, and reports and receipts go through (before: MQTT 5
+    was the default and both sides retried it forever)."""
+    import logging
+
+    from tests.support.nats_mqtt import NatsMqtt
+
+    caplog.set_level(logging.WARNING)
+    key = OKPKey.generate_key("Ed25519")
+    with NatsMqtt(tmp_path) as broker:
+        bureau = start_bureau(tmp_path / "bureau.db", broker.url, {FACTORY: key}, protocol="auto")
+        try:
+            outbox = Outbox(tmp_path / "outbox.db")
+            commit_days(outbox, key, range(1, 4))
+            defaults = PublisherSettings(broker_url=broker.url, factory_id=FACTORY,
+                                         bureau_keys=(bureau.public,), reconnect_min_s=0.2,
+                                         reconnect_max_s=1.0)
+            assert defaults.protocol == "auto"
+            with Publisher(defaults, outbox) as publisher:
+                assert publisher.drain(30), outbox.counts()
+            assert publisher.protocol.current == "3.1.1"
+            check_invariants(outbox, bureau)
+        finally:
+            bureau.receiver.stop()
+    fallbacks = [r for r in caplog.records if "refused MQTT 5" in r.getMessage()]
+    assert sorted(r.name for r in fallbacks) == ["tieragent.bureau", "tieragent.publish"]

@@ -153,11 +153,14 @@ def test_reports_of_a_revoked_key_are_quarantined_not_resent_forever(
         bureau.receiver.stop()
 
 
-def test_a_broker_that_speaks_only_mqtt_311_is_named_as_the_likely_cause(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("protocol", ["5", "auto"])
+def test_a_broker_that_closes_mqtt_5_before_connack(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
 ) -> None:
-    """If the broker closes an MQTT 5 CONNECT without a CONNACK, as 3.1.1-only brokers do,
-    then the connect failure names the protocol and the setting that fixes it, once."""
+    """If the broker closes an MQTT 5 CONNECT without a CONNACK, as RabbitMQ's 3.1.1-only MQTT
+    face does, then with protocol 5 the connect failure names the protocol and the setting
+    that fixes it, once; with auto (the default) the publisher says once that it falls back
+    and offers MQTT 3.1.1 from the next attempt on."""
     import socket
     import threading
 
@@ -183,13 +186,13 @@ def test_a_broker_that_speaks_only_mqtt_311_is_named_as_the_likely_cause(
 
     thread = threading.Thread(target=only_311, daemon=True)
     thread.start()
-    caplog.set_level(logging.ERROR, logger="tieragent.publish")
+    caplog.set_level(logging.WARNING, logger="tieragent.publish")
     bureau_key = OKPKey.generate_key("Ed25519")
     outbox = Outbox(tmp_path / "outbox.db")
     publisher = Publisher(PublisherSettings(
         broker_url=f"mqtt://127.0.0.1:{listener.getsockname()[1]}", factory_id=FACTORY,
         bureau_keys=({"kty": "OKP", "crv": "Ed25519", "x": bureau_key.as_dict()["x"]},),
-        reconnect_min_s=0.2, reconnect_max_s=0.5,
+        reconnect_min_s=0.2, reconnect_max_s=0.5, protocol=protocol,  # type: ignore[arg-type]
     ), outbox)
     publisher.start()
     try:
@@ -204,9 +207,17 @@ def test_a_broker_that_speaks_only_mqtt_311_is_named_as_the_likely_cause(
         outbox.close()
     assert protocol_levels[:1] == [5]  # it did offer MQTT 5
     lines = [r.getMessage() for r in caplog.records if "Cannot connect" in r.getMessage()]
-    assert len(lines) == 1, lines  # logged once, not per retry
-    assert "speaks only MQTT 3.1.1, set protocol 3.1.1" in lines[0]
-    assert publisher.metrics["connect_failures_total"] >= 3
+    fallbacks = [r.getMessage() for r in caplog.records if "refused MQTT 5" in r.getMessage()]
+    if protocol == "5":
+        assert set(protocol_levels) == {5}
+        assert len(lines) == 1, lines  # logged once, not per retry
+        assert "speaks only MQTT 3.1.1, set protocol 3.1.1 or auto" in lines[0]
+        assert publisher.metrics["connect_failures_total"] >= 3
+        assert fallbacks == []
+    else:
+        assert protocol_levels[1:] and set(protocol_levels[1:]) == {4}  # 3.1.1 from then on
+        assert len(fallbacks) == 1 and "using MQTT 3.1.1 from now on" in fallbacks[0]
+        assert len(lines) == 1 and "(MQTT 3.1.1)" in lines[0], lines
 
 
 def test_key_rotation_is_delivered_and_the_retired_private_key_forgotten(

@@ -29,9 +29,11 @@ def start_bureau(
     broker_url: str | None,
     agent_keys: dict[str, OKPKey],
     protocol: str = "5",
+    key: OKPKey | None = None,
     **settings: Any,
 ) -> Bureau:
-    key = OKPKey.generate_key("Ed25519")
+    """`key`: the bureau's receipt key (a new one when None)."""
+    key = key or OKPKey.generate_key("Ed25519")
     receiver = Receiver(
         ReceiverSettings(
             db=db,

@@ -69,7 +69,8 @@ def serve(
     key: Path = _KEY,
     bureau_id: str = typer.Option("bureau", "--bureau-id", help="This bureau's id (report aud)."),
     share_group: str | None = typer.Option(None, "--share-group", help="$share group name."),
-    protocol: str = typer.Option("5", "--protocol", help="MQTT protocol: 5 or 3.1.1."),
+    protocol: str = typer.Option(
+        "auto", "--protocol", help="MQTT protocol: auto (5, then 3.1.1 if refused), 5 or 3.1.1."),
     client_id: str = typer.Option("tieragent-bureau", "--client-id"),
     reorder_timeout_s: float = typer.Option(86_400.0, help="Alert when a chain gap stays open."),
     ca_file: Path | None = typer.Option(None, "--ca-file", help="CA of the broker (mqtts://)."),
@@ -82,8 +83,8 @@ def serve(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if protocol not in ("5", "3.1.1"):
-        raise InvalidInput(f"--protocol {protocol!r} is not 5 or 3.1.1.")
+    if protocol not in ("auto", "5", "3.1.1"):
+        raise InvalidInput(f"--protocol {protocol!r} is not auto, 5 or 3.1.1.")
     parse_broker_url(broker)
     signing_key = _load_key(key)
     settings = ReceiverSettings(

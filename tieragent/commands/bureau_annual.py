@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import typer
+from joserfc.jwk import OKPKey
 from rich.console import Console
 from rich.table import Table
 
@@ -98,6 +99,7 @@ def _run(
     industry_code: str | None,
     province: str | None,
     out: Path | None = None,
+    key: Path | None = None,
 ) -> AnnualEvaluation:
     files = PolicyFiles(
         _existing(policy, "policy") or policy,
@@ -115,6 +117,7 @@ def _run(
         baseline = _baseline_year(year, baseline_year, declarations)
         last = _through(year, through)
         if out is not None:
+            assert key is not None
             return export_evidence(
                 store,
                 factory,
@@ -124,6 +127,7 @@ def _run(
                 baseline_year=baseline,
                 through=last,
                 overrides=overrides,
+                bureau_key=_bureau_key(key),
             ).evaluation
         result, _, _ = evaluate_from_store(
             store, factory, year, files, baseline_year=baseline, through=last, overrides=overrides
@@ -174,6 +178,8 @@ def evidence_command(
     factory: str = _FACTORY,
     year: int = _YEAR,
     out: Path = typer.Option(..., "--out", help="Evidence folder to create (new or empty)."),
+    key: Path = typer.Option(
+        Path("bureau-key.pem"), "--key", help="The bureau's key, which seals the folder."),
     policy: Path = POLICY_OPTION,
     benchmarks: Path | None = BENCHMARKS_OPTION,
     declarations: Path | None = DECLARATIONS_OPTION,
@@ -195,6 +201,7 @@ def evidence_command(
         industry_code,
         province,
         out,
+        key,
     )
     typer.echo(
         f"Wrote the evidence of {factory} {result.first_day}..{result.last_day} to {out} "
@@ -205,11 +212,24 @@ def evidence_command(
 @handle_errors
 def verify_evidence_command(
     directory: Path = typer.Argument(..., help="Evidence folder."),
+    bureau_key: Path | None = None,
 ) -> None:
     """Verify an evidence folder offline; exit 1 and name every problem if anything differs."""
     if not (directory / "manifest.json").is_file():
         raise InvalidInput(f"{directory}: no manifest.json; not an evidence folder.")
-    result = verify_evidence_dir(directory)
+    pinned = None
+    if bureau_key is not None:
+        from agent.service import read_bureau_keys
+
+        try:
+            pinned = list(read_bureau_keys(bureau_key))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InvalidInput(
+                f"--bureau-key {bureau_key}: not the bureau's public key JWK ({error}); save "
+                "what `tieragent bureau show-key` prints") from None
+    result = verify_evidence_dir(directory, pinned)
+    for note in result.notes:
+        typer.echo(note)
     print_verification(
         result.problems,
         f"{result.reports} signed report(s), {result.numbers} number(s) in report.html",
@@ -265,3 +285,12 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate_command)
     app.command("evidence")(evidence_command)
     app.command("verify-evidence")(verify_evidence_command)
+
+
+def _bureau_key(path: Path) -> OKPKey:
+    from bureau.receipts import BureauKeyMissing, load_bureau_key
+
+    try:
+        return load_bureau_key(path)
+    except BureauKeyMissing as error:
+        raise InvalidInput(str(error)) from None

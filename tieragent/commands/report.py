@@ -279,7 +279,8 @@ def report_send(
     factory: str | None = typer.Option(None, "--factory", help="[default: factory.factory_id]"),
     bureau_key: Path | None = typer.Option(None, "--bureau-key",
                                            help="Pinned bureau receipt JWK(s)."),
-    protocol: str | None = typer.Option(None, "--protocol", help="5 or 3.1.1 [default: 5]"),
+    protocol: str | None = typer.Option(None, "--protocol",
+                                        help="auto, 5 or 3.1.1 [default: auto]"),
     window: int | None = typer.Option(None, "--window", help="[default: 16]"),
     keepalive_s: int | None = typer.Option(None, "--keepalive-s", help="[default: 30]"),
     receipt_timeout_s: float | None = typer.Option(None, "--receipt-timeout-s",
@@ -302,8 +303,8 @@ def report_send(
     from tieragent.commands.run_service import check_delivery
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if protocol not in (None, "5", "3.1.1"):
-        raise InvalidInput(f"--protocol {protocol!r} is not 5 or 3.1.1.")
+    if protocol not in (None, "auto", "5", "3.1.1"):
+        raise InvalidInput(f"--protocol {protocol!r} is not auto, 5 or 3.1.1.")
     base: PublisherSettings | None = None
     if config_path is not None:
         config = load_config(config_path)
@@ -434,14 +435,19 @@ def evidence_export(
 
 
 @handle_errors
-def verify_command(bundle: Path = typer.Argument(..., help="Evidence bundle directory.")) -> None:
+def verify_command(
+    bundle: Path = typer.Argument(..., help="Evidence bundle directory."),
+    bureau_key: Path | None = typer.Option(
+        None, "--bureau-key", help="The bureau's published public key (JWK): a bureau evidence "
+        "folder's seal must verify with it."),
+) -> None:
     """Verify an agent audit bundle or a bureau evidence folder, offline."""
     from bureau.evidence_verify import is_evidence_dir
 
     if is_evidence_dir(bundle):
         from tieragent.commands.bureau_annual import verify_evidence_command
 
-        verify_evidence_command(bundle)
+        verify_evidence_command(bundle, bureau_key)
         return
     result = verify_bundle(bundle)
     print_verification(

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.log_monitor import read_log_status
 from agent.outbox import ACKED, INFLIGHT, PENDING, REJECTED
 from agent.store.derived_rows import read_signal_issues
 from agent.store.quota import MB, QUOTA_META_KEY, used_bytes
@@ -51,6 +52,9 @@ class OutboxStatus:
     oldest_open_report_id: str | None = None
     oldest_open_age_s: float | None = None
     quarantined: list[Quarantined] = field(default_factory=list)
+    # The bureau's transparency log as the agent checked it (agent.log_monitor): the newest
+    # head held and the alarms; None before any receipt was checked.
+    log: dict[str, Any] | None = None
 
 
 @dataclass
@@ -120,6 +124,7 @@ def outbox_status(path: Path, now: float) -> OutboxStatus:
                 "FROM outbox WHERE state = 'rejected' ORDER BY factory_id, seq"
             )
         ]
+        status.log = read_log_status(db)
     return status
 
 
@@ -204,7 +209,14 @@ def _print(console: Console, outbox: OutboxStatus, store: StoreStatus) -> None:
         else NONE
     )
     summary.add_row("oldest pending", oldest)
+    summary.add_row("bureau log", _log_text(outbox.log))
     console.print(summary)
+    if outbox.log and outbox.log["last_alarm"]:
+        alarm = outbox.log["last_alarm"]
+        console.print(
+            f"[bold red]ALARM[/]: the bureau's transparency log is inconsistent "
+            f"({outbox.log['alarms']} receipt(s) refused, the last at {_iso(alarm['at'])}): "
+            f"{alarm['detail']}", highlight=False)
     if outbox.quarantined:
         rejected = Table(title="Quarantined reports (rejected by the bureau)", show_lines=True)
         rejected.add_column("report, period, rejected at", no_wrap=True, min_width=36)
@@ -242,6 +254,15 @@ def _print(console: Console, outbox: OutboxStatus, store: StoreStatus) -> None:
     if store.raw_bytes is not None:
         console.print("Raw samples (agent.db in use): "
                       f"{_quota_use(store.raw_bytes, store.raw_quota_bytes)}", highlight=False)
+
+
+def _log_text(state: dict[str, Any] | None) -> str:
+    if not state or state["head"] is None:
+        return "no receipt with a log head yet"
+    head = state["head"]
+    text = (f"head size {head['tree_size']} ({head['timestamp']}), root "
+            f"{head['root_hash'][:16]}…, {state['heads_held']} head(s) verified")
+    return f"{text}; ALARM ({state['alarms']})" if state["alarms"] else f"{text}; consistent"
 
 
 def _quota_use(used: int, quota: int | None) -> str:
