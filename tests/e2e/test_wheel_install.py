@@ -160,7 +160,7 @@ def test_installed_wheel_runs_the_demo(tmp_path: Path) -> None:
     out = work / "demo"
     tieragent = str(venv / "bin" / "tieragent")
     code, output = _run(
-        [tieragent, "demo", "--out", str(out), "--live-seconds", "10",
+        [tieragent, "demo", "--out", str(out), "--live-seconds", "3",
          "--history-days", str(HISTORY_DAYS)],
         cwd=work, env=run_env, timeout=300,
     )
