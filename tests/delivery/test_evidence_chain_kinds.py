@@ -155,3 +155,18 @@ def test_two_reports_of_one_seq_are_named_a_fork(tmp_path: Path) -> None:
                   None)
     problems = verify_bundle(bundle).problems
     assert "report seq 1 (2025-02-28): a second report of seq 1 (a fork)." in problems
+
+
+def test_cli_export_takes_a_period_not_a_text_prefix(tmp_path: Path) -> None:
+    """If `--period` is not a year, month or day ("2025-0"), then export exits 2 naming the
+    form (before: it was a text prefix, so "2025-0" exported February and March, and
+    "2026-1" would have taken October to December)."""
+    data, keys, _ = _agent_dirs(tmp_path)
+    _register_subcommands()
+    exported = CliRunner().invoke(app, [
+        "evidence", "export", "--config", str(CONFIG), "--period", "2025-0", "--out",
+        str(tmp_path / "bundle"), "--data-dir", str(data), "--key-dir", str(keys),
+    ])
+    assert exported.exit_code == 2, exported.output
+    assert "YYYY, YYYY-MM or YYYY-MM-DD" in exported.output
+    assert not (tmp_path / "bundle").exists()

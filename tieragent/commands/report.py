@@ -381,11 +381,18 @@ def report_status(outbox_path: Path = typer.Option(..., "--outbox")) -> None:
             )
 
 
+def _within(key: str, period: str) -> bool:
+    """Whether period key `key` is `period` or a period inside it (2026-03-14 in 2026-03)."""
+    return key == period or key.startswith(period + "-")
+
+
 @evidence_app.command("export")
 @handle_errors
 def evidence_export(
     config_path: Path = typer.Option(..., "--config", help="Factory configuration YAML."),
-    period: str = typer.Option(..., "--period", help="Prefix of period keys, e.g. 2026 or 2026-03"),
+    period: str = typer.Option(
+        ..., "--period", help="A year, month or day (2026, 2026-03, 2026-03-14): its reports and "
+        "those of the periods inside it."),
     out: Path = typer.Option(..., "--out", help="New folder for the bundle."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Folder of agent.db/outbox.db."),
     key_dir: Path = typer.Option(Path("keys"), "--key-dir", help="Key directory (public keys)."),
@@ -396,13 +403,17 @@ def evidence_export(
     from agent.reporter import segments_of_report
 
     config = load_config(config_path)
+    try:
+        period = Period.parse(period, config.factory.time_zone).key
+    except PeriodError as error:  # "2026-1" would match October to December as a prefix
+        raise InvalidInput(f"--period: {error}") from None
     store = Store.open(_store_db(data_dir), config)
     try:
         outbox = _existing_outbox(data_dir / "outbox.db")
         jwks = [json.loads((key_dir / "agent-key.jwk.json").read_text())]
         jwks += [json.loads(p.read_text()) for p in sorted(key_dir.glob("retired/*.jwk.json"))]
         items = outbox.items(config.factory.factory_id)
-        chosen = [i for i in items if i.period_slot.split("/")[1].startswith(period)]
+        chosen = [i for i in items if _within(i.period_slot.split("/")[1], period)]
         if not chosen:
             raise InvalidInput(
                 f"No report in {data_dir / 'outbox.db'} for a period starting with {period!r}."
