@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.protocol.envelope import EnvelopeError, b64url_json
+from agent.protocol.keys import fsync_directory
 
 log = logging.getLogger("tieragent.keys")
 
@@ -55,11 +55,7 @@ def pending_rotations(key_dir: Path) -> list[PendingRotation]:
 def complete_rotation(rotation: PendingRotation) -> None:
     """Delete the retired private key of an acknowledged rotation (durably)."""
     rotation.retired_private.unlink(missing_ok=True)
-    directory = os.open(rotation.retired_private.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_directory(rotation.retired_private.parent)
     log.info(
         "The bureau acknowledged the rotation from key %s to %s; the retired private key was "
         "deleted (its public key stays in retired/ to verify earlier reports).",

@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from typing import Self
@@ -19,7 +18,7 @@ from typing import Self
 import pytest
 
 from tests.support.pki import Pki
-from tests.support.ports import free_port
+from tests.support.ports import free_port, serving
 from tests.support.waiting import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -84,13 +83,7 @@ class Broker:
             pytest.fail(f"mosquitto did not listen on port {self.port} within 10 s")
 
     def _listening(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return serving(self.process, self.port)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:

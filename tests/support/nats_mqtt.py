@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from typing import Self
 
 import pytest
 
-from tests.support.ports import free_port
+from tests.support.ports import free_port, serving
 from tests.support.waiting import wait_until
 
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -50,13 +49,7 @@ class NatsMqtt:
         return self
 
     def _listening(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return serving(self.process, self.port)
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
