@@ -2,8 +2,11 @@
 
 Subscribes to tieragent/v1/+/report (or $share/<group>/tieragent/v1/+/report so several
 receivers can split the load) and tieragent/v1/+/keyrotate. Each message is handled
-synchronously inside `on_message`: verify -> one DB transaction (store report or
-quarantine + receipt) -> COMMIT -> publish receipt. paho sends the PUBACK only after
+synchronously inside `on_message`: one DB transaction (lock the topic's factory -> verify ->
+store report or quarantine + receipt) -> COMMIT -> publish receipt. Verifying inside the
+transaction, after the factory lock, is what keeps chain checks right with several receivers
+on one PostgreSQL: a factory's messages are decided one at a time, each seeing what the
+previous one stored. paho sends the PUBACK only after
 `on_message` returns, so a crash before COMMIT leaves the message to be redelivered
 (persistent session) or resent by the agent. Hostile input never escapes `_handle`:
 everything is a counted, logged decision.
@@ -27,6 +30,7 @@ from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import sha256_hex
 from agent.protocol.mqtt import (
     REPORT_FILTER,
+    report_topic_factory,
     ROTATE_FILTER,
     BrokerSettings,
     ConnectFailures,
@@ -38,7 +42,7 @@ from agent.protocol.mqtt import (
 from agent.protocol.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt
 from bureau.registry import KeyRegistry, RegistryError
-from bureau.store import PENDING_LINK, Rejection, SqliteReportStore, StoredReport
+from bureau.store import PENDING_LINK, Rejection, SqlReportStore, StoredReport
 from bureau.translog import TransparencyLog
 from bureau.verify import DEFAULT_MAX_BYTES, Decision, Verifier
 
@@ -47,7 +51,7 @@ log = logging.getLogger("tieragent.bureau")
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    db: Path
+    db: Path | str  # a SQLite file, or a postgresql:// URL (bureau.database)
     broker_url: str
     bureau_id: str
     client_id: str = "tieragent-bureau"
@@ -71,7 +75,7 @@ class Receiver:
         self.settings = settings
         self.clock = clock  # the wall clock reports are checked against ("future", keys)
         self.key = key
-        self.store = SqliteReportStore(settings.db)
+        self.store = SqlReportStore(settings.db)
         self.registry = KeyRegistry(self.store.db)
         self.verifier = Verifier(
             self.registry,
@@ -216,8 +220,12 @@ class Receiver:
                 self._rotate(topic, message)
                 return None
             now = self.clock() if now is None else now
-            decision = self.verifier.check(topic, message, now)
-            receipt = self._apply(topic, message, decision, now)
+            with self.store.transaction():
+                factory_of_topic = report_topic_factory(topic)
+                if factory_of_topic is not None:
+                    self.store.lock_factory(factory_of_topic)
+                decision = self.verifier.check(topic, message, now)
+                receipt = self._apply(topic, message, decision, now)
             crash_point("bureau_after_commit")
             self._check_pending(now)
             factory = decision.factory_id
@@ -226,73 +234,73 @@ class Receiver:
             return receipt_topic(factory), receipt
 
     def _apply(self, topic: str, message: bytes, decision: Decision, now: float) -> str:
+        """The decision's writes and its signed receipt, in the caller's transaction."""
         bureau_id = self.settings.bureau_id
-        with self.store.transaction():
-            if decision.status == "duplicate":
-                original = decision.original
-                assert original is not None
-                self.metrics["duplicates_total"] += 1
-                return sign_receipt(
-                    receipt_payload(
-                        bureau_id=bureau_id,
-                        factory_id=original.factory_id,
-                        report_id=original.report_id,
-                        report_sha256=original.payload_sha256,
-                        seq=original.seq,
-                        status="duplicate",
-                        original_receipt_sha256=original.receipt_sha256,
-                        log=self.translog.receipt_member(
-                            original.report_id, original.payload_sha256
-                        ),
-                    ),
-                    self.key,
-                )
-            if decision.status == "accepted":
-                return self._store_accepted(message, decision, now)
-            if decision.status == "pending":
-                return self._answer_pending(decision, now)
-            self.metrics[f"rejected_total:{decision.reason}"] += 1
-            # The reason, factory and report in the line itself: an operator reading the
-            # log must not need SQLite to know what was refused and why.
-            log.warning(
-                "Report rejected: %s (%s).", decision.reason, decision.detail,
-                extra={"fields": {
-                    "reason": decision.reason, "factory_id": decision.factory_id,
-                    "report_id": decision.report_id, "seq": decision.seq,
-                }},
-            )
-            payload = decision.payload
-            period = payload.get("period") if isinstance(payload, dict) else None
-            self.store.quarantine(
-                Rejection(
-                    factory_id=decision.factory_id,
-                    topic=topic,
-                    reason=str(decision.reason),
-                    detail=decision.detail,
-                    report_id=decision.report_id,
-                    period_kind=period.get("kind") if isinstance(period, dict) else None,
-                    period_key=period.get("key") if isinstance(period, dict) else None,
-                    message_sha256=sha256_hex(message),
-                    size=len(message),
-                    jws=message.decode("ascii") if decision.verified is not None else None,
-                    received_at=now,
-                )
-            )
-            if decision.reason in ("conflict", "fork", "chain"):
-                self.store.alert(decision.factory_id, decision.reason, decision.detail)
+        if decision.status == "duplicate":
+            original = decision.original
+            assert original is not None
+            self.metrics["duplicates_total"] += 1
             return sign_receipt(
                 receipt_payload(
                     bureau_id=bureau_id,
-                    factory_id=decision.factory_id,
-                    report_id=decision.report_id,
-                    report_sha256=decision.report_sha256,
-                    seq=decision.seq,
-                    status="rejected",
-                    reason=decision.reason,
-                    received_at=now,
+                    factory_id=original.factory_id,
+                    report_id=original.report_id,
+                    report_sha256=original.payload_sha256,
+                    seq=original.seq,
+                    status="duplicate",
+                    original_receipt_sha256=original.receipt_sha256,
+                    log=self.translog.receipt_member(
+                        original.report_id, original.payload_sha256
+                    ),
                 ),
                 self.key,
             )
+        if decision.status == "accepted":
+            return self._store_accepted(message, decision, now)
+        if decision.status == "pending":
+            return self._answer_pending(decision, now)
+        self.metrics[f"rejected_total:{decision.reason}"] += 1
+        # The reason, factory and report in the line itself: an operator reading the
+        # log must not need SQLite to know what was refused and why.
+        log.warning(
+            "Report rejected: %s (%s).", decision.reason, decision.detail,
+            extra={"fields": {
+                "reason": decision.reason, "factory_id": decision.factory_id,
+                "report_id": decision.report_id, "seq": decision.seq,
+            }},
+        )
+        payload = decision.payload
+        period = payload.get("period") if isinstance(payload, dict) else None
+        self.store.quarantine(
+            Rejection(
+                factory_id=decision.factory_id,
+                topic=topic,
+                reason=str(decision.reason),
+                detail=decision.detail,
+                report_id=decision.report_id,
+                period_kind=period.get("kind") if isinstance(period, dict) else None,
+                period_key=period.get("key") if isinstance(period, dict) else None,
+                message_sha256=sha256_hex(message),
+                size=len(message),
+                jws=message.decode("ascii") if decision.verified is not None else None,
+                received_at=now,
+            )
+        )
+        if decision.reason in ("conflict", "fork", "chain"):
+            self.store.alert(decision.factory_id, decision.reason, decision.detail)
+        return sign_receipt(
+            receipt_payload(
+                bureau_id=bureau_id,
+                factory_id=decision.factory_id,
+                report_id=decision.report_id,
+                report_sha256=decision.report_sha256,
+                seq=decision.seq,
+                status="rejected",
+                reason=decision.reason,
+                received_at=now,
+            ),
+            self.key,
+        )
 
     def _store_accepted(self, message: bytes, decision: Decision, now: float) -> str:
         report = decision.payload

@@ -17,7 +17,6 @@ history.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from agent.protocol.envelope import (
     thumbprint,
     verify_general,
 )
+from bureau.database import Database
 from bureau.errors import BureauError
 
 
@@ -64,7 +64,7 @@ class KeyLookupError(Exception):
 
 
 class KeyRegistry:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def enroll(self, factory_id: str, jwk: dict[str, Any], at: float | None = None) -> EnrolledKey:
@@ -82,13 +82,13 @@ class KeyRegistry:
             return existing
         self.db.execute(
             "INSERT INTO keys (kid, factory_id, jwk, status, valid_from) "
-            "VALUES (?, ?, ?, 'active', ?)",
-            (
-                kid,
-                factory_id,
-                json.dumps(clean, sort_keys=True),
-                at if at is not None else time.time(),
-            ),
+            "VALUES (:kid, :factory_id, :jwk, 'active', :valid_from)",
+            {
+                "kid": kid,
+                "factory_id": factory_id,
+                "jwk": json.dumps(clean, sort_keys=True),
+                "valid_from": at if at is not None else time.time(),
+            },
         )
         key = self.get(kid)
         assert key is not None
@@ -99,45 +99,42 @@ class KeyRegistry:
         if key is None:
             raise RegistryError(f"No enrolled key has kid {kid!r}.")
         self.db.execute(
-            "UPDATE keys SET status = 'revoked', revoked_at = ? WHERE kid = ?",
-            (at if at is not None else time.time(), kid),
+            "UPDATE keys SET status = 'revoked', revoked_at = :at WHERE kid = :kid",
+            {"at": at if at is not None else time.time(), "kid": kid},
         )
         revoked = self.get(kid)
         assert revoked is not None
         return revoked
 
     def get(self, kid: str) -> EnrolledKey | None:
-        row = self.db.execute(
-            "SELECT kid, factory_id, jwk, status, valid_from, revoked_at, retired_at FROM keys "
-            "WHERE kid = ?",
-            (kid,),
-        ).fetchone()
+        # One query: the key with its window by sequence number from the rotations.
+        row = self.db.row(
+            "SELECT kid, factory_id, jwk, status, valid_from, revoked_at, retired_at, "
+            "(SELECT effective_from_seq FROM rotations WHERE new_kid = keys.kid), "
+            "(SELECT effective_from_seq FROM rotations WHERE rotated_from = keys.kid LIMIT 1) "
+            "FROM keys WHERE kid = :kid",
+            {"kid": kid},
+        )
         if row is None:
             return None
-        rotated_in = self.db.execute(
-            "SELECT effective_from_seq FROM rotations WHERE new_kid = ?", (kid,)
-        ).fetchone()
-        rotated_out = self.db.execute(
-            "SELECT effective_from_seq FROM rotations WHERE rotated_from = ?", (kid,)
-        ).fetchone()
         return EnrolledKey(
             row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6],
-            from_seq=rotated_in[0] if rotated_in else None,
-            until_seq=rotated_out[0] if rotated_out else None,
+            from_seq=row[7], until_seq=row[8],
         )
 
     def enrolled(self, factory_id: str | None = None) -> list[EnrolledKey]:
         sql = "SELECT kid FROM keys"
-        args: tuple[str, ...] = ()
+        args: dict[str, str] = {}
         if factory_id is not None:
-            sql += " WHERE factory_id = ?"
-            args = (factory_id,)
-        kids = [row[0] for row in self.db.execute(sql + " ORDER BY factory_id, valid_from", args)]
+            sql += " WHERE factory_id = :factory_id"
+            args = {"factory_id": factory_id}
+        kids = [row[0] for row in self.db.rows(sql + " ORDER BY factory_id, valid_from", args)]
         return [k for k in (self.get(kid) for kid in kids) if k is not None]
 
     def known_factory(self, factory_id: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM keys WHERE factory_id = ? LIMIT 1", (factory_id,))
-        return row.fetchone() is not None
+        row = self.db.row("SELECT 1 FROM keys WHERE factory_id = :factory_id LIMIT 1",
+                          {"factory_id": factory_id})
+        return row is not None
 
     def lookup(self, factory_id: str, kid: str, at: float) -> EnrolledKey:
         """The key that may verify a message for `factory_id` received at `at`, or raise
@@ -183,9 +180,12 @@ class KeyRegistry:
         new_kid = thumbprint(new_jwk)
         if verified.get("new_kid") != new_kid:
             raise RegistryError("Rotation statement: new_kid is not the new key's thumbprint.")
-        done = self.db.execute(
-            "SELECT rotated_from FROM rotations WHERE new_kid = ?", (new_kid,)
-        ).fetchone()
+        # The factory's reports wait until this rotation commits (several receivers): the
+        # check of seqs already signed by the old key below must not race a report.
+        self.db.lock_factory(factory_id)
+        done = self.db.row(
+            "SELECT rotated_from FROM rotations WHERE new_kid = :new_kid", {"new_kid": new_kid}
+        )
         if done is not None and done[0] == old.kid:
             new = self.get(new_kid)
             assert new is not None
@@ -201,9 +201,10 @@ class KeyRegistry:
                 "Rotation statement names no effective_from_seq (the first report sequence "
                 "number the new key signs). Fix: `tieragent keys rotate --config FILE`."
             )
-        signed_after = self.db.execute(
-            "SELECT MAX(seq) FROM reports WHERE factory_id = ? AND kid = ?", (factory_id, old.kid)
-        ).fetchone()[0]
+        signed_after = self.db.scalar(
+            "SELECT MAX(seq) FROM reports WHERE factory_id = :factory_id AND kid = :kid",
+            {"factory_id": factory_id, "kid": old.kid},
+        )
         if signed_after is not None and signed_after >= first_seq:
             raise RegistryError(
                 f"Rotation statement: effective_from_seq {first_seq} is at or before seq "
@@ -212,11 +213,13 @@ class KeyRegistry:
         key = self.enroll(factory_id, new_jwk, at)
         self.db.execute(
             "INSERT INTO rotations (new_kid, rotated_from, statement, at, effective_from_seq) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (key.kid, old.kid, json.dumps(value), at, first_seq),
+            "VALUES (:new_kid, :rotated_from, :statement, :at, :first_seq)",
+            {"new_kid": key.kid, "rotated_from": old.kid, "statement": json.dumps(value),
+             "at": at, "first_seq": first_seq},
         )
         self.db.execute(
-            "UPDATE keys SET status = 'retired', retired_at = ? WHERE kid = ?", (at, old.kid)
+            "UPDATE keys SET status = 'retired', retired_at = :at WHERE kid = :kid",
+            {"at": at, "kid": old.kid},
         )
         rotated = self.get(key.kid)
         assert rotated is not None

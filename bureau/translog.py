@@ -14,13 +14,17 @@ Cost: proofs come from a cache of every perfect subtree's hash (`TreeLevels`: 2n
 memory, about 150 bytes a leaf with Python's objects), so a head, an inclusion proof or a
 consistency proof costs O(log² n) hashes instead of O(n). The cache is loaded from the table
 once (n leaf reads and n hashes: about 0.16 s for 100,000 leaves) and then brought up to the
-table on each use (two indexed lookups; other receivers may share the file). BENCHMARKS.md has
-the figures.
+table on each use (two indexed lookups; other receivers may share the database). BENCHMARKS.md
+has the figures.
+
+Several receivers (PostgreSQL): `append` and `backfill` take the log lock (bureau.database)
+first and hold it to COMMIT, so leaf numbers have no gap or double, each head signed covers
+exactly the leaves committed before it, and the cache reads what the previous holder
+committed.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +33,7 @@ from joserfc.jwk import OKPKey
 
 from agent.protocol.merkle import EMPTY_ROOT, consistency_path, inclusion_path, node_hash
 from agent.protocol.translog import hex_list, report_leaf, sign_head
+from bureau.database import Database
 from bureau.errors import BureauError
 
 
@@ -91,7 +96,7 @@ class TransparencyLog:
     `alert(detail)` hears of a log that no longer extends the head it signed last."""
 
     def __init__(
-        self, db: sqlite3.Connection, bureau_id: str, key: OKPKey | None = None,
+        self, db: Database, bureau_id: str, key: OKPKey | None = None,
         alert: Callable[[str], None] | None = None,
     ) -> None:
         self.db = db
@@ -108,7 +113,7 @@ class TransparencyLog:
         number (the rowid; COUNT(*) would read the whole table) and of the last cached
         leaf; the leaves added since are read, and a table that shrank or changed its last
         leaf is read again in full."""
-        last = self.db.execute("SELECT MAX(leaf_index) FROM log_leaves").fetchone()[0]
+        last = self.db.scalar("SELECT MAX(leaf_index) FROM log_leaves")
         count = 0 if last is None else int(last) + 1
         cached = len(self._tree)
         if count < cached or (cached and self._stored_leaf(cached - 1) != self._tree.leaf(
@@ -116,9 +121,9 @@ class TransparencyLog:
         )):
             self._tree, cached = TreeLevels(), 0  # rewritten under us: start again
         if count > cached:
-            for index, leaf in self.db.execute(
-                "SELECT leaf_index, leaf_hash FROM log_leaves WHERE leaf_index >= ? "
-                "ORDER BY leaf_index", (cached,),
+            for index, leaf in self.db.rows(
+                "SELECT leaf_index, leaf_hash FROM log_leaves WHERE leaf_index >= :first "
+                "ORDER BY leaf_index", {"first": cached},
             ):
                 if index != len(self._tree):
                     self._tree = TreeLevels()
@@ -130,31 +135,34 @@ class TransparencyLog:
         return self._tree
 
     def _stored_leaf(self, index: int) -> bytes | None:
-        row = self.db.execute(
-            "SELECT leaf_hash FROM log_leaves WHERE leaf_index = ?", (index,)
-        ).fetchone()
+        row = self.db.row(
+            "SELECT leaf_hash FROM log_leaves WHERE leaf_index = :index", {"index": index}
+        )
         return bytes(row[0]) if row else None
 
     def leaf(self, report_id: str, payload_sha256: str | None = None) -> Leaf | None:
         """The newest leaf of a report (of that payload, when given)."""
-        sql = f"SELECT {_LEAF_COLUMNS} FROM log_leaves WHERE report_id = ?"
-        args: tuple[str, ...] = (report_id,)
+        sql = f"SELECT {_LEAF_COLUMNS} FROM log_leaves WHERE report_id = :report_id"
+        args = {"report_id": report_id}
         if payload_sha256 is not None:
-            sql += " AND payload_sha256 = ?"
-            args += (payload_sha256,)
-        row = self.db.execute(sql + " ORDER BY leaf_index DESC LIMIT 1", args).fetchone()
+            sql += " AND payload_sha256 = :payload_sha256"
+            args["payload_sha256"] = payload_sha256
+        row = self.db.row(sql + " ORDER BY leaf_index DESC LIMIT 1", args)
         return Leaf(*row) if row else None
 
     def factory_leaves(self, factory_id: str) -> list[Leaf]:
-        return [Leaf(*row) for row in self.db.execute(
-            f"SELECT {_LEAF_COLUMNS} FROM log_leaves WHERE factory_id = ? ORDER BY leaf_index",
-            (factory_id,),
+        return [Leaf(*row) for row in self.db.rows(
+            f"SELECT {_LEAF_COLUMNS} FROM log_leaves WHERE factory_id = :factory_id "
+            "ORDER BY leaf_index",
+            {"factory_id": factory_id},
         )]
 
     # ---- appending (inside the caller's transaction) ------------------------------------
 
     def append(self, report_id: str, factory_id: str, payload_sha256: str, now: float) -> int:
-        """Append a stored report's leaf and sign the new head; returns the leaf index."""
+        """Append a stored report's leaf and sign the new head; returns the leaf index.
+        Holds the log lock until the caller's transaction commits (leaf numbers are global)."""
+        self.db.lock_log()
         tree = self.tree()
         self._check_last_head(tree)
         index = self._insert(tree, report_id, factory_id, payload_sha256, now)
@@ -165,11 +173,15 @@ class TransparencyLog:
         """Give every stored report without a leaf one (reports stored before the log
         existed), in the order received; returns how many. Appending never changes a
         head already signed."""
-        rows = self.db.execute(
+        query = (
             "SELECT report_id, factory_id, payload_sha256 FROM reports r WHERE NOT EXISTS "
             "(SELECT 1 FROM log_leaves l WHERE l.report_id = r.report_id "
             "AND l.payload_sha256 = r.payload_sha256) ORDER BY received_at, factory_id, seq"
-        ).fetchall()
+        )
+        if not self.db.rows(query + " LIMIT 1"):
+            return 0  # the usual case: no lock taken, receivers start side by side
+        self.db.lock_log()
+        rows = self.db.rows(query)
         if not rows:
             return 0
         tree = self.tree()
@@ -186,15 +198,17 @@ class TransparencyLog:
         leaf = report_leaf(payload_sha256)
         self.db.execute(
             "INSERT INTO log_leaves (leaf_index, leaf_hash, report_id, factory_id, "
-            "payload_sha256, appended_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (index, leaf, report_id, factory_id, payload_sha256, now),
+            "payload_sha256, appended_at) VALUES (:index, :leaf, :report_id, :factory_id, "
+            ":payload_sha256, :now)",
+            {"index": index, "leaf": leaf, "report_id": report_id, "factory_id": factory_id,
+             "payload_sha256": payload_sha256, "now": now},
         )
         tree.append(leaf)
         return index
 
     def _check_last_head(self, tree: TreeLevels) -> None:
         """The bureau checks itself: the leaves must still extend the head it signed last."""
-        row = self.db.execute("SELECT tree_size, root_hash FROM log_head WHERE id = 1").fetchone()
+        row = self.db.row("SELECT tree_size, root_hash FROM log_head WHERE id = 1")
         if row is None or self.alert is None:
             return
         size, root = int(row[0]), str(row[1])
@@ -207,10 +221,10 @@ class TransparencyLog:
     def _save_head(self, size: int) -> None:
         head = self.head(size)
         self.db.execute(
-            "INSERT INTO log_head (id, tree_size, root_hash, sth_jws) VALUES (1, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET tree_size = excluded.tree_size, "
+            "INSERT INTO log_head (id, tree_size, root_hash, sth_jws) VALUES (1, :size, :root, "
+            ":head) ON CONFLICT (id) DO UPDATE SET tree_size = excluded.tree_size, "
             "root_hash = excluded.root_hash, sth_jws = excluded.sth_jws",
-            (size, self._tree.root(size).hex(), head),
+            {"size": size, "root": self._tree.root(size).hex(), "head": head},
         )
 
     # ---- heads and proofs --------------------------------------------------------------
@@ -221,9 +235,9 @@ class TransparencyLog:
         if self.key is None:
             raise LogError("This log was opened without the bureau key; it cannot sign heads.")
         tree = self.tree()
-        row = self.db.execute(
-            "SELECT appended_at FROM log_leaves WHERE leaf_index = ?", (size - 1,)
-        ).fetchone()
+        row = self.db.row(
+            "SELECT appended_at FROM log_leaves WHERE leaf_index = :index", {"index": size - 1}
+        )
         if size < 1 or size > len(tree) or row is None:
             raise LogError(f"The log has no head of size {size} (it has {len(tree)} leaves).")
         root, at = tree.root(size), float(row[0])
@@ -233,9 +247,7 @@ class TransparencyLog:
 
     def latest_head(self) -> tuple[int, str, str] | None:
         """(tree size, root hex, STH JWS) of the head signed last, as stored."""
-        row = self.db.execute(
-            "SELECT tree_size, root_hash, sth_jws FROM log_head WHERE id = 1"
-        ).fetchone()
+        row = self.db.row("SELECT tree_size, root_hash, sth_jws FROM log_head WHERE id = 1")
         return (int(row[0]), str(row[1]), str(row[2])) if row else None
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
@@ -253,10 +265,11 @@ class TransparencyLog:
         if leaf is None:
             return None
         size = leaf.index + 1
-        previous = self.db.execute(
-            "SELECT MAX(leaf_index) FROM log_leaves WHERE factory_id = ? AND leaf_index < ?",
-            (leaf.factory_id, leaf.index),
-        ).fetchone()[0]
+        previous = self.db.scalar(
+            "SELECT MAX(leaf_index) FROM log_leaves WHERE factory_id = :factory_id "
+            "AND leaf_index < :index",
+            {"factory_id": leaf.factory_id, "index": leaf.index},
+        )
         link = None
         if previous is not None:
             link = {"from_size": previous + 1,

@@ -2,6 +2,11 @@
 
 tieragent bureau serve --db bureau.db --broker mqtt://127.0.0.1:1883 [--share-group G]
     [--ca-file CA.pem --cert-file CLIENT.pem --key-file CLIENT-KEY.pem]  (with mqtts://)
+
+Every command that opens the bureau database takes `--db FILE` (SQLite, the default) or
+PostgreSQL through TIERAGENT_BUREAU_DATABASE_URL=postgresql://... (or `--database-url`, for a
+URL without a password); see tieragent/commands/bureau_store.py. Several `serve` processes
+with one `--share-group` on one PostgreSQL split the reports between them.
 tieragent bureau enroll --db bureau.db --factory F --jwk agent-key.jwk.json
 tieragent bureau revoke --db bureau.db --kid KID
 tieragent bureau rotate --db bureau.db --statement rotation-KID.json
@@ -40,20 +45,25 @@ from bureau.receipts import (
 )
 from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry
-from bureau.store import SqliteReportStore
+from tieragent.commands.bureau_store import (
+    DATABASE_URL_OPTION,
+    DB_OPTION,
+    database_target,
+    describe,
+    open_store,
+)
 from tieragent.console import InvalidInput, handle_errors
 
 bureau_app = typer.Typer(help="The bureau side: receiver and key registry.", no_args_is_help=True)
 
-_DB = typer.Option(Path("bureau.db"), "--db", help="Bureau SQLite database.")
 _KEY = typer.Option(
     Path("bureau-key.pem"), "--key",
     help="Receipt-signing key (0600), made once by `tieragent bureau init-key`.")
 
 @contextmanager
-def _registry(db: Path) -> Iterator[KeyRegistry]:
+def _registry(db: Path | None, database_url: str | None) -> Iterator[KeyRegistry]:
     """The key registry of the bureau database, changed in one transaction."""
-    store = SqliteReportStore(db)
+    store = open_store(db, database_url, must_exist=False)
     try:
         with store.transaction():
             yield KeyRegistry(store.db)
@@ -64,11 +74,15 @@ def _registry(db: Path) -> Iterator[KeyRegistry]:
 @bureau_app.command("serve")
 @handle_errors
 def serve(
-    db: Path = _DB,
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
     broker: str = typer.Option(..., "--broker", help="mqtt://host:port or mqtts://host:port"),
     key: Path = _KEY,
     bureau_id: str = typer.Option("bureau", "--bureau-id", help="This bureau's id (report aud)."),
-    share_group: str | None = typer.Option(None, "--share-group", help="$share group name."),
+    share_group: str | None = typer.Option(
+        None, "--share-group",
+        help="Share reports with the other receivers of this group "
+        "($share/NAME/tieragent/v1/+/report); give them one PostgreSQL."),
     protocol: str = typer.Option(
         "auto", "--protocol", help="MQTT protocol: auto (5, then 3.1.1 if refused), 5 or 3.1.1."),
     client_id: str = typer.Option("tieragent-bureau", "--client-id"),
@@ -86,9 +100,13 @@ def serve(
     if protocol not in ("auto", "5", "3.1.1"):
         raise InvalidInput(f"--protocol {protocol!r} is not auto, 5 or 3.1.1.")
     parse_broker_url(broker)
+    if share_group is not None and not _valid_share_group(share_group):
+        raise InvalidInput(
+            f"--share-group {share_group!r}: a name without '/', '+', '#' or spaces.")
     signing_key = _load_key(key)
+    target = database_target(db, database_url)
     settings = ReceiverSettings(
-        db=db,
+        db=target,
         broker_url=broker,
         bureau_id=bureau_id,
         client_id=client_id,
@@ -114,7 +132,9 @@ def serve(
     except BrokerError:  # unreadable TLS files, or TLS files with mqtt://
         receiver.stop()
         raise
-    typer.echo(f"Bureau {bureau_id} receiving on {broker} (db {db}).", err=True)
+    group = f", share group {share_group}" if share_group else ""
+    typer.echo(f"Bureau {bureau_id} receiving on {broker}{group} (db {describe(target)}).",
+               err=True)
     while not stop.wait(1.0):
         receiver.tick()
     receiver.stop()
@@ -127,7 +147,8 @@ def serve(
 def enroll(
     factory: str = typer.Option(..., "--factory", help="Factory id issued by the bureau."),
     jwk: Path = typer.Option(..., "--jwk", help="The agent's public JWK file (keys show)."),
-    db: Path = _DB,
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
 ) -> None:
     """Register an agent's public key for a factory (offline enrollment)."""
     try:  # these errors do not name the file: add it
@@ -138,34 +159,44 @@ def enroll(
         raise InvalidInput(f"{jwk}: {error}") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{jwk}: not a JWK object.")
-    with _registry(db) as registry:
+    with _registry(db, database_url) as registry:
         key = registry.enroll(factory, value)
     typer.echo(f"Enrolled key {key.kid} for factory {key.factory_id}.")
 
 
 @bureau_app.command("revoke")
 @handle_errors
-def revoke(kid: str = typer.Option(..., "--kid"), db: Path = _DB) -> None:
+def revoke(
+    kid: str = typer.Option(..., "--kid"),
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
+) -> None:
     """Revoke a key: reports received from now on with it are rejected."""
-    with _registry(db) as registry:
+    with _registry(db, database_url) as registry:
         key = registry.revoke(kid)
     typer.echo(f"Revoked key {key.kid} of factory {key.factory_id}.")
 
 
 @bureau_app.command("rotate")
 @handle_errors
-def rotate(statement: Path = typer.Option(..., "--statement"), db: Path = _DB) -> None:
+def rotate(
+    statement: Path = typer.Option(..., "--statement"),
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
+) -> None:
     """Accept a key-rotation statement (signed by the old and the new key)."""
-    with _registry(db) as registry:
+    with _registry(db, database_url) as registry:
         key = registry.apply_rotation(statement.read_bytes())
     typer.echo(f"Added key {key.kid} for factory {key.factory_id}.")
 
 
 @bureau_app.command("list")
 @handle_errors
-def list_keys(db: Path = _DB) -> None:
+def list_keys(
+    db: Path | None = DB_OPTION, database_url: str | None = DATABASE_URL_OPTION
+) -> None:
     """List enrolled keys and report counts per factory."""
-    store = SqliteReportStore(db)
+    store = open_store(db, database_url)
     try:
         for key in KeyRegistry(store.db).enrolled():
             reports = len(store.reports(key.factory_id))
@@ -177,23 +208,23 @@ def list_keys(db: Path = _DB) -> None:
 @bureau_app.command("rejections")
 @handle_errors
 def rejections(
-    db: Path = _DB,
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
     factory: str | None = typer.Option(None, "--factory", help="Only this factory."),
     as_json: bool = typer.Option(False, "--json", help="One JSON list, for scripts."),
 ) -> None:
     """List refused reports, oldest first: when, factory, period, report id, reason."""
-    if not db.is_file():
-        raise InvalidInput(f"{db} does not exist: give the --db of `tieragent bureau serve`.")
-    store = SqliteReportStore(db)
+    store = open_store(db, database_url)
     try:
-        rows = [r for r in store.rejections() if factory is None or r.factory_id == factory]
+        rows = store.rejections(factory)
+        where = store.name
     finally:
         store.close()
     if as_json:
         typer.echo(json.dumps(
             [{k: v for k, v in asdict(r).items() if k != "jws"} for r in rows], indent=2))
         return
-    table = Table(title=f"Rejected reports in {db} ({len(rows)})")
+    table = Table(title=f"Rejected reports in {where} ({len(rows)})")
     for name in ("received (UTC)", "factory", "period", "report", "reason", "detail"):
         table.add_column(name, overflow="fold")
     for r in rows:
@@ -229,3 +260,8 @@ def _load_key(key: Path) -> OKPKey:
         return load_bureau_key(key)
     except BureauKeyMissing as error:
         raise InvalidInput(str(error)) from None
+
+
+def _valid_share_group(name: str) -> bool:
+    """MQTT 5 §4.8.2: a ShareName has no '/', '+' or '#'; spaces are refused here too."""
+    return bool(name) and not any(c in name for c in "/+# \t")

@@ -25,8 +25,9 @@ from rich.table import Table
 from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store, export_evidence
 from bureau.evidence_verify import verify_evidence_dir
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from indicators.policy import PolicyFiles
+from tieragent.commands.bureau_store import DATABASE_URL_OPTION, DB_OPTION, open_store
 from tieragent.console import (
     BENCHMARKS_OPTION,
     DECLARATIONS_OPTION,
@@ -37,7 +38,6 @@ from tieragent.console import (
 )
 from tieragent.evaluation_view import render_evaluation
 
-_DB = typer.Option(..., "--db", help="Bureau SQLite database.")
 _FACTORY = typer.Option(..., "--factory", help="Factory id.")
 _YEAR = typer.Option(..., "--year", help="Calendar year evaluated.")
 _BASE = typer.Option(
@@ -50,12 +50,8 @@ _INDUSTRY = typer.Option(None, "--industry-code", help="Override the reports' in
 _PROVINCE = typer.Option(None, "--province", help="Override the reports' province.")
 
 
-def _open(db: Path) -> SqliteReportStore:
-    if not db.is_file():
-        raise InvalidInput(
-            f"{db}: no bureau database here (give --db the file `bureau serve` writes)."
-        )
-    return SqliteReportStore(db)
+def _open(db: Path | None, database_url: str | None) -> SqlReportStore:
+    return open_store(db, database_url)
 
 
 def _existing(path: Path | None, what: str) -> Path | None:
@@ -88,7 +84,8 @@ def _baseline_year(year: int, option: int | None, declarations: Path | None) -> 
 
 
 def _run(
-    db: Path,
+    db: Path | None,
+    database_url: str | None,
     factory: str,
     year: int,
     policy: Path,
@@ -111,7 +108,7 @@ def _run(
         overrides["industry_code"] = industry_code
     if province is not None:
         overrides["province"] = province
-    store = _open(db)
+    store = _open(db, database_url)
     try:
         files.load()  # file problems first, whatever the store holds
         baseline = _baseline_year(year, baseline_year, declarations)
@@ -139,7 +136,8 @@ def _run(
 
 @handle_errors
 def evaluate_command(
-    db: Path = _DB,
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
     factory: str = _FACTORY,
     year: int = _YEAR,
     policy: Path = POLICY_OPTION,
@@ -154,6 +152,7 @@ def evaluate_command(
     """Evaluate a factory's year from its accepted daily reports."""
     result = _run(
         db,
+        database_url,
         factory,
         year,
         policy,
@@ -174,7 +173,8 @@ def evaluate_command(
 
 @handle_errors
 def evidence_command(
-    db: Path = _DB,
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
     factory: str = _FACTORY,
     year: int = _YEAR,
     out: Path = typer.Option(..., "--out", help="Evidence folder to create (new or empty)."),
@@ -191,6 +191,7 @@ def evidence_command(
     """Write the evidence folder: signed reports, keys, evaluation, manifest, HTML report."""
     result = _run(
         db,
+        database_url,
         factory,
         year,
         policy,

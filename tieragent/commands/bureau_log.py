@@ -18,12 +18,13 @@ import typer
 
 from agent.protocol.envelope import Kind, unverified_payload
 from agent.protocol.translog import hex_list
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from bureau.translog import LogError, TransparencyLog
+from tieragent.commands.bureau_store import DATABASE_URL_OPTION, DB_OPTION, open_store
 from tieragent.console import InvalidInput, handle_errors
 
 
-def _receipt_head(store: SqliteReportStore, report_id: str) -> str | None:
+def _receipt_head(store: SqlReportStore, report_id: str) -> str | None:
     """The log head in the stored receipt of a report (None: not stored, or no log)."""
     stored = store.get(report_id)
     if stored is None:
@@ -33,7 +34,7 @@ def _receipt_head(store: SqliteReportStore, report_id: str) -> str | None:
 
 
 def log_state(
-    store: SqliteReportStore, factory: str | None, report: str | None
+    store: SqlReportStore, factory: str | None, report: str | None
 ) -> dict[str, Any]:
     """What `bureau log` prints, as one JSON-able dict; InvalidInput for an unknown
     report or a report of another factory."""
@@ -41,9 +42,9 @@ def log_state(
     try:
         tree = translog.tree()
     except LogError as error:
-        raise InvalidInput(f"{store.path}: {error}") from None
+        raise InvalidInput(f"{store.name}: {error}") from None
     latest = translog.latest_head()
-    result: dict[str, Any] = {"db": str(store.path), "leaves": len(tree), "head": None}
+    result: dict[str, Any] = {"db": store.name, "leaves": len(tree), "head": None}
     if latest is not None:
         size, root, jws = latest
         result["head"] = {
@@ -66,7 +67,7 @@ def log_state(
         leaf = translog.leaf(report)
         if leaf is None or (factory is not None and leaf.factory_id != factory):
             where = f" of factory {factory}" if factory else ""
-            raise InvalidInput(f"Report {report}{where} has no leaf in the log of {store.path}.")
+            raise InvalidInput(f"Report {report}{where} has no leaf in the log of {store.name}.")
         size = latest[0] if latest is not None and latest[0] > leaf.index else len(tree)
         result["report"] = {
             "report_id": report,
@@ -82,15 +83,14 @@ def log_state(
 
 @handle_errors
 def log_command(
-    db: Path = typer.Option(Path("bureau.db"), "--db", help="Bureau SQLite database."),
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
     factory: str | None = typer.Option(None, "--factory", help="Also this factory's leaves."),
     report: str | None = typer.Option(None, "--report", help="Inclusion proof of this report."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object, for scripts."),
 ) -> None:
     """Show the transparency log's signed head; a factory's leaves; a report's proof."""
-    if not db.is_file():
-        raise InvalidInput(f"{db} does not exist: give the --db of `tieragent bureau serve`.")
-    store = SqliteReportStore(db)
+    store = open_store(db, database_url)
     try:
         state = log_state(store, factory, report)
     finally:
@@ -100,7 +100,7 @@ def log_command(
         return
     head = state["head"]
     if head is None:
-        typer.echo(f"{db}: the log has {state['leaves']} leaves and no signed head yet.")
+        typer.echo(f"{state['db']}: the log has {state['leaves']} leaves and no signed head yet.")
     else:
         typer.echo(f"Signed tree head: size {head['tree_size']}, root {head['root_hash']}, "
                    f"{head['timestamp']}")

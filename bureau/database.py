@@ -1,0 +1,258 @@
+"""The bureau database: one SQLAlchemy connection to SQLite (the embedded default) or
+PostgreSQL, its schema brought to the newest migration at open (bureau/migrations/).
+
+`Database(target)` takes a file path (SQLite) or a `postgresql://` URL. SQL is written once
+for both, as `text()` with named parameters (`:factory_id`); the few dialect differences
+(locks, integrity checks) are methods here.
+
+Transactions are explicit: `with db.transaction():` is one transaction (joined when already
+inside one); a query outside one runs in its own short transaction. On SQLite a transaction
+is `BEGIN IMMEDIATE`: it takes the file's write lock at once, which serialises writers in
+every process, so `lock_factory` and `lock_log` have nothing to add. On PostgreSQL
+(READ COMMITTED) several receivers write at once; they serialise what must be serial with
+transaction-scoped advisory locks:
+
+- `lock_factory(factory_id)` at the start of a message's transaction: its chain checks
+    (duplicate, fork, link to seq - 1 and seq + 1) and the writes they decide run alone for
+    that factory, and read what the previous holder committed.
+- `lock_log()` before the transparency log appends a leaf: leaf numbers are global, and the
+    lock held to COMMIT keeps the committed leaves a gapless prefix whose signed head is the
+    one stored in `log_head`.
+
+The order is always factory, then log, so two transactions never wait on each other in a
+cycle.
+
+Errors: a database that cannot be opened raises ReportStoreError naming the file (or the
+URL without its password) and the next step, in one line.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, TextClause, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import NullPool
+
+from bureau.errors import BureauError
+
+DATABASE_URL_ENV = "TIERAGENT_BUREAU_DATABASE_URL"
+
+# Advisory lock keys (pg_advisory_xact_lock(namespace, key)): the namespace keeps the
+# bureau's locks apart from anything else sharing the PostgreSQL database.
+_LOCK_NAMESPACE = 0x7A6E  # "tieragent bureau"
+_LOG_LOCK = 1
+_MIGRATION_LOCK = 2
+
+Params = Mapping[str, Any]
+
+
+class ReportStoreError(BureauError):
+    """The bureau database cannot be used; str() names the file and the next step."""
+
+
+def is_database_url(target: str | Path) -> bool:
+    return isinstance(target, str) and "://" in target
+
+
+def safe_name(target: str | Path) -> str:
+    """How to name the database in messages and logs: a path, or the URL without password."""
+    if not is_database_url(target):
+        return str(target)
+    try:
+        return make_url(str(target)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the database URL (not a valid URL)"
+
+
+class Database:
+    """One connection to the bureau database (not thread-safe: callers serialise, as the
+    receiver does with its lock)."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.name = safe_name(target)
+        self.path: Path | None = None if is_database_url(target) else Path(target)
+        self._texts: dict[str, TextClause] = {}
+        self._immediate = threading.local()
+        try:
+            self.engine = self._engine(target)
+            self.dialect = self.engine.dialect.name
+            self.conn = self.engine.connect()
+        except DBAPIError as error:
+            raise ReportStoreError(self._cannot_open(error)) from None
+        try:
+            if self.dialect == "sqlite":
+                self._sqlite_checks()
+            from bureau.migrations.run import upgrade_to_head
+
+            upgrade_to_head(self)
+        except DBAPIError as error:
+            self.close()
+            raise ReportStoreError(self._cannot_open(error)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- opening --------------------------------------------------------------------
+
+    def _engine(self, target: str | Path) -> Engine:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                URL.create("sqlite", database=str(self.path)), poolclass=NullPool,
+                connect_args={"timeout": 30.0, "check_same_thread": False},
+            )
+            event.listen(engine, "connect", _sqlite_connect)
+            event.listen(engine, "begin", self._sqlite_begin)
+            return engine
+        try:
+            url = make_url(str(target))
+        except ArgumentError:
+            raise ReportStoreError(
+                "The bureau database URL is not a URL: give postgresql://USER@HOST:PORT/DB "
+                f"(the password in ${DATABASE_URL_ENV} or ~/.pgpass)."
+            ) from None
+        if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+            url = url.set(drivername="postgresql+psycopg")
+        else:
+            raise ReportStoreError(
+                f"{self.name}: the bureau stores reports in SQLite (--db FILE) or PostgreSQL "
+                "(postgresql://...); give one of those."
+            )
+        try:
+            return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+        except NoSuchModuleError:  # pragma: no cover - psycopg is a dependency
+            raise ReportStoreError("PostgreSQL needs psycopg: pip install 'psycopg[binary]'.") \
+                from None
+
+    def _sqlite_checks(self) -> None:
+        # On the driver's connection: through SQLAlchemy these would open a transaction, and
+        # journal_mode cannot change inside one.
+        raw = self.conn.connection.dbapi_connection
+        assert raw is not None
+        row = raw.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise ReportStoreError(
+                f"{self.name}: integrity check failed; the file was not modified. Restore it "
+                "from a backup, or give --db a new file."
+            )
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=FULL")
+
+    def _sqlite_begin(self, conn: Connection) -> None:
+        """SQLAlchemy's recipe for pysqlite: we issue BEGIN ourselves (pysqlite's implicit
+        transactions are off, see _sqlite_connect). IMMEDIATE for `transaction()`."""
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if self._wants_immediate() else "BEGIN")
+
+    def _wants_immediate(self) -> bool:
+        return bool(getattr(self._immediate, "on", False))
+
+    def _cannot_open(self, error: DBAPIError) -> str:
+        # The driver's first line only: psycopg adds hints on further lines, and neither
+        # driver repeats the password.
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        if self.path is not None:
+            return f"{self.name}: the bureau database cannot be opened ({reason})."
+        return (
+            f"{self.name}: cannot connect to the bureau's PostgreSQL ({reason}); check the "
+            f"server, the URL and the password (${DATABASE_URL_ENV} or ~/.pgpass)."
+        )
+
+    def close(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    # ---- transactions and locks ---------------------------------------------------------
+
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction, committed at the end and rolled back on any exception; inside
+        another, it joins it."""
+        if self.conn.in_transaction():
+            yield
+            return
+        self._immediate.on = True
+        try:
+            with self.conn.begin():
+                self._immediate.on = False
+                yield
+        finally:
+            self._immediate.on = False
+
+    def lock_factory(self, factory_id: str) -> None:
+        """Serialise this factory's messages until COMMIT (PostgreSQL; SQLite's IMMEDIATE
+        transaction already holds the whole file)."""
+        if self.dialect == "postgresql":
+            self.execute(
+                "SELECT pg_advisory_xact_lock(:ns, hashtext(:factory_id))",
+                {"ns": _LOCK_NAMESPACE, "factory_id": factory_id},
+            )
+
+    def lock_log(self) -> None:
+        """Serialise appends to the transparency log until COMMIT (PostgreSQL)."""
+        if self.dialect == "postgresql":
+            self.execute("SELECT pg_advisory_xact_lock(:ns, :key)",
+                         {"ns": _LOCK_NAMESPACE, "key": _LOG_LOCK})
+
+    def lock_migrations(self) -> None:
+        """One process migrates at a time (PostgreSQL; SQLite: IMMEDIATE)."""
+        if self.dialect == "postgresql":
+            self.execute("SELECT pg_advisory_xact_lock(:ns, :key)",
+                         {"ns": _LOCK_NAMESPACE, "key": _MIGRATION_LOCK})
+
+    # ---- statements -------------------------------------------------------------------
+
+    def _text(self, sql: str) -> TextClause:
+        clause = self._texts.get(sql)
+        if clause is None:
+            clause = self._texts[sql] = text(sql)
+        return clause
+
+    def _rows(self, sql: str, params: Params | None) -> Sequence[Row[Any]]:
+        if self.conn.in_transaction():
+            return self.conn.execute(self._text(sql), dict(params or {})).all()
+        with self.conn.begin():
+            return self.conn.execute(self._text(sql), dict(params or {})).all()
+
+    def execute(self, sql: str, params: Params | None = None) -> None:
+        """A statement whose rows are not needed (INSERT, UPDATE, DELETE, a lock)."""
+        if self.conn.in_transaction():
+            self.conn.execute(self._text(sql), dict(params or {}))
+            return
+        with self.conn.begin():
+            self.conn.execute(self._text(sql), dict(params or {}))
+
+    def rows(self, sql: str, params: Params | None = None) -> Sequence[Row[Any]]:
+        return self._rows(sql, params)
+
+    def row(self, sql: str, params: Params | None = None) -> Row[Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    def scalar(self, sql: str, params: Params | None = None) -> Any:
+        row = self.row(sql, params)
+        return None if row is None else row[0]
+
+    def integrity_ok(self) -> bool:
+        """SQLite's full integrity check; PostgreSQL checks its pages itself."""
+        if self.dialect != "sqlite":
+            return True
+        return bool(self.scalar("PRAGMA integrity_check") == "ok")
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling off: Database issues BEGIN (IMMEDIATE) itself.
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA busy_timeout=30000")
