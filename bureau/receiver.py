@@ -30,7 +30,6 @@ from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import sha256_hex
 from agent.protocol.mqtt import (
     REPORT_FILTER,
-    report_topic_factory,
     ROTATE_FILTER,
     BrokerSettings,
     ConnectFailures,
@@ -38,6 +37,7 @@ from agent.protocol.mqtt import (
     connect_error,
     make_client,
     receipt_topic,
+    report_topic_factory,
 )
 from agent.protocol.report import IndicatorFn
 from bureau.receipts import receipt_payload, sign_receipt

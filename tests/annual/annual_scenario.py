@@ -40,7 +40,7 @@ class Scenario:
 
     sim: SimPeriod
     baseline: SimPeriod
-    db: Path
+    db: Path | str  # the bureau database: a SQLite file (a PostgreSQL URL in test_coverage)
     key: OKPKey
 
 

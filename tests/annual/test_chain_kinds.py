@@ -23,7 +23,7 @@ from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store, export_evidence, manifest_bytes
 from bureau.evidence_verify import verify_evidence_dir
 from bureau.html_report import render_html
-from bureau.store import ACCEPTED, PENDING_LINK, SqliteReportStore
+from bureau.store import ACCEPTED, PENDING_LINK, SqlReportStore
 from indicators.policy import PolicyFiles
 from tests.support.bureau_receiver import start_bureau
 from tests.support.chain_reports import MIXED, commit, commit_mixed
@@ -38,15 +38,15 @@ THROUGH = date(2025, 3, 31)
 
 @dataclass(frozen=True)
 class Chain:
-    db: Path
+    db: Path | str  # a SQLite file or a PostgreSQL URL
     delivered: list[int]  # the seqs the bureau received
 
 
-def _bureau(root: Path, missing: bool) -> Chain:
+def _bureau(root: Path, database: Path | str, missing: bool) -> Chain:
     """The MIXED chain (seq 1-7) at a bureau; with `missing`, then day Mar 3 (seq 8) signed but
     never delivered and Mar 4 (seq 9) delivered: seq 8 is really missing."""
     key = OKPKey.generate_key("Ed25519")
-    bureau = start_bureau(root / "bureau.db", None, {FACTORY: key}, key=BUREAU_KEY)
+    bureau = start_bureau(database, None, {FACTORY: key}, key=BUREAU_KEY)
     outbox = Outbox(root / "outbox.db")
     items = commit_mixed(outbox, key)
     if missing:
@@ -60,27 +60,45 @@ def _bureau(root: Path, missing: bool) -> Chain:
         delivered.append(item.seq)
     bureau.receiver.stop()
     outbox.close()
-    store = SqliteReportStore(root / "bureau.db")
+    store = SqlReportStore(database)
     try:
         states = {r.seq: r.state for r in store.reports(FACTORY)}
     finally:
         store.close()
     assert all(states.get(seq, PENDING_LINK) == ACCEPTED for seq in range(1, 8)), states
-    return Chain(root / "bureau.db", delivered)
+    return Chain(database, delivered)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The chains are stored on SQLite, then on PostgreSQL (tests/conftest.py)."""
+    return str(request.param)
+
+
+def _database(request: pytest.FixtureRequest, backend: str, root: Path) -> Path | str:
+    if backend == "sqlite":
+        return root / "bureau.db"
+    return str(request.getfixturevalue("postgres_server").create_database())
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    return _bureau(tmp_path_factory.mktemp("mixed"), missing=False)
+def mixed(
+    request: pytest.FixtureRequest, backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Chain:
+    root = tmp_path_factory.mktemp("mixed")
+    return _bureau(root, _database(request, backend, root), missing=False)
 
 
 @pytest.fixture(scope="module")
-def with_gap(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    return _bureau(tmp_path_factory.mktemp("gap"), missing=True)
+def with_gap(
+    request: pytest.FixtureRequest, backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Chain:
+    root = tmp_path_factory.mktemp("gap")
+    return _bureau(root, _database(request, backend, root), missing=True)
 
 
 def _evaluate(chain: Chain) -> AnnualEvaluation:
-    store = SqliteReportStore(chain.db)
+    store = SqlReportStore(chain.db)
     try:
         return evaluate_from_store(store, FACTORY, 2025, FILES, through=THROUGH)[0]
     finally:
@@ -88,7 +106,7 @@ def _evaluate(chain: Chain) -> AnnualEvaluation:
 
 
 def _export(chain: Chain, out: Path) -> Path:
-    store = SqliteReportStore(chain.db)
+    store = SqlReportStore(chain.db)
     try:
         export_evidence(store, FACTORY, 2025, out, FILES, through=THROUGH,
                         bureau_key=BUREAU_KEY)
@@ -101,7 +119,7 @@ def _printout(chain: Chain) -> str:
     app = Typer()
     register(app)
     result = CliRunner().invoke(app, [
-        "evaluate", "--db", str(chain.db), "--factory", FACTORY, "--year", "2025",
+        "evaluate", *_where(chain), "--factory", FACTORY, "--year", "2025",
         "--through", THROUGH.isoformat(), "--benchmarks", str(BENCHMARKS),
         "--declarations", str(DECLARATIONS), "--baseline-year", "2024",
     ])
@@ -178,3 +196,10 @@ def test_a_really_missing_seq_is_still_a_gap(with_gap: Chain, tmp_path: Path) ->
     evaluation: dict[str, Any] = json.loads((folder / "evaluation.json").read_text())
     assert evaluation["chain"]["gaps"] == [{"after_seq": 7, "next_seq": 9}]
     assert verify_evidence_dir(folder).problems == []
+
+
+def _where(chain: Chain) -> list[str]:
+    """The CLI options that name the chain's database."""
+    if isinstance(chain.db, str):
+        return ["--database-url", chain.db]
+    return ["--db", str(chain.db)]

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import date
+from pathlib import Path
 
+import pytest
 from annual_scenario import REJECTED_DAY, UNDELIVERED, Scenario
 from simdata import BENCHMARKS, DECLARATIONS, FACTORY, POLICY, report_params
 
 from bureau.annual import AnnualEvaluation
 from bureau.evidence_export import evaluate_from_store
 from bureau.html_report import render_html
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from indicators.baseline import improvement
 from indicators.catalog import Params
 from indicators.policy import PolicyFiles
+from tests.support.postgres import copy_sqlite_bureau
 
 FILES = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def scenario(request: pytest.FixtureRequest, scenario: Scenario) -> Scenario:
+    """The annual scenario's bureau as delivered (SQLite), then the same rows copied into
+    PostgreSQL: the store-level evaluation must read the same year from both."""
+    if request.param == "sqlite":
+        return scenario
+    url = request.getfixturevalue("postgres_server").create_database()
+    assert isinstance(scenario.db, Path)
+    copy_sqlite_bureau(scenario.db, url)
+    return dataclasses.replace(scenario, db=url)
+
+
 def _evaluate(scenario: Scenario, through: date) -> AnnualEvaluation:
-    store = SqliteReportStore(scenario.db)
+    store = SqlReportStore(scenario.db)
     try:
         return evaluate_from_store(store, FACTORY, 2025, FILES, baseline_year=2024,
                                    through=through)[0]

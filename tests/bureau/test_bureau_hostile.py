@@ -7,6 +7,7 @@ import base64
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,11 @@ def agent_key() -> OKPKey:
 
 
 @pytest.fixture
-def bureau(tmp_path: Path, agent_key: OKPKey) -> Bureau:
-    return start_bureau(tmp_path / "bureau.db", None, {FACTORY: agent_key})
+def bureau(bureau_database: Path | str, agent_key: OKPKey) -> Iterator[Bureau]:
+    """A receiver on SQLite, then on PostgreSQL (tests/conftest.py)."""
+    bureau = start_bureau(bureau_database, None, {FACTORY: agent_key})
+    yield bureau
+    bureau.receiver.stop()
 
 
 def _signed(key: OKPKey, report: dict[str, Any]) -> bytes:

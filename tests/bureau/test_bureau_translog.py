@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,11 @@ def keys() -> dict[str, OKPKey]:
 
 
 @pytest.fixture
-def bureau(tmp_path: Path, keys: dict[str, OKPKey]) -> Bureau:
-    return start_bureau(tmp_path / "bureau.db", None, keys)
+def bureau(bureau_database: Path | str, keys: dict[str, OKPKey]) -> Iterator[Bureau]:
+    """A receiver on SQLite, then on PostgreSQL (tests/conftest.py)."""
+    bureau = start_bureau(bureau_database, None, keys)
+    yield bureau
+    bureau.receiver.stop()
 
 
 def _chain(key: OKPKey, factory: str, days: range) -> list[bytes]:
@@ -198,8 +202,9 @@ def test_bureau_log_command_prints_the_head_and_a_proof(
             _send(bureau, factory, message)
     report_id = bureau.receiver.store.reports(FACTORY)[1].report_id
     _register_subcommands()
-    args = ["bureau", "log", "--db", str(bureau.receiver.settings.db), "--factory", FACTORY,
-            "--report", report_id]
+    target = bureau.receiver.settings.db
+    where = ["--database-url", target] if isinstance(target, str) else ["--db", str(target)]
+    args = ["bureau", "log", *where, "--factory", FACTORY, "--report", report_id]
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     state = json.loads(result.output)

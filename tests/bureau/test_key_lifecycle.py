@@ -5,6 +5,7 @@ revocation and re-enrolment. Driven through `Receiver.handle`, the path of on_me
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,11 @@ def k1() -> OKPKey:
 
 
 @pytest.fixture
-def bureau(tmp_path: Path, k1: OKPKey) -> Bureau:
-    return start_bureau(tmp_path / "bureau.db", None, {FACTORY: k1})
+def bureau(bureau_database: Path | str, k1: OKPKey) -> Iterator[Bureau]:
+    """A receiver on SQLite, then on PostgreSQL (tests/conftest.py)."""
+    bureau = start_bureau(bureau_database, None, {FACTORY: k1})
+    yield bureau
+    bureau.receiver.stop()
 
 
 def test_retired_key_signs_nothing_at_or_after_the_rotation_seq(bureau: Bureau, k1: OKPKey) -> None:

@@ -25,14 +25,15 @@ class Bureau:
 
 
 def start_bureau(
-    db: Path,
+    db: Path | str,
     broker_url: str | None,
     agent_keys: dict[str, OKPKey],
     protocol: str = "5",
     key: OKPKey | None = None,
     **settings: Any,
 ) -> Bureau:
-    """`key`: the bureau's receipt key (a new one when None)."""
+    """`db`: a SQLite file or a postgresql:// URL; `key`: the bureau's receipt key (a new one
+    when None)."""
     key = key or OKPKey.generate_key("Ed25519")
     receiver = Receiver(
         ReceiverSettings(
