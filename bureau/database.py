@@ -28,11 +28,12 @@ URL without its password) and the next step, in one line.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Row, TextClause, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -50,6 +51,8 @@ _LOG_LOCK = 1
 _MIGRATION_LOCK = 2
 
 Params = Mapping[str, Any]
+if TYPE_CHECKING:
+    DbRow = Row[*tuple[Any, ...]]  # a row of any width (SQLAlchemy 2.1's typing)
 
 
 class ReportStoreError(BureauError):
@@ -91,7 +94,7 @@ class Database:
             from bureau.migrations.run import upgrade_to_head
 
             upgrade_to_head(self)
-        except DBAPIError as error:
+        except (DBAPIError, sqlite3.DatabaseError) as error:  # the latter: PRAGMAs on the file
             self.close()
             raise ReportStoreError(self._cannot_open(error)) from None
         except BaseException:
@@ -152,10 +155,11 @@ class Database:
     def _wants_immediate(self) -> bool:
         return bool(getattr(self._immediate, "on", False))
 
-    def _cannot_open(self, error: DBAPIError) -> str:
+    def _cannot_open(self, error: DBAPIError | sqlite3.DatabaseError) -> str:
         # The driver's first line only: psycopg adds hints on further lines, and neither
         # driver repeats the password.
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        cause = error.orig if isinstance(error, DBAPIError) else error
+        reason = (str(cause).strip().splitlines() or [type(error).__name__])[0]
         if self.path is not None:
             return f"{self.name}: the bureau database cannot be opened ({reason})."
         return (
@@ -220,7 +224,7 @@ class Database:
             clause = self._texts[sql] = text(sql)
         return clause
 
-    def _rows(self, sql: str, params: Params | None) -> Sequence[Row[Any]]:
+    def _rows(self, sql: str, params: Params | None) -> Sequence[DbRow]:
         if self.conn.in_transaction():
             return self.conn.execute(self._text(sql), dict(params or {})).all()
         with self.conn.begin():
@@ -234,10 +238,10 @@ class Database:
         with self.conn.begin():
             self.conn.execute(self._text(sql), dict(params or {}))
 
-    def rows(self, sql: str, params: Params | None = None) -> Sequence[Row[Any]]:
+    def rows(self, sql: str, params: Params | None = None) -> Sequence[DbRow]:
         return self._rows(sql, params)
 
-    def row(self, sql: str, params: Params | None = None) -> Row[Any] | None:
+    def row(self, sql: str, params: Params | None = None) -> DbRow | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
 

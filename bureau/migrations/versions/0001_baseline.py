@@ -22,7 +22,7 @@ depends_on = None
 
 # INTEGER on SQLite (a rowid alias for single-column keys), BIGINT on PostgreSQL.
 Int64 = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Epoch = sa.Double()  # seconds since 1970, with fractions
+Epoch: sa.Double[float] = sa.Double()  # seconds since 1970, with fractions
 
 
 def upgrade() -> None:
