@@ -50,11 +50,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteReportStore(Path(folder) / "bureau.db")
         with store.transaction():
-            store.db.executemany(
+            store.db.execute_many(
                 "INSERT INTO log_leaves (leaf_index, leaf_hash, report_id, factory_id, "
-                "payload_sha256, appended_at) VALUES (?, ?, ?, ?, ?, ?)",
-                ((i, report_leaf(_sha(i)), f"r{i}", f"f{i % FACTORIES}", _sha(i), 1e9 + i)
-                 for i in range(args.leaves)),
+                "payload_sha256, appended_at) VALUES (:i, :leaf, :report, :factory, :sha, :at)",
+                [{"i": i, "leaf": report_leaf(_sha(i)), "report": f"r{i}",
+                  "factory": f"f{i % FACTORIES}", "sha": _sha(i), "at": 1e9 + i}
+                 for i in range(args.leaves)],
             )
         started = time.perf_counter()
         log = TransparencyLog(store.db, "bureau-bench", key)

@@ -238,6 +238,17 @@ class Database:
         with self.conn.begin():
             self.conn.execute(self._text(sql), dict(params or {}))
 
+    def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
+        """One statement for many parameter sets (the driver's executemany)."""
+        if not rows:
+            return
+        values = [dict(row) for row in rows]
+        if self.conn.in_transaction():
+            self.conn.execute(self._text(sql), values)
+            return
+        with self.conn.begin():
+            self.conn.execute(self._text(sql), values)
+
     def rows(self, sql: str, params: Params | None = None) -> Sequence[DbRow]:
         return self._rows(sql, params)
 
