@@ -185,12 +185,24 @@ def _conditions(result: Mapping[str, Any]) -> str:
             + _num("td", c["threshold"], unit, ref + "/threshold", condition=cid, field="threshold")
             + f"<td>{escape(SOURCE_LABELS.get(c['source'], c['source']))}{threshold_ref}</td>"
             f'<td class="{c["status"]}">{escape(STATUS_LABELS.get(c["status"], c["status"]))}'
-            f"{gap}</td><td>{escape(c['reason'] or '')}</td></tr>"
+            f"{gap}</td><td>{escape(c['reason'] or '')}{_declared_documents(c)}</td></tr>"
         )
     return (
         "<h2>评价条件 Conditions</h2>"
         f'<table id="conditions"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
     )
+
+
+def _declared_documents(condition: Mapping[str, Any]) -> str:
+    """A declared condition's document references (the declared-conditions section has the
+    titles and the declarant): a declared "yes" never stands without them."""
+    if condition["source"] != "declared":
+        return ""
+    documents = condition.get("evidence", {}).get("documents") or []
+    if not documents:
+        return '<br><span class="fail">无证明文件 no documents</span>'
+    refs = ", ".join(escape(str(d.get("reference"))) for d in documents)
+    return f'<br><span class="small">文件 documents: {refs}</span>'
 
 
 def _indicators(result: Mapping[str, Any]) -> str:

@@ -166,6 +166,9 @@ def test_declared_conditions_show_documents_and_declarant(evidence: Path) -> Non
     for item in declarations.items.values():
         for doc in item.documents:
             assert doc.reference in html
+    conditions = html[html.index('<table id="conditions">'):html.index("</table>")]
+    rows = [row for row in conditions.split("<tr")[1:] if 'data-source="declared"' in row]
+    assert rows and all("documents" in row for row in rows)
 
 
 def test_no_none_and_no_empty_baseline_without_baseline_or_benchmarks(
