@@ -4,7 +4,10 @@ Layout (every path relative to the folder):
     manifest.json              format, factory, year, evaluation arguments, every report entry
                                (file, role, day, state, reason) and the SHA-256 of every file
     evaluation.json            `AnnualEvaluation.to_json()`
+    details.json               per-device breakdown, issue and receipt dates, declarant
+                               (bureau.evidence_details; verify recomputes it)
     report.html                the self-contained evidence report (bureau.html_report)
+    report.pdf                 the same report printed to A4 (bureau.pdf_report)
     reports/<day>_<seq>_<id>.jws    the year's stored daily reports, bytes as received
     chain/<seq>_<kind>_<key>_<id>.jws   the other stored reports of the factory's chain between
                                the first and the last seq of the year (month and year reports,
@@ -44,9 +47,11 @@ from bureau.annual import (
     DayEntry,
     evaluate_year,
 )
+from bureau.evidence_details import DETAILS_NAME, build_details
 from bureau.evidence_log import write_log
 from bureau.evidence_seal import BUREAU_KEY_NAME, SEAL_NAME, bureau_jwk_text, key_view, seal
 from bureau.html_report import render_html
+from bureau.pdf_report import render_pdf
 from bureau.registry import KeyRegistry
 from bureau.store import ACCEPTED, REJECTED, SqliteReportStore, StoredReport
 from indicators.policy import PolicyFiles
@@ -170,8 +175,10 @@ def export_evidence(
     through: date | None = None,
     overrides: Mapping[str, Any] | None = None,
     bureau_key: OKPKey,
+    pdf: bool = True,
 ) -> ExportSummary:
-    """Write the evidence folder into `out` (absent or empty), sealed with `bureau_key`.
+    """Write the evidence folder into `out` (absent or empty), sealed with `bureau_key`;
+    `pdf` False leaves out report.pdf (its render takes the longest).
     Raises AnnualError on user mistakes (unknown factory, no reports, bad files, non-empty
     folder)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -237,7 +244,15 @@ def export_evidence(
             inputs[name] = writer.raw(f"inputs/{INPUT_NAMES[name]}", path.read_bytes())
     result_json = result.to_json()
     writer.text("evaluation.json", _dumps(result_json))
-    writer.text("report.html", render_html(result_json))
+    receipts = {r.report_id: r.receipt_jws for r in store.reports(factory_id)}
+    details = build_details(
+        result_json, [*entries, *chain], receipts, files.load().declarations
+    )
+    writer.text(DETAILS_NAME, _dumps(details))
+    html = render_html(result_json, details)
+    writer.text("report.html", html)
+    if pdf:
+        writer.raw("report.pdf", render_pdf(html))
     manifest = {
         "format": EVIDENCE_FORMAT,
         "factory_id": factory_id,

@@ -12,8 +12,11 @@ Checks, each problem one sentence naming the file and what inside it is wrong:
 4. The evaluation recomputes: the annual evaluation is run again from the reports' base measures
    and the folder's policy files, and compared with evaluation.json value by value.
 5. report.html shows the evaluation's numbers: every element with `data-ref` holds, in
-   `data-value` and in its text, the value evaluation.json has at that pointer; every condition
-   of the evaluation has its row in the conditions table.
+   `data-value` and in its text, the value evaluation.json (details.json with
+   `data-doc="details"`) has at that pointer; every condition of the evaluation has its row in
+   the conditions table. details.json (per-device breakdown, issue and receipt dates,
+   declarant) is recomputed from the reports, the receipts in log/proofs.json and the
+   declarations file (bureau.evidence_details).
 
 6. The transparency log (bureau.evidence_log): every report file is in the log's signed head,
    and that head extends the head in every report's stored receipt (signed by the bureau key).
@@ -38,6 +41,7 @@ from typing import Any
 from agent.protocol.chain import ChainEntry, walk_chain
 from agent.protocol.envelope import EnvelopeError, Kind, peek_compact, thumbprint, verify_compact
 from bureau.annual import AnnualError, DayEntry, evaluate_year
+from bureau.evidence_details import verify_details
 from bureau.evidence_export import EVIDENCE_FORMAT, INPUT_NAMES, manifest_bytes
 from bureau.evidence_log import check_log, folder_keys
 from bureau.evidence_seal import BUREAU_KEY_NAME, SEAL_NAME, check_report_key, check_seal
@@ -114,7 +118,13 @@ def verify_evidence_dir(
     evaluation = _load_json(path / "evaluation.json", result)
     if evaluation is not None:
         _check_recompute(path, manifest, entries, baseline, chain, evaluation, result)
-        _check_html(path, evaluation, result)
+        declarations = (manifest.get("inputs") or {}).get("declarations")
+        details = verify_details(  # per-device table, issue and receipt dates, declarant
+            path, evaluation, [*entries, *chain],
+            path / f"inputs/{INPUT_NAMES['declarations']}" if declarations else None,
+            result.problems,
+        )
+        _check_html(path, {"evaluation": evaluation, "details": details}, result)
     return result
 
 
@@ -386,7 +396,7 @@ def resolve(document: Any, ref: str) -> Any:
 def _where(attrs: dict[str, str], line: int) -> str:
     context = [
         f"{name.removeprefix('data-')} {attrs[name]}"
-        for name in ("data-condition", "data-indicator", "data-month", "data-field")
+        for name in ("data-condition", "data-indicator", "data-month", "data-field", "data-device")
         if name in attrs
     ]
     return (
@@ -394,7 +404,10 @@ def _where(attrs: dict[str, str], line: int) -> str:
     )
 
 
-def _check_html(path: Path, evaluation: Any, result: EvidenceResult) -> None:
+def _check_html(path: Path, documents: Mapping[str, Any], result: EvidenceResult) -> None:
+    """`documents`: evaluation.json and details.json by the name a cell's data-doc gives
+    (evaluation when it gives none)."""
+    evaluation = documents["evaluation"]
     try:
         text = (path / "report.html").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -406,10 +419,11 @@ def _check_html(path: Path, evaluation: Any, result: EvidenceResult) -> None:
     for attrs, shown, line in parser.numbers:
         where = _where(attrs, line)
         result.numbers += 1
+        doc = attrs.get("data-doc", "evaluation")
         try:
-            expected = resolve(evaluation, attrs["data-ref"])
+            expected = resolve(documents.get(doc), attrs["data-ref"])
         except (KeyError, IndexError, ValueError, TypeError):
-            result.problems.append(f"report.html: {where}: no such value in evaluation.json.")
+            result.problems.append(f"report.html: {where}: no such value in {doc}.json.")
             continue
         try:
             value = json.loads(attrs.get("data-value", ""))
@@ -418,12 +432,12 @@ def _check_html(path: Path, evaluation: Any, result: EvidenceResult) -> None:
             continue
         if not _same(expected, value):
             result.problems.append(
-                f"report.html: {where}: data-value {attrs.get('data-value')} but evaluation.json "
+                f"report.html: {where}: data-value {attrs.get('data-value')} but {doc}.json "
                 f"has {json.dumps(expected, ensure_ascii=False)}."
             )
         elif shown.strip() != format_value(expected, attrs.get("data-unit", "")):
             result.problems.append(
-                f"report.html: {where}: shows {shown.strip()!r} but evaluation.json has "
+                f"report.html: {where}: shows {shown.strip()!r} but {doc}.json has "
                 f"{json.dumps(expected, ensure_ascii=False)} "
                 f"({format_value(expected, attrs.get('data-unit', ''))!r})."
             )

@@ -1,25 +1,35 @@
 """The self-contained HTML evidence report of an annual evaluation (Chinese and English labels).
 
-Rendered from the evaluation JSON alone (`AnnualEvaluation.to_json()`), with inline CSS and
-inline SVG charts, so it opens without a network. Every number shown that comes from the
-evaluation is an element carrying its source, so a machine can check the page against the JSON:
+Rendered from the evaluation JSON (`AnnualEvaluation.to_json()`) and its details
+(`bureau.evidence_details`: per-device table, issue and receipt dates, declarant), with inline
+CSS (screen and A4 print, `bureau.html_style`) and inline SVG charts, so it opens without a
+network; `bureau.pdf_report` prints it to PDF. Every number shown is an element carrying its
+source, so a machine can check the page against the JSON:
 
     <td data-ref="/evaluation/conditions/3/measured" data-value="0.7484" data-unit="ratio"
         data-condition="basic.oee_above_province_avg" data-field="measured">74.85%</td>
 
-`data-ref` is an RFC 6901 pointer into evaluation.json, `data-value` the JSON value, and the
+`data-ref` is an RFC 6901 pointer into evaluation.json (into details.json with
+`data-doc="details"`), `data-value` the JSON value, and the
 text is `format_value(value, unit)`. `bureau.evidence_verify` checks all three. The conditions
 table has id="conditions" and one <tr data-condition=ID data-status=STATUS> per condition.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
 from bureau.annual import KEY_INDICATORS, indicator_unit
+from bureau.html_cells import format_value, num, pointer
+from bureau.html_details import (
+    chain_dates,
+    declared_section,
+    devices_section,
+    timeliness_section,
+)
+from bureau.html_style import stylesheet
 from indicators.catalog import INDICATORS
 from indicators.vocabulary import NO_TIER, SOURCES, STATUSES, TIERS
 
@@ -41,79 +51,29 @@ STATE_LABELS: dict[str, str] = {
 }
 KIND_LABELS: dict[str, str] = {"day": "日 day", "month": "月 month", "year": "年 year"}
 CHARTED: tuple[str, ...] = ("oee", "defect_rate", "energy_per_unit", "data_collection_rate")
+_num = num
+__all__ = ["format_value", "pointer", "render_html"]
 
-_CSS = """
-body{font-family:"Noto Sans CJK SC","Microsoft YaHei",Arial,sans-serif;margin:24px;color:#222}
-h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;border-bottom:2px solid #2a5d9f;
-padding-bottom:2px;margin-top:28px}table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border:1px solid #bbb;padding:3px 6px;vertical-align:top}th{background:#e8eef7}
-td.num{text-align:right;font-variant-numeric:tabular-nums}.pass,.declared_pass,.accepted{
-color:#16702e}.fail,.declared_fail,.not_declared,.rejected{color:#b3261e;font-weight:bold}
-.insufficient_data,.pending-link,.missing,.no_data{color:#9a6700;font-weight:bold}.warn{background:#fff4ce;
-padding:6px;border:1px solid #e0c060}.charts{display:flex;flex-wrap:wrap;gap:16px}
-.chart{border:1px solid #ccc;padding:6px}.small{font-size:12px;color:#555}dl{display:grid;
-grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}dd{margin:0}
-"""
-
-
-def format_value(value: Any, unit: str) -> str:
-    """The text a number is shown as; evidence verification recomputes it from data-value."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "是 yes" if value else "否 no"
-    if isinstance(value, str):
-        return value
-    if unit == "ratio":
-        return f"{value * 100:.2f}%"
-    if unit == "count":
-        return f"{int(value):d}"
-    if unit == "s":
-        return f"{value:,.0f} s"
-    if unit in ("", "number"):
-        return f"{value:g}"
-    return f"{value:.4g} {unit}"
-
-
-def pointer(*parts: str | int) -> str:
-    """RFC 6901 JSON pointer from path parts."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def _num(
-    tag: str,
-    value: Any,
-    unit: str,
-    ref: str,
-    *,
-    css: str = "num",
-    **context: str,
-) -> str:
-    attributes = "".join(
-        f' data-{name.replace("_", "-")}="{escape(text)}"' for name, text in context.items()
-    )
-    return (
-        f'<{tag} class="{css}" data-ref="{escape(ref)}" '
-        f'data-value="{escape(json.dumps(value, ensure_ascii=False))}" data-unit="{unit}"'
-        f"{attributes}>{escape(format_value(value, unit))}</{tag}>"
-    )
-
-
-def render_html(result: Mapping[str, Any]) -> str:
-    """The whole page as a string (UTF-8, no external resources)."""
+def render_html(result: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> str:
+    """The whole page as a string (UTF-8, no external resources). `details`: details.json
+    (`bureau.evidence_details.build_details`) for the per-device table, the issue and receipt
+    dates and the declarant; without it those sections say they are not available."""
     title = "智能工厂梯度评价证据报告 Smart-factory tier evaluation evidence"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="zh-CN"><head><meta charset="utf-8">',
         f"<title>{escape(title)} — {escape(str(result['factory_id']))} {result['year']}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{stylesheet()}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         _identity(result),
         _conditions(result),
+        declared_section(result, details),
         _indicators(result),
+        devices_section(details),
         _monthly(result),
         _quality(result),
-        _chain(result),
+        timeliness_section(details),
+        _chain(result, details),
         _gaps(result),
         '<p class="small">由 tieragent 生成。离线核验 Verify offline: '
         "<code>tieragent verify &lt;this folder&gt;</code> — every signature, the report chain, "
@@ -132,7 +92,10 @@ def _identity(result: Mapping[str, Any]) -> str:
     next_tier = evaluation["next_tier"]
     period = result["period"]
     rows = [
-        ("工厂 Factory", escape(str(result["factory_id"]))),
+        (
+            "工厂 Factory",
+            f'<span class="doc-id">{escape(str(result["factory_id"]))} {result["year"]}</span>',
+        ),
         ("企业 Enterprise", escape(str(result["enterprise_id"]))),
         (
             "评价期 Period",
@@ -145,7 +108,12 @@ def _identity(result: Mapping[str, Any]) -> str:
             f"{escape(policy['policy_id'])} {escape(policy['version'])} "
             f"({escape(policy['definition'])})",
         ),
-        ("对标 Benchmarks", escape(str(bench["benchmark_id"]))),
+        (
+            "对标 Benchmarks",
+            escape(str(bench["benchmark_id"]))
+            if bench["benchmark_id"]
+            else "未声明 none declared (benchmark thresholds cannot be met)",
+        ),
         (
             "达到等级 Tier reached",
             f'<strong id="tier-reached" data-tier="{reached or ""}">'
@@ -163,12 +131,7 @@ def _identity(result: Mapping[str, Any]) -> str:
             + _num("span", result["coverage"]["min_day_share"], "ratio", "/coverage/min_day_share")
             + ")",
         ),
-        (
-            "基准年 Baseline",
-            f"{result['baseline']['year'] or '—'} — "
-            + _num("span", result["baseline"]["days"], "count", "/baseline/days")
-            + " 天 days",
-        ),
+        ("基准年 Baseline", _baseline(result["baseline"])),
     ]
     warning = (
         '<p class="warn">对标值为示例数据，非真实统计。Benchmark values are EXAMPLES, '
@@ -178,6 +141,20 @@ def _identity(result: Mapping[str, Any]) -> str:
     )
     body = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows)
     return f'<h2>概况 Overview</h2><dl id="identity">{body}</dl>{warning}'
+
+
+def _baseline(baseline: Mapping[str, Any]) -> str:
+    """The baseline year and its days, or why there is none (never a bare "0 days")."""
+    if baseline["year"] is None:
+        return '<span id="baseline">无基线 no baseline declared</span>'
+    days = _num("span", baseline["days"], "count", "/baseline/days", css="")
+    used = (
+        "已用于改进指标 used for the improvement indicators"
+        if baseline["used"]
+        else '<span class="fail">无已接受的有数据日报，未使用 no accepted daily report with data: '
+        "not used</span>"
+    )
+    return f'<span id="baseline">{baseline["year"]}: {days} 天 days — {used}</span>'
 
 
 def _conditions(result: Mapping[str, Any]) -> str:
@@ -208,12 +185,24 @@ def _conditions(result: Mapping[str, Any]) -> str:
             + _num("td", c["threshold"], unit, ref + "/threshold", condition=cid, field="threshold")
             + f"<td>{escape(SOURCE_LABELS.get(c['source'], c['source']))}{threshold_ref}</td>"
             f'<td class="{c["status"]}">{escape(STATUS_LABELS.get(c["status"], c["status"]))}'
-            f"{gap}</td><td>{escape(c['reason'] or '')}</td></tr>"
+            f"{gap}</td><td>{escape(c['reason'] or '')}{_declared_documents(c)}</td></tr>"
         )
     return (
         "<h2>评价条件 Conditions</h2>"
         f'<table id="conditions"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
     )
+
+
+def _declared_documents(condition: Mapping[str, Any]) -> str:
+    """A declared condition's document references (the declared-conditions section has the
+    titles and the declarant): a declared "yes" never stands without them."""
+    if condition["source"] != "declared":
+        return ""
+    documents = condition.get("evidence", {}).get("documents") or []
+    if not documents:
+        return '<br><span class="fail">无证明文件 no documents</span>'
+    refs = ", ".join(escape(str(d.get("reference"))) for d in documents)
+    return f'<br><span class="small">文件 documents: {refs}</span>'
 
 
 def _indicators(result: Mapping[str, Any]) -> str:
@@ -276,8 +265,8 @@ def _monthly(result: Mapping[str, Any]) -> str:
     return (
         "<h2>月度趋势 Monthly trend</h2>"
         f'<div class="charts">{charts}</div>'
-        f'<table id="monthly"><tr><th>月 Month</th><th>有数据天数 Days with data</th>{head}</tr>'
-        f"{''.join(rows)}</table>"
+        '<table id="monthly"><thead><tr><th>月 Month</th><th>有数据天数 Days with data</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -350,7 +339,8 @@ def _coverage_chart(months: Sequence[Mapping[str, Any]], bound: float) -> str:
         'stroke="#9a6700" stroke-dasharray="4 3"/>'
     )
     return (
-        '<div class="chart"><div>每月覆盖率 Monthly coverage (虚线 = 下限 dashed = bound)</div>'
+        '<div class="chart coverage-chart">'
+        "<div>每月覆盖率 Monthly coverage (虚线 = 下限 dashed = bound)</div>"
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
         f'aria-label="monthly coverage">{"".join(parts)}</svg></div>'
     )
@@ -413,7 +403,7 @@ def _quality(result: Mapping[str, Any]) -> str:
     )
 
 
-def _chain(result: Mapping[str, Any]) -> str:
+def _chain(result: Mapping[str, Any], details: Mapping[str, Any] | None) -> str:
     rows = []
     for i, link in enumerate(result["chain"]["reports"]):
         state = str(link["state"])
@@ -429,7 +419,9 @@ def _chain(result: Mapping[str, Any]) -> str:
             f"<td><code>{escape(str(link['kid'])[:12])}…</code></td>"
             f'<td class="{escape(state)}">{escape(STATE_LABELS.get(state, state))}</td>'
             f"<td>{'✓' if link['linked_to_previous'] else '—'}</td>"
-            f"<td>{'✓' if link['counted'] else '—'}</td></tr>"
+            f"<td>{'✓' if link['counted'] else '—'}</td>"
+            + chain_dates(details, str(link["report_id"]))
+            + "</tr>"
         )
     return (
         "<h2>报告链 Chain of reports</h2>"
@@ -440,10 +432,11 @@ def _chain(result: Mapping[str, Any]) -> str:
         "table lists every stored report between the year's first and last. Verification state: "
         "accepted by the bureau on receipt; re-checked offline by "
         "<code>tieragent verify</code>.</p>"
-        '<table id="chain"><tr><th>序号 Seq</th><th>类型 Kind</th><th>期间 Period</th>'
+        '<table id="chain"><thead><tr><th>序号 Seq</th><th>类型 Kind</th><th>期间 Period</th>'
         "<th>报告 Report id</th>"
-        "<th>密钥 Key id</th><th>状态 State</th><th>链接 Linked</th><th>计入 Counted</th></tr>"
-        f"{''.join(rows)}</table>"
+        "<th>密钥 Key id</th><th>状态 State</th><th>链接 Linked</th><th>计入 Counted</th>"
+        "<th>签发 Issued at</th><th>接收 Received at</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 

@@ -430,6 +430,7 @@ def _bureau_year(
     rows.append((f"gap to {tier.get('next_tier')}", ", ".join(tier.get("gaps") or []) or "—"))
     rows.append(("evidence folder", str(evidence_dir)))
     rows.append(("HTML evidence report", str(evidence_dir / "report.html")))
+    rows.append(("PDF evidence report", str(evidence_dir / "report.pdf")))
     rows.append(("offline verification",
                  "OK" if verified.ok else "FAILED: " + "; ".join(verified.problems[:3])))
     # Everything from the keys to the verified evidence folder (the interpreter's start-up,

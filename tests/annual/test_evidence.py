@@ -208,6 +208,7 @@ def test_cli_evidence_and_verify(scenario: Scenario, tmp_path: Path) -> None:
     written = runner.invoke(
         _app(), ["evidence", *_args(scenario, "--out", str(out), "--key", str(key))])
     assert written.exit_code == 0, written.output
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF-") and "report.pdf" in written.output
     assert runner.invoke(_app(), ["verify-evidence", str(out)]).exit_code == 0
     _flip_digit(out / "evaluation.json", 200)
     failed = runner.invoke(_app(), ["verify-evidence", str(out)])

@@ -188,7 +188,8 @@ def evidence_command(
     industry_code: str | None = _INDUSTRY,
     province: str | None = _PROVINCE,
 ) -> None:
-    """Write the evidence folder: signed reports, keys, evaluation, manifest, HTML report."""
+    """Write the evidence folder: signed reports, keys, evaluation, manifest, HTML and PDF
+    report."""
     result = _run(
         db,
         database_url,
@@ -206,7 +207,8 @@ def evidence_command(
     )
     typer.echo(
         f"Wrote the evidence of {factory} {result.first_day}..{result.last_day} to {out} "
-        f"(open {out / 'report.html'}; check with `tieragent verify {out}`)."
+        f"(open {out / 'report.html'} or print {out / 'report.pdf'}; check with "
+        f"`tieragent verify {out}`)."
     )
 
 
