@@ -24,7 +24,8 @@ def local_day_index(
     """The sorted distinct local days of `hour_start` and each row's index into them.
 
     Converts each distinct hour once through a dense table, so a year of rows costs one pass
-    and no sort.
+    and no sort. Only days that hold a row are returned: a day in the span without any row
+    (no report that day) is not a day of the period's inventory rates, whichever path ran.
     """
     if len(hour_start) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
@@ -34,11 +35,14 @@ def local_day_index(
         span = np.unique(hours)
         slot = np.searchsorted(span, hours)
         days, span_index = _span_days(span, time_zone)
-    else:
-        hours -= low
-        slot = hours
-        days, span_index = _dense_span_days(low, high, time_zone)
-    return days.copy(), span_index[slot]
+        return days.copy(), span_index[slot]
+    hours -= low
+    span_days, span_index = _dense_span_days(low, high, time_zone)
+    row_day = span_index[hours]
+    present = np.zeros(len(span_days), dtype=bool)
+    present[row_day] = True
+    renumber = (np.cumsum(present) - 1).astype(np.int32)
+    return span_days[present], renumber[row_day]
 
 
 @functools.lru_cache(maxsize=64)
