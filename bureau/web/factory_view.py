@@ -9,7 +9,8 @@ Everything else is derived from what it returns or from the stored reports:
   evaluation counted (the accepted daily report of each day, its highest revision, with data:
   the rule of bureau.annual), put through `indicators.kpi.compute`, so a device's OEE is the
   same ratio of sums as the factory's;
-- declared conditions as the latest accepted daily report carries them;
+- declared conditions with their documents and declarant (the declarations file
+  evaluated), and the status the latest counted daily report carries for each;
 - the chain with issue and receipt times, so backfilled history shows as such.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from agent.protocol.chain import genesis_sha256
 from agent.protocol.report import base_frame, inventory_from_rows, report_has_samples
 from bureau.annual import KEY_INDICATORS, AnnualEvaluation, DayEntry, indicator_unit
 from bureau.evidence_export import evaluate_from_store
@@ -70,7 +72,7 @@ class ChainView:
     row: ChainRow
     issued_at: str | None
     period_end: float | None
-    linked: bool | None  # None: not in the evaluated slice
+    linked: bool  # prev_sha256 is the stored previous report's payload SHA-256 (or genesis)
 
     @property
     def delay_days(self) -> float | None:
@@ -189,18 +191,36 @@ def device_rows(result: AnnualEvaluation, counted: list[DayEntry]) -> list[Devic
     return out
 
 
-def declared_conditions(counted: list[DayEntry]) -> tuple[list[dict[str, Any]], str | None]:
-    """The declared conditions of the latest counted report's evaluation, and the declarant
-    when the report states one (None: it does not)."""
-    if not counted or counted[-1].payload is None:
-        return [], None
-    evaluation = counted[-1].payload.get("evaluation") or {}
-    conditions = [c for c in evaluation.get("conditions", []) if c.get("source") == "declared"]
-    declarant = evaluation.get("declared_by")
-    for condition in conditions:
-        evidence = condition.get("evidence") or {}
-        declarant = declarant or evidence.get("declared_by")
-    return conditions, (str(declarant) if declarant else None)
+def declared_conditions(
+    result: AnnualEvaluation, counted: list[DayEntry], files: PolicyFiles
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The evaluation's declared conditions with their documents, each with the status the
+    latest counted report carries for it (None: the report does not state it); and the
+    declarant of the declarations file evaluated (None: there is none)."""
+    reported: dict[str, str] = {}
+    if counted and counted[-1].payload is not None:
+        carried = counted[-1].payload.get("evaluation") or {}
+        for condition in carried.get("conditions", []):
+            if condition.get("source") == "declared":
+                reported[str(condition.get("condition_id"))] = str(condition.get("status"))
+    rows = [
+        {
+            "condition_id": c.condition_id,
+            "label_zh": c.label_zh,
+            "label_en": c.label_en,
+            "status": c.status,
+            "measured": c.measured,
+            "documents": list(c.evidence.get("documents", [])),
+            "reported_status": reported.get(c.condition_id),
+        }
+        for c in result.evaluation.conditions
+        if c.source == "declared"
+    ]
+    declarations = files.load().declarations if files.declarations is not None else None
+    declarant = None
+    if declarations is not None:
+        declarant = f"{declarations.declared_by} ({declarations.declared_at})"
+    return rows, declarant
 
 
 def trend_series(result: AnnualEvaluation) -> list[dict[str, Any]]:
@@ -221,13 +241,22 @@ def chain_view(
     store: SqliteReportStore, factory_id: str, result: AnnualEvaluation | None,
     entries: list[DayEntry],
 ) -> list[ChainView]:
-    """The factory's stored reports (of the evaluated chain slice when there is one)."""
+    """The factory's stored reports (those of the evaluated chain slice when there is one),
+    each with whether it links to the stored report before it (seq 1: to the genesis
+    hash)."""
     rows = chain_rows(store.db, factory_id)
-    linked: dict[str, bool] = {}
+    by_seq = {r.seq: r for r in rows}
+    genesis = genesis_sha256(factory_id)
+
+    def linked(row: ChainRow) -> bool:
+        if row.seq == 1:
+            return row.prev_sha256 == genesis
+        previous = by_seq.get(row.seq - 1)
+        return previous is not None and previous.payload_sha256 == row.prev_sha256
+
     if result is not None:
-        for link in result.chain["reports"]:
-            linked[str(link["report_id"])] = bool(link["linked_to_previous"])
-        rows = [r for r in rows if r.report_id in linked]
+        in_slice = {str(link["report_id"]) for link in result.chain["reports"]}
+        rows = [r for r in rows if r.report_id in in_slice]
     payloads = {e.report_id: e.payload for e in entries if e.payload is not None}
     out: list[ChainView] = []
     for row in rows:
@@ -241,7 +270,7 @@ def chain_view(
                 stated = issued_at(row.report_id, stored.jws)
                 end = stored.payload()["period"]["end"]
         out.append(ChainView(row, stated, float(end) if end is not None else None,
-                             linked.get(row.report_id)))
+                             linked(row)))
     return out
 
 
@@ -257,7 +286,8 @@ def factory_view(
         return FactoryView(factory_id, year, through, None, str(error), [], [], None, [],
                            chain_view(store, factory_id, None, []))
     counted = counted_days(result, entries)
-    declared, declarant = declared_conditions(counted)
+    declared, declarant = declared_conditions(
+        result, counted, policy_files(settings, factory_id))
     return FactoryView(
         factory_id=factory_id,
         year=year,

@@ -40,10 +40,16 @@ STRINGS: dict[str, tuple[str, str]] = {
     "ascending": ("升序", "ascending"),
     "descending": ("降序", "descending"),
     "apply": ("应用", "Apply"),
+    "sort_factory": ("工厂编号", "factory"),
+    "sort_tier": ("等级", "tier"),
+    "sort_last_report": ("最新接收", "latest received"),
+    "sort_coverage": ("覆盖率", "coverage"),
+    "sort_rejections": ("拒收", "rejections"),
+    "sort_gaps": ("缺口", "gaps"),
     "tier_latest": ("等级（最新日报所述）", "Tier (as the latest daily report states)"),
     "tier_reached": ("达到等级", "Tier reached"),
     "last_report": ("最新日报", "Latest daily report"),
-    "age": ("距今", "Age"),
+    "age": ("接收距今", "Received"),
     "days_ago": ("天前", "days ago"),
     "coverage": ("覆盖率", "Coverage"),
     "coverage_list_note": (
@@ -94,11 +100,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "yes": ("是", "yes"),
     "no": ("否", "no"),
     "declared": ("申报条件", "Declared conditions"),
-    "declared_note": (
-        "取自最新已接受日报所载的评价（申报内容由工厂签名）。",
-        "As the latest accepted daily report carries them (the factory signs its "
-        "declarations).",
-    ),
+    "no_declarations": ("无申报文件：申报条件均为未申报", "no declarations file: every declared "
+                        "condition is not declared"),
+    "in_report": ("最新日报所载", "In the latest daily report"),
     "documents": ("证明文件", "Documents"),
     "declarant": ("申报人", "Declarant"),
     "not_declared": ("未申报", "not declared"),

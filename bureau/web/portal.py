@@ -34,17 +34,19 @@ class Portal:
         self._local = threading.local()
         self._opened: list[SqliteReportStore] = []
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by close(): threads then open their stores again
         self.templates = Jinja2Templates(env=_environment())
         self.store()  # a database that cannot be opened fails at start, not at the first page
 
     def store(self) -> SqliteReportStore:
         store: SqliteReportStore | None = getattr(self._local, "store", None)
-        if store is None:
+        if store is None or self._local.generation != self._generation:
             store = SqliteReportStore(self.settings.db)
             self._local.store = store
             self._local.accounts = Accounts(store.db)
             with self._lock:
                 self._opened.append(store)
+                self._local.generation = self._generation
         return store
 
     def accounts(self) -> Accounts:
@@ -57,6 +59,7 @@ class Portal:
             for store in self._opened:
                 store.close()
             self._opened.clear()
+            self._generation += 1
 
     def render(
         self, request: Request, name: str, user: User | None, csrf: str | None,

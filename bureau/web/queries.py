@@ -46,6 +46,8 @@ class ChainRow:
     state: str
     kid: str
     received_at: float
+    payload_sha256: str
+    prev_sha256: str
     in_log: bool
 
 
@@ -151,12 +153,12 @@ def chain_rows(db: sqlite3.Connection, factory_id: str) -> list[ChainRow]:
     and whether the transparency log has its leaf."""
     rows = db.execute(
         "SELECT r.report_id, r.seq, r.period_kind, r.period_key, r.revision, r.state, r.kid, "
-        "r.received_at, EXISTS (SELECT 1 FROM log_leaves l WHERE l.report_id = r.report_id "
+        "r.received_at, r.payload_sha256, r.prev_sha256, EXISTS (SELECT 1 FROM log_leaves l WHERE l.report_id = r.report_id "
         "AND l.payload_sha256 = r.payload_sha256) FROM reports r WHERE r.factory_id = ? "
         "ORDER BY r.seq",
         (factory_id,),
     )
-    return [ChainRow(*row[:8], in_log=bool(row[8])) for row in rows]
+    return [ChainRow(*row[:10], in_log=bool(row[10])) for row in rows]
 
 
 def rejection_rows(db: sqlite3.Connection, factory_id: str) -> list[RejectionRow]:

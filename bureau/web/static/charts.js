@@ -26,6 +26,9 @@
       yAxis: {
         type: "value",
         scale: true,
+        // A share never lies outside 0..100 %: keep the axis there.
+        min: ratio ? function (v) { return Math.max(0, Math.floor(v.min * 0.9)); } : null,
+        max: ratio ? function (v) { return Math.min(100, Math.ceil(v.max * 1.1)); } : null,
         axisLabel: { formatter: ratio ? "{value}%" : "{value}" }
       },
       series: [{ type: "line", data: values, connectNulls: false, symbolSize: 6 }]
