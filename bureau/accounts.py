@@ -125,7 +125,10 @@ class Accounts:
     def __init__(self, db: sqlite3.Connection, hasher: PasswordHasher | None = None) -> None:
         self.db = db
         self.hasher = hasher or PasswordHasher()
-        db.executescript(SCHEMA)
+        # One statement at a time: executescript would commit the caller's transaction.
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
 
     # ---- users ---------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ def principal(request: Request) -> Principal:
     return Principal(session.user, session.csrf_token, "session")
 
 
-def admin(request: Request, who: Principal = Depends(principal)) -> Principal:  # noqa: B008
+def admin(request: Request, who: Principal = Depends(principal)) -> Principal:
     """The principal when an admin; else the refusal is audited and answered 403."""
     if not who.user.is_admin:
         portal_of(request).accounts().audit(
@@ -165,7 +165,7 @@ def login(
 
 @router.post("/logout", include_in_schema=False)
 def logout(
-    request: Request, csrf_token: str = Form(""), who: Principal = Depends(principal)  # noqa: B008
+    request: Request, csrf_token: str = Form(""), who: Principal = Depends(principal)
 ) -> Response:
     check_csrf(who, csrf_token)
     cookie = request.cookies.get(SESSION_COOKIE)

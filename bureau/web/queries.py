@@ -153,12 +153,20 @@ def chain_rows(db: sqlite3.Connection, factory_id: str) -> list[ChainRow]:
     and whether the transparency log has its leaf."""
     rows = db.execute(
         "SELECT r.report_id, r.seq, r.period_kind, r.period_key, r.revision, r.state, r.kid, "
-        "r.received_at, r.payload_sha256, r.prev_sha256, EXISTS (SELECT 1 FROM log_leaves l WHERE l.report_id = r.report_id "
-        "AND l.payload_sha256 = r.payload_sha256) FROM reports r WHERE r.factory_id = ? "
+        "r.received_at, r.payload_sha256, r.prev_sha256, EXISTS (SELECT 1 FROM log_leaves l "
+        "WHERE l.report_id = r.report_id AND l.payload_sha256 = r.payload_sha256) "
+        "FROM reports r WHERE r.factory_id = ? "
         "ORDER BY r.seq",
         (factory_id,),
     )
-    return [ChainRow(*row[:10], in_log=bool(row[10])) for row in rows]
+    return [
+        ChainRow(
+            report_id=r[0], seq=r[1], period_kind=r[2], period_key=r[3], revision=r[4],
+            state=r[5], kid=r[6], received_at=r[7], payload_sha256=r[8], prev_sha256=r[9],
+            in_log=bool(r[10]),
+        )
+        for r in rows
+    ]
 
 
 def rejection_rows(db: sqlite3.Connection, factory_id: str) -> list[RejectionRow]:

@@ -76,7 +76,7 @@ def enrol_form(
 
 @router.post("/api/keys", tags=["admin"], status_code=201)
 def enrol_api(
-    request: Request, factory_id: str = Body(...), jwk: dict[str, Any] = Body(...),  # noqa: B008
+    request: Request, factory_id: str = Body(...), jwk: dict[str, Any] = Body(...),
     who: Principal = Depends(admin),
 ) -> dict[str, str]:
     """Enrol a factory's public Ed25519 JWK (admins; API token or session with CSRF)."""

@@ -1,7 +1,9 @@
 """Fixtures and helpers of the portal tests (conftest.py re-exports the fixtures; test
-modules import this module by its unique name): the annual tests' bureau (Jan-Feb 2025 of real signed daily
-reports of the simulated demo factory, one rejected, one chain gap: tests/annual/
-annual_scenario.py), copied so the portal's accounts and audit do not touch it."""
+modules import this module by its unique name).
+
+The bureau is the annual tests' (tests/annual/annual_scenario.py: Jan-Feb 2025 of real
+signed daily reports of the simulated demo factory, one rejected, one chain gap), copied so
+the portal's accounts and audit do not touch it."""
 
 from __future__ import annotations
 
@@ -18,14 +20,15 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "annual"))
 
-from annual_scenario import BUREAU_KEY, Scenario, scenario  # noqa: E402
-from simdata import BENCHMARKS, DECLARATIONS, FACTORY, POLICY  # noqa: E402
+from annual_scenario import BUREAU_KEY, Scenario, scenario
+from simdata import BENCHMARKS, DECLARATIONS, FACTORY, POLICY
 
-from agent.protocol.keys import save_private_key  # noqa: E402
-from bureau.accounts import Accounts  # noqa: E402
-from bureau.store import SqliteReportStore  # noqa: E402
-from bureau.web import WebSettings, create_app  # noqa: E402
+from agent.protocol.keys import save_private_key
+from bureau.accounts import Accounts
+from bureau.store import SqliteReportStore
+from bureau.web import WebSettings, create_app
 
+__all__ = ["BUREAU_KEY", "FACTORY", "Portal", "client", "log_in", "portal", "scenario"]
 EVALUATOR, ADMIN = "eva", "root-admin"
 PASSWORD = "correct horse battery"
 
