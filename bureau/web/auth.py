@@ -114,7 +114,8 @@ def unauthenticated(request: Request) -> Response:
 
 def _safe_next(target: str) -> str:
     """Only a path of this site (no scheme, no //host) is followed after login."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    plain = all(c.isprintable() and not c.isspace() for c in target)
+    if plain and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/factories"
 

@@ -267,7 +267,7 @@ def chain_view(
         else:
             stored = store.get(row.report_id)
             if stored is not None:
-                stated = issued_at(row.report_id, stored.jws)
+                stated = issued_at(store.db, row.report_id)
                 end = stored.payload()["period"]["end"]
         out.append(ChainView(row, stated, float(end) if end is not None else None,
                              linked(row)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from agent.protocol.envelope import EnvelopeError, Kind, unverified_payload
@@ -63,17 +62,31 @@ class RejectionRow:
     message_sha256: str
 
 
-@lru_cache(maxsize=65_536)
-def _stated(report_id: str, jws: str) -> tuple[str | None, str | None]:
-    """(tier_reached, issued_at) as a stored report states them; reports never change, so
-    the answer is kept per report id."""
-    try:
-        payload = unverified_payload(jws, Kind.REPORT)
-    except EnvelopeError:
-        return None, None
-    evaluation = payload.get("evaluation") or {}
-    tier = evaluation.get("tier_reached") if isinstance(evaluation, dict) else None
-    return (str(tier) if tier else None), str(payload.get("issued_at") or "") or None
+_STATED: dict[str, tuple[str | None, str | None]] = {}
+_STATED_LIMIT = 65_536
+
+
+def _stated(db: sqlite3.Connection, report_id: str) -> tuple[str | None, str | None]:
+    """(tier_reached, issued_at) as a stored report states them. Reports never change, so
+    the answer is kept per report id (the JWS is read and decoded once)."""
+    known = _STATED.get(report_id)
+    if known is not None:
+        return known
+    row = db.execute("SELECT jws FROM reports WHERE report_id = ?", (report_id,)).fetchone()
+    tier, issued = None, None
+    if row is not None:
+        try:
+            payload = unverified_payload(row[0], Kind.REPORT)
+        except EnvelopeError:
+            payload = {}
+        evaluation = payload.get("evaluation") or {}
+        stated = evaluation.get("tier_reached") if isinstance(evaluation, dict) else None
+        tier, issued = (str(stated) if stated else None), (str(payload.get("issued_at") or "")
+                                                             or None)
+    if len(_STATED) >= _STATED_LIMIT:
+        _STATED.clear()
+    _STATED[report_id] = (tier, issued)
+    return tier, issued
 
 
 def _grouped(db: sqlite3.Connection, sql: str) -> dict[str, Any]:
@@ -90,10 +103,10 @@ def factory_rows(db: sqlite3.Connection) -> list[FactoryRow]:
         )
     }
     latest = {
-        row[0]: (row[1], row[2], row[3])
+        row[0]: (row[1], row[2])
         for row in db.execute(
-            "SELECT factory_id, report_id, period_key, jws FROM ("
-            "SELECT factory_id, report_id, period_key, jws, ROW_NUMBER() OVER ("
+            "SELECT factory_id, report_id, period_key FROM ("
+            "SELECT factory_id, report_id, period_key, ROW_NUMBER() OVER ("
             "PARTITION BY factory_id ORDER BY period_key DESC, revision DESC) AS n "
             "FROM reports WHERE period_kind = 'day' AND state = 'accepted') AS ranked "
             "WHERE n = 1"
@@ -126,8 +139,8 @@ def factory_rows(db: sqlite3.Connection) -> list[FactoryRow]:
     rows: list[FactoryRow] = []
     for factory_id in sorted(enrolled | set(counts)):
         total, pending, received = counts.get(factory_id, (0, 0, None))
-        report_id, day, jws = latest.get(factory_id, (None, None, None))
-        tier, issued = _stated(report_id, jws) if report_id and jws else (None, None)
+        report_id, day = latest.get(factory_id, (None, None))
+        tier, issued = _stated(db, report_id) if report_id else (None, None)
         rows.append(
             FactoryRow(
                 factory_id=factory_id,
@@ -188,6 +201,6 @@ def factory_known(db: sqlite3.Connection, factory_id: str) -> bool:
     return row is not None
 
 
-def issued_at(report_id: str, jws: str) -> str | None:
+def issued_at(db: sqlite3.Connection, report_id: str) -> str | None:
     """The issued_at a stored report states (cached per report id)."""
-    return _stated(report_id, jws)[1]
+    return _stated(db, report_id)[1]

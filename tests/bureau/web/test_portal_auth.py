@@ -203,8 +203,9 @@ def test_language_switch(client: TestClient) -> None:
     english = client.get("/factories", headers=HTML).text
     assert "<h1>Factories</h1>" in english
     assert client.get("/lang/xx", headers=HTML).status_code == 404
-    assert client.get("/lang/en?next=//evil.example/", headers=HTML
-                      ).headers["location"] == "/factories"
+    for elsewhere in ("//evil.example/", "/%09/evil.example/", "https://evil.example/"):
+        answer = client.get(f"/lang/en?next={elsewhere}", headers=HTML)
+        assert answer.headers["location"] == "/factories", elsewhere
     client.get("/lang/zh?next=/factories", headers=HTML)
     assert "<h1>工厂</h1>" in client.get("/factories", headers=HTML).text
     used = set()
