@@ -88,6 +88,8 @@ def _register_subcommands() -> None:
     from tieragent.commands import (
         bureau_annual,
         bureau_log,
+        bureau_users,
+        bureau_web,
         evaluate,
         evidence_prove,
         init,
@@ -111,6 +113,8 @@ def _register_subcommands() -> None:
     app.add_typer(sim_app, name="sim", help="Run the factory simulator.")
     bureau_annual.register(bureau_app)
     bureau_log.register(bureau_app)
+    bureau_web.register(bureau_app)
+    bureau_users.register(bureau_app)
     app.add_typer(bureau_app, name="bureau", help="The bureau side: receiver, keys, evaluation.")
 
 
