@@ -85,3 +85,15 @@ def _midnights(days: npt.NDArray[np.int64], time_zone: str) -> npt.NDArray[np.in
         .astype("datetime64[s]")
         .astype(np.int64)
     )
+
+
+@functools.lru_cache(maxsize=32)
+def hour_calendar(
+    time_zone: str, first_hour: int, hours: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For each UTC hour from `first_hour` (hours since the epoch) on, its local day (as
+    `local_day` gives it) and that day's local midnight (as `local_midnight_epoch` gives it),
+    kept: the bureau looks up one day per report, and pandas' conversion costs about a
+    millisecond a call."""
+    days, index = _span_days(np.arange(first_hour, first_hour + hours, dtype=np.int64), time_zone)
+    return days[index], _midnights(days, time_zone)[index]
