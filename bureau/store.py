@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.protocol.envelope import Kind, unverified_payload
+from bureau import measures_table
 from bureau.errors import BureauError
+from bureau.indicator_check import DaySums
 
 ACCEPTED, PENDING_LINK, REJECTED = "accepted", "pending-link", "rejected"
 QUARANTINE_LIMIT = 10_000
@@ -164,6 +166,7 @@ class ReportStore(Protocol):
     def get(self, report_id: str) -> StoredReport | None: ...
     def by_seq(self, factory_id: str, seq: int) -> StoredReport | None: ...
     def insert(self, report: StoredReport) -> None: ...
+    def record_measures(self, report: dict[str, Any], sums: DaySums | None) -> None: ...
     def set_state(self, report_id: str, state: str) -> None: ...
     def evict(self, report_id: str, reason: str, detail: str) -> StoredReport | None: ...
     def quarantine(self, rejection: Rejection) -> None: ...
@@ -199,6 +202,7 @@ class SqliteReportStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            measures_table.create(self.db)
             _add_missing_columns(self.db)
         except sqlite3.DatabaseError as error:
             raise ReportStoreError(
@@ -254,6 +258,10 @@ class SqliteReportStore:
                 report.receipt_sha256,
             ),
         )
+
+    def record_measures(self, report: dict[str, Any], sums: DaySums | None) -> None:
+        """A stored daily report's base measures in columns (bureau.measures_table)."""
+        measures_table.record(self.db, report, sums)
 
     def set_state(self, report_id: str, state: str) -> None:
         self.db.execute("UPDATE reports SET state = ? WHERE report_id = ?", (state, report_id))
