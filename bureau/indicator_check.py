@@ -85,7 +85,7 @@ def day_sums(report: Mapping[str, Any]) -> DaySums | None:
     for offset, name in enumerate(MEASURE_COLUMNS, start=2):
         dtype = np.int64 if name in _COUNTS else np.float64
         sums[name] = np.add.reduceat(np.array(columns[offset], dtype=dtype), starts, dtype=dtype)
-    return DaySums(midnight, tuple(str(devices[i]) for i in starts), sums)
+    return DaySums(midnight, tuple(str(devices[int(i)]) for i in starts), sums)
 
 
 def recompute_fast(report: Mapping[str, Any], sums: DaySums) -> dict[str, Any]:

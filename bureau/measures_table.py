@@ -72,16 +72,37 @@ def record(
     period = report["period"]
     if period["kind"] != "day":
         return
-    report_id = str(report["report_id"])
-    rows = _rows(report, sums)
+    write(
+        db,
+        str(report["report_id"]),
+        str(report["factory_id"]),
+        str(period["key"]),
+        report_has_samples(report),
+        _rows(report, sums),
+    )
+
+
+def write(
+    db: sqlite3.Connection,
+    report_id: str,
+    factory_id: str,
+    period_key: str,
+    has_samples: bool,
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """One report's recording: (device_id, day_start, *MEASURE_COLUMNS) per row."""
     db.execute("DELETE FROM report_measures WHERE report_id = ?", (report_id,))
     db.execute(
         "INSERT OR REPLACE INTO measured_reports (report_id, factory_id, period_key, has_samples)"
         " VALUES (?, ?, ?, ?)",
-        (report_id, str(report["factory_id"]), str(period["key"]),
-         int(report_has_samples(report))),
+        (report_id, factory_id, period_key, int(has_samples)),
     )
     db.executemany(_INSERT_ROW, [(report_id, *row) for row in rows])
+
+
+def measure_rows(report: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows `record` writes for a daily report."""
+    return _rows(report, None)
 
 
 def _rows(report: Mapping[str, Any], sums: DaySums | None) -> list[tuple[Any, ...]]:
