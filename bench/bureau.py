@@ -3,20 +3,22 @@ signed receipt) and the annual evaluation of many factories from its SQLite stor
 
     .venv/bin/python bench/bureau.py [--factories 1000] [--days 365] [--devices 2]
         [--workers 2] [--db ~/.cache/tieragent-bench/bureau-1000x365x2.db]
-        [--stages verify,ingest,annual] [--ingest-reports 2000] [--old-factories 20]
+        [--stages verify,ingest,annual] [--ingest-factories 50] [--ingest-days 40]
+        [--old-factories 20] [--eval-workers 1]
         [--database-url URL]
 
-verify / ingest: `--ingest-reports` signed daily reports of 50 factories (the same generator as
-below, chained), verified by `Verifier.check` on an empty store, then handled by a real
+verify / ingest: `--ingest-factories` x `--ingest-days` signed daily reports (the same generator
+as below, chained), verified by `Verifier.check` on an empty store, then handled by a real
 `Receiver` (`handle`: verify, one transaction with the report, its measures rows, its log leaf
-and its signed receipt, synchronous=FULL) into a new SQLite file; with `--old` the old paths
-(pandas recomputation) beside them. Rates are per core: reports over the process's CPU time
+and its signed receipt, synchronous=FULL) into a new SQLite file; an older checkout is measured
+by the same script with `PYTHONPATH=<that tree>` (bench/bureau_ingest.py). Rates are per core: reports over the process's CPU time
 (time.process_time), with the wall-clock rate beside it. `--database-url`: reserved for the
 PostgreSQL store (the integrator's); only SQLite is measured here.
 
 annual: the old path (every report's JSON, `evaluate_from_payloads`) on the first
-`--old-factories` factories, then the columns path (`evaluate_from_store`) on all; the two
-evaluation JSONs are compared byte for byte on the old path's factories.
+`--old-factories` factories, then the columns path (`evaluate_from_store`) on all, in
+`--eval-workers` processes; the two evaluation JSONs are compared byte for byte on the old
+path's factories.
 
 The store is generated once and cached at --db (delete the file to rebuild): every factory gets
 its own Ed25519 key, enrolled in the registry, and `days` daily reports of 2025 that are real
@@ -32,6 +34,7 @@ and prints the total and per-factory time and the process's peak RSS (getrusage)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import time
@@ -56,13 +59,16 @@ from agent.protocol.envelope import (
 )
 from agent.protocol.period import Period
 from agent.protocol.report import ReportMeta, build_report, report_has_samples, report_id
-from bureau import measures_table
-from bureau.evidence_export import evaluate_from_payloads, evaluate_from_store
-from bureau.measures_table import measure_rows
+from bureau.evidence_export import evaluate_from_store
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore, StoredReport
 from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS
 from indicators.policy import PolicyFiles
+
+try:  # absent from trees before issue 18, which the verify and ingest stages also measure
+    from bureau import measures_table
+except ImportError:
+    measures_table = None  # type: ignore[assignment]
 
 TZ = "Asia/Shanghai"
 YEAR = 2025
@@ -216,10 +222,11 @@ def factory_rows(args: tuple[int, list[dict[str, Any]]]) -> FactoryRows:
         payload = canonical_bytes(report)
         token = sign_compact(payload, key, Kind.REPORT)
         digest = sha256_hex(payload)
-        measures.append(
-            (report["report_id"], fid, period.key, report_has_samples(report),
-             measure_rows(report))
-        )
+        if measures_table is not None:
+            measures.append(
+                (report["report_id"], fid, period.key, report_has_samples(report),
+                 measures_table.measure_rows(report))
+            )
         rows.append(
             (
                 report["report_id"],
@@ -258,6 +265,7 @@ def build_store(db: Path, factories: int, days: int, devices: int, workers: int)
                 for row in rows:
                     store.insert(StoredReport(*row))
                 for measure in measures:
+                    assert measures_table is not None
                     measures_table.write(store.db, *measure)
             if (n + 1) % 50 == 0:
                 print(
@@ -284,36 +292,67 @@ def annual_stage(args: argparse.Namespace) -> None:
     reference: dict[int, bytes] = {}
     if old:
         started = time.perf_counter()
+        from bureau.evidence_export import evaluate_from_payloads
+
         for n in range(old):
             result, _, _ = evaluate_from_payloads(store, factory_id(n), YEAR, files)
-            reference[n] = _evaluation_bytes(result)
+            reference[n] = hashlib.sha256(_evaluation_bytes(result)).digest()
         total = time.perf_counter() - started
         print(f"old path (every report's JSON): {old} factories in {total:.1f} s: "
               f"{total / old * 1000:.0f} ms per factory, "
               f"{total / old * args.factories:.0f} s for {args.factories}", flush=True)
+    store.close()
     started = time.perf_counter()
     cpu = time.process_time()
-    slowest = 0.0
+    workers = max(1, args.eval_workers)
+    jobs = [(db, range(w, args.factories, workers), args.days) for w in range(workers)]
     tiers: dict[str, int] = {}
-    for n in range(args.factories):
+    slowest = 0.0
+    digests: dict[int, bytes] = {}
+    if workers == 1:
+        outcomes = [evaluate_factories(jobs[0])]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outcomes = list(pool.map(evaluate_factories, jobs))
+    for worker_tiers, worker_slowest, worker_bytes in outcomes:
+        for tier, count in worker_tiers.items():
+            tiers[tier] = tiers.get(tier, 0) + count
+        slowest = max(slowest, worker_slowest)
+        digests.update(worker_bytes)
+    total = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu
+    for n, expected in reference.items():
+        assert digests[n] == expected, f"factory {n} differs from the old path"
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"columns path: evaluated {args.factories} factories x {args.days} daily reports "
+        f"({args.devices} devices each) in {total:.1f} s with {workers} process(es) "
+        f"(this process's CPU {cpu_s:.1f} s): {total / args.factories * 1000:.1f} ms per factory "
+        f"(slowest {slowest * 1000:.0f} ms); peak RSS {peak_mb:.0f} MB; tiers {tiers}; "
+        f"{len(reference)} evaluations byte-identical to the old path"
+    )
+
+
+def evaluate_factories(
+    job: tuple[Path, range, int],
+) -> tuple[dict[str, int], float, dict[int, bytes]]:
+    """Evaluate some factories from columns in one process (its own store connection)."""
+    db, numbers, days = job
+    files = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
+    store = SqliteReportStore(db)
+    tiers: dict[str, int] = {}
+    slowest = 0.0
+    out: dict[int, bytes] = {}
+    for n in numbers:
         t0 = time.perf_counter()
         result, _, _ = evaluate_from_store(store, factory_id(n), YEAR, files)
         slowest = max(slowest, time.perf_counter() - t0)
         tier = result.evaluation.tier_reached or "none"
         tiers[tier] = tiers.get(tier, 0) + 1
-        assert result.coverage["accepted"] == args.days
-        if n in reference:
-            assert _evaluation_bytes(result) == reference[n], f"factory {n} differs"
-    total = time.perf_counter() - started
-    cpu_s = time.process_time() - cpu
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"columns path: evaluated {args.factories} factories x {args.days} daily reports "
-        f"({args.devices} devices each) in {total:.1f} s (CPU {cpu_s:.1f} s): "
-        f"{total / args.factories * 1000:.1f} ms per factory (slowest {slowest * 1000:.0f} ms); "
-        f"peak RSS {peak_mb:.0f} MB; tiers {tiers}; "
-        f"{len(reference)} evaluations byte-identical to the old path"
-    )
+        assert result.coverage["accepted"] == days
+        out[n] = hashlib.sha256(_evaluation_bytes(result)).digest()
+    store.close()
+    return tiers, slowest, out
 
 
 def _evaluation_bytes(result: Any) -> bytes:
@@ -331,6 +370,8 @@ def main() -> None:
     parser.add_argument("--ingest-factories", type=int, default=50)
     parser.add_argument("--ingest-days", type=int, default=40)
     parser.add_argument("--old-factories", type=int, default=20)
+    parser.add_argument("--eval-workers", type=int, default=1,
+                        help="processes evaluating from columns (each its own connection)")
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL store URL (not measured here: the integrator's hook)")
     args = parser.parse_args()
