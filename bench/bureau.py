@@ -12,8 +12,9 @@ as below, chained), verified by `Verifier.check` on an empty store, then handled
 `Receiver` (`handle`: verify, one transaction with the report, its measures rows, its log leaf
 and its signed receipt, synchronous=FULL) into a new SQLite file; an older checkout is measured
 by the same script with `PYTHONPATH=<that tree>` (bench/bureau_ingest.py). Rates are per core:
-reports over the process's CPU time (time.process_time), with the wall-clock rate beside it. `--database-url`: reserved for the
-PostgreSQL store (the integrator's); only SQLite is measured here.
+reports over the process's CPU time (time.process_time), with the wall-clock rate beside it.
+`--database-url`: reserved for the PostgreSQL store (the integrator's); only SQLite is measured
+here.
 
 annual: the old path (every report's JSON, `evaluate_from_payloads`) on the first
 `--old-factories` factories, then the columns path (`evaluate_from_store`) on all, in
