@@ -1,14 +1,33 @@
-"""Benchmark: the bureau's annual evaluation of many factories from its SQLite store.
+"""Benchmark: the bureau's throughput (issue 18 item 6): verification, ingest (verify + store +
+signed receipt) and the annual evaluation of many factories from its SQLite store.
 
     .venv/bin/python bench/bureau.py [--factories 1000] [--days 365] [--devices 2]
         [--workers 2] [--db ~/.cache/tieragent-bench/bureau-1000x365x2.db]
+        [--stages verify,ingest,annual] [--ingest-factories 50] [--ingest-days 40]
+        [--old-factories 20] [--eval-workers 1]
+        [--database-url URL]
+
+verify / ingest: `--ingest-factories` x `--ingest-days` signed daily reports (the same generator
+as below, chained), verified by `Verifier.check` on an empty store, then handled by a real
+`Receiver` (`handle`: verify, one transaction with the report, its measures rows, its log leaf
+and its signed receipt, synchronous=FULL) into a new SQLite file; an older checkout is measured
+by the same script with `PYTHONPATH=<that tree>` (bench/bureau_ingest.py). Rates are per core:
+reports over the process's CPU time (time.process_time), with the wall-clock rate beside it.
+`--database-url`: reserved for the PostgreSQL store (the integrator's); only SQLite is measured
+here.
+
+annual: the old path (every report's JSON, `evaluate_from_payloads`) on the first
+`--old-factories` factories, then the columns path (`evaluate_from_store`) on all, in
+`--eval-workers` processes; the two evaluation JSONs are compared byte for byte on the old
+path's factories.
 
 The store is generated once and cached at --db (delete the file to rebuild): every factory gets
 its own Ed25519 key, enrolled in the registry, and `days` daily reports of 2025 that are real
 signed reports (canonical JSON, compact JWS) chained by seq/prev_sha256. To sign fast, the report
 bodies are built with `agent.protocol.report.build_report` for a few templates (synthetic hourly
 base measures) and specialised per factory (ids, key, chain), then canonicalised and signed; rows go
-straight into the store through its API (no MQTT). The benchmark then runs
+straight into the store through its API (no MQTT), with their measures rows as the receiver
+writes them (bureau.measures_table.record). The benchmark then runs
 `evaluate_from_store` (default policy, example benchmarks and declarations) for every factory,
 and prints the total and per-factory time and the process's peak RSS (getrusage).
 """
@@ -16,6 +35,8 @@ and prints the total and per-factory time and the process's peak RSS (getrusage)
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,12 +59,17 @@ from agent.protocol.envelope import (
     thumbprint,
 )
 from agent.protocol.period import Period
-from agent.protocol.report import ReportMeta, build_report, report_id
+from agent.protocol.report import ReportMeta, build_report, report_has_samples, report_id
 from bureau.evidence_export import evaluate_from_store
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore, StoredReport
 from indicators.columns import BASE_MEASURE_COLUMNS, COUNT_COLUMNS, INVENTORY_COLUMNS
 from indicators.policy import PolicyFiles
+
+try:  # absent from trees before issue 18, which the verify and ingest stages also measure
+    from bureau import measures_table
+except ImportError:
+    measures_table = None  # type: ignore[assignment]
 
 TZ = "Asia/Shanghai"
 YEAR = 2025
@@ -170,14 +196,19 @@ def templates(days: int, devices: int) -> list[list[dict[str, Any]]]:
     return out
 
 
-def factory_rows(args: tuple[int, list[dict[str, Any]]]) -> tuple[dict[str, str], list[tuple]]:
-    """One factory's key and signed, chained store rows (runs in a worker process)."""
+FactoryRows = tuple[dict[str, str], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def factory_rows(args: tuple[int, list[dict[str, Any]]]) -> FactoryRows:
+    """One factory's key, signed and chained store rows and their measures rows (as the
+    receiver records them); runs in a worker process."""
     n, bodies = args
     fid = factory_id(n)
     key = OKPKey.generate_key("Ed25519")
     kid = thumbprint(public_jwk(key))
     prev = genesis_sha256(fid)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
+    measures: list[tuple[Any, ...]] = []
     for seq, body in enumerate(bodies, start=1):
         period = Period("day", body["period"]["key"], TZ)
         report = {
@@ -192,6 +223,11 @@ def factory_rows(args: tuple[int, list[dict[str, Any]]]) -> tuple[dict[str, str]
         payload = canonical_bytes(report)
         token = sign_compact(payload, key, Kind.REPORT)
         digest = sha256_hex(payload)
+        if measures_table is not None:
+            measures.append(
+                (report["report_id"], fid, period.key, report_has_samples(report),
+                 measures_table.measure_rows(report))
+            )
         rows.append(
             (
                 report["report_id"],
@@ -211,7 +247,7 @@ def factory_rows(args: tuple[int, list[dict[str, Any]]]) -> tuple[dict[str, str]
             )
         )
         prev = digest
-    return public_jwk(key), rows
+    return public_jwk(key), rows, measures
 
 
 def build_store(db: Path, factories: int, days: int, devices: int, workers: int) -> None:
@@ -224,11 +260,14 @@ def build_store(db: Path, factories: int, days: int, devices: int, workers: int)
     registry = KeyRegistry(store.db)
     jobs = ((n, bodies[n % TEMPLATES]) for n in range(factories))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for n, (jwk, rows) in enumerate(pool.map(factory_rows, jobs, chunksize=4)):
+        for n, (jwk, rows, measures) in enumerate(pool.map(factory_rows, jobs, chunksize=4)):
             with store.transaction():
                 registry.enroll(factory_id(n), jwk, at=0.0)
                 for row in rows:
                     store.insert(StoredReport(*row))
+                for measure in measures:
+                    assert measures_table is not None
+                    measures_table.write(store.db, *measure)
             if (n + 1) % 50 == 0:
                 print(
                     f"  {n + 1} factories stored ({time.perf_counter() - started:.0f} s)",
@@ -239,14 +278,7 @@ def build_store(db: Path, factories: int, days: int, devices: int, workers: int)
     print(f"store generated in {time.perf_counter() - started:.1f} s: {db}", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--factories", type=int, default=1000)
-    parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--devices", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--db", type=Path, default=None)
-    args = parser.parse_args()
+def annual_stage(args: argparse.Namespace) -> None:
     db = args.db or Path.home() / ".cache" / "tieragent-bench" / (
         f"bureau-{args.factories}x{args.days}x{args.devices}.db"
     )
@@ -257,24 +289,114 @@ def main() -> None:
         print(f"using cached store {db}")
     files = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
     store = SqliteReportStore(db)
+    old = min(args.old_factories, args.factories)
+    reference: dict[int, bytes] = {}
+    if old:
+        started = time.perf_counter()
+        from bureau.evidence_export import evaluate_from_payloads
+
+        for n in range(old):
+            result, _, _ = evaluate_from_payloads(store, factory_id(n), YEAR, files)
+            reference[n] = hashlib.sha256(_evaluation_bytes(result)).digest()
+        total = time.perf_counter() - started
+        print(f"old path (every report's JSON): {old} factories in {total:.1f} s: "
+              f"{total / old * 1000:.0f} ms per factory, "
+              f"{total / old * args.factories:.0f} s for {args.factories}", flush=True)
+    store.close()
     started = time.perf_counter()
-    slowest = 0.0
+    cpu = time.process_time()
+    workers = max(1, args.eval_workers)
+    jobs = [(db, range(w, args.factories, workers), args.days) for w in range(workers)]
     tiers: dict[str, int] = {}
-    for n in range(args.factories):
+    slowest = 0.0
+    digests: dict[int, bytes] = {}
+    if workers == 1:
+        outcomes = [evaluate_factories(jobs[0])]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outcomes = list(pool.map(evaluate_factories, jobs))
+    for worker_tiers, worker_slowest, worker_bytes in outcomes:
+        for tier, count in worker_tiers.items():
+            tiers[tier] = tiers.get(tier, 0) + count
+        slowest = max(slowest, worker_slowest)
+        digests.update(worker_bytes)
+    total = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu
+    for n, expected in reference.items():
+        assert digests[n] == expected, f"factory {n} differs from the old path"
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"columns path: evaluated {args.factories} factories x {args.days} daily reports "
+        f"({args.devices} devices each) in {total:.1f} s with {workers} process(es) "
+        f"(this process's CPU {cpu_s:.1f} s): {total / args.factories * 1000:.1f} ms per factory "
+        f"(slowest {slowest * 1000:.0f} ms); peak RSS {peak_mb:.0f} MB; tiers {tiers}; "
+        f"{len(reference)} evaluations byte-identical to the old path"
+    )
+
+
+def evaluate_factories(
+    job: tuple[Path, range, int],
+) -> tuple[dict[str, int], float, dict[int, bytes]]:
+    """Evaluate some factories from columns in one process (its own store connection)."""
+    db, numbers, days = job
+    files = PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS)
+    store = SqliteReportStore(db)
+    tiers: dict[str, int] = {}
+    slowest = 0.0
+    out: dict[int, bytes] = {}
+    for n in numbers:
         t0 = time.perf_counter()
         result, _, _ = evaluate_from_store(store, factory_id(n), YEAR, files)
         slowest = max(slowest, time.perf_counter() - t0)
         tier = result.evaluation.tier_reached or "none"
         tiers[tier] = tiers.get(tier, 0) + 1
-        assert result.coverage["accepted"] == args.days
-    total = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"evaluated {args.factories} factories x {args.days} daily reports "
-        f"({args.devices} devices each) in {total:.1f} s: "
-        f"{total / args.factories * 1000:.0f} ms per factory (slowest {slowest * 1000:.0f} ms); "
-        f"peak RSS {peak_mb:.0f} MB; tiers {tiers}"
-    )
+        assert result.coverage["accepted"] == days
+        out[n] = hashlib.sha256(_evaluation_bytes(result)).digest()
+    store.close()
+    return tiers, slowest, out
+
+
+def _evaluation_bytes(result: Any) -> bytes:
+    return json.dumps(result.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--factories", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--db", type=Path, default=None)
+    parser.add_argument("--stages", default="verify,ingest,annual")
+    parser.add_argument("--ingest-factories", type=int, default=50)
+    parser.add_argument("--ingest-days", type=int, default=40)
+    parser.add_argument("--old-factories", type=int, default=20)
+    parser.add_argument("--eval-workers", type=int, default=1,
+                        help="processes evaluating from columns (each its own connection)")
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL store URL (not measured here: the integrator's hook)")
+    args = parser.parse_args()
+    stages = set(args.stages.split(","))
+    if args.database_url:
+        raise SystemExit("--database-url: the PostgreSQL store is not in this tree yet; "
+                         "run the ingest stage against it once it is (bench/bureau_ingest.py).")
+    if stages & {"verify", "ingest"}:
+        from bench.bureau_ingest import ingest_stage, signed_messages, verify_stage
+
+        started = time.perf_counter()
+        messages, keys = signed_messages(
+            args.ingest_factories, args.ingest_days, args.devices, templates, factory_rows,
+            factory_id,
+        )
+        print(f"{len(messages)} signed reports ({args.ingest_factories} factories x "
+              f"{args.ingest_days} days, {len(messages[0][1])} bytes each) built in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        if "verify" in stages:
+            verify_stage(messages, keys, "bureau-bench")
+        if "ingest" in stages:
+            ingest_stage(messages, keys, "bureau-bench")
+    if "annual" in stages:
+        annual_stage(args)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
-from typing import Any
+from datetime import date
+from typing import Any, Protocol
 
 import pandas as pd
 
-from agent.protocol.chain import ChainEntry, walk_chain
 from agent.protocol.envelope import payload_sha256
 from agent.protocol.report import base_frame, report_has_samples
+from bureau.annual_sections import chain_section, coverage_section, day_in, period_days
 from bureau.errors import BureauError
-from bureau.store import ACCEPTED, PENDING_LINK, REJECTED, YearEntry
+from bureau.store import ACCEPTED, YearEntry
 from indicators.baseline import improvement
 from indicators.catalog import INDICATORS, IndicatorValue, Params
 from indicators.columns import BASE_MEASURE_COLUMNS
@@ -54,7 +54,6 @@ from indicators.policy import PolicyFileError, PolicyFiles
 
 FORMAT = "tieragent-annual-evaluation/v1"
 COVERAGE_REASON = "coverage_below_bound"
-NO_DATA = "no_data"  # a day whose accepted report has no sample: not a coverage day
 # Indicators shown month by month (trend table and charts of the evidence report).
 KEY_INDICATORS: tuple[str, ...] = (
     "oee",
@@ -92,6 +91,13 @@ class DayEntry:
     payload: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
     jws: str | None = dataclasses.field(default=None, repr=False, compare=False)
     kind: str = "day"  # the period kind: day, month or year
+    # Whether the report rests on a received sample, when known without its payload (the
+    # measures table, bureau.measures_table); None: decided from `payload`.
+    has_samples: bool | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.payload is not None or self.has_samples is not None
 
     @classmethod
     def from_year_entry(cls, entry: YearEntry) -> DayEntry:
@@ -190,14 +196,19 @@ def evaluate_year(
     through: date | None = None,
     overrides: Mapping[str, Any] | None = None,
     chain: Sequence[DayEntry] = (),
+    measures: MeasureSource | None = None,
 ) -> AnnualEvaluation:
     """Evaluate `factory_id` over `year` (Jan 1 to `through`, default Dec 31) from its daily
     report entries. `overrides` replace report params (e.g. industry_code, province) before the
     policy's own params apply. `chain` holds the other stored reports of the factory's chain
     between the first and the last seq of the year (month and year reports, revisions, other
     years' days; entries already in `entries` may be repeated): the chain section walks them
-    with the year's daily reports. Raises AnnualError when no accepted report lies in the
-    period or a file is unusable."""
+    with the year's daily reports. `measures`: where the chosen reports' payload and summed
+    base measures come from when the entries carry no payload (the bureau's measures table);
+    by default, from each entry's payload. Either gives the same evaluation, byte for byte
+    (tests/annual/test_measures_table.py). Raises AnnualError when no accepted report lies in
+    the period or a file is unusable."""
+    source = measures or _FROM_PAYLOADS
     if baseline_year is not None and baseline_year >= year:
         raise AnnualError(f"The baseline year {baseline_year} must lie before {year}.")
     try:
@@ -206,7 +217,7 @@ def evaluate_year(
         raise AnnualError(str(error)) from None
     policy, benchmarks, declarations = loaded.policy, loaded.benchmarks, loaded.declarations
     first, last = year_days(year, through)
-    in_period = [e for e in entries if _day_in(e.period_key, first, last)]
+    in_period = [e for e in entries if day_in(e.period_key, first, last)]
     accepted = _latest_accepted(in_period)
     chosen = _with_data(accepted)
     if not chosen:
@@ -215,13 +226,12 @@ def evaluate_year(
             f"Factory {factory_id!r} has no accepted daily report{without} between {first} "
             f"and {last}."
         )
-    latest = chosen[max(chosen)].payload
-    assert latest is not None
+    latest = source.payload(chosen[max(chosen)])
     time_zone = str(latest["period"]["time_zone"])
     params = _params(latest, overrides)
     run_params = policy.params_over(Params(**params))
     inventory = pd.DataFrame(latest["inventory"])
-    base = _daily_base(list(chosen.values()), time_zone)
+    base = source.daily_base(list(chosen.values()), time_zone)
 
     baseline_chosen = _chosen(
         [
@@ -231,10 +241,10 @@ def evaluate_year(
         ]
     )
     baseline_base = (
-        _daily_base(list(baseline_chosen.values()), time_zone) if baseline_chosen else None
+        source.daily_base(list(baseline_chosen.values()), time_zone) if baseline_chosen else None
     )
 
-    coverage = _coverage(
+    coverage = coverage_section(
         in_period, chosen, set(accepted) - set(chosen), first, last,
         policy.coverage.min_day_share,
     )
@@ -262,7 +272,7 @@ def evaluate_year(
         params=dataclasses.asdict(run_params),
         inputs=files.digests(),
         coverage=coverage,
-        chain=_chain(entries, chain, chosen, first, last),
+        chain=chain_section(entries, chain, chosen, first, last),
         monthly=_monthly(base, inventory, run_params, first, last),
         indicators=indicators,
         baseline={
@@ -277,14 +287,6 @@ def evaluate_year(
 # --- aggregation ---------------------------------------------------------------------------------
 
 
-def _day_in(period_key: str, first: date, last: date) -> bool:
-    try:
-        day = date.fromisoformat(period_key)
-    except ValueError:
-        return False
-    return first <= day <= last
-
-
 def _chosen(entries: Sequence[DayEntry]) -> dict[str, DayEntry]:
     """The accepted report of each day that counts: its highest revision, if it has data."""
     return _with_data(_latest_accepted(entries))
@@ -295,7 +297,11 @@ def _with_data(accepted: Mapping[str, DayEntry]) -> dict[str, DayEntry]:
     return {
         day: entry
         for day, entry in accepted.items()
-        if entry.payload is not None and report_has_samples(entry.payload)
+        if (
+            entry.has_samples
+            if entry.has_samples is not None
+            else entry.payload is not None and report_has_samples(entry.payload)
+        )
     }
 
 
@@ -303,7 +309,7 @@ def _latest_accepted(entries: Sequence[DayEntry]) -> dict[str, DayEntry]:
     """The accepted report of each day; the highest revision when the day was revised."""
     chosen: dict[str, DayEntry] = {}
     for entry in entries:
-        if entry.state != ACCEPTED or entry.payload is None:
+        if entry.state != ACCEPTED or not entry.readable:
             continue
         current = chosen.get(entry.period_key)
         if current is None or entry.revision > current.revision:
@@ -320,6 +326,28 @@ def _params(report: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> d
     return params
 
 
+class MeasureSource(Protocol):
+    """Where the evaluation reads a chosen report's payload and the chosen reports' base
+    measures summed per device and local day (`daily_measures`)."""
+
+    def payload(self, entry: DayEntry) -> Mapping[str, Any]: ...
+    def daily_base(self, entries: Sequence[DayEntry], time_zone: str) -> pd.DataFrame: ...
+
+
+class _FromPayloads:
+    """The entries' own payloads: the reports as signed (the evidence verifier's way)."""
+
+    def payload(self, entry: DayEntry) -> Mapping[str, Any]:
+        assert entry.payload is not None
+        return entry.payload
+
+    def daily_base(self, entries: Sequence[DayEntry], time_zone: str) -> pd.DataFrame:
+        return _daily_base(entries, time_zone)
+
+
+_FROM_PAYLOADS = _FromPayloads()
+
+
 def _daily_base(entries: Sequence[DayEntry], time_zone: str) -> pd.DataFrame:
     """One frame of every report's base-measure rows, summed per device and local day."""
     rows: list[list[Any]] = []
@@ -331,128 +359,6 @@ def _daily_base(entries: Sequence[DayEntry], time_zone: str) -> pd.DataFrame:
         rows.extend(member["rows"])
     frame = base_frame({"columns": BASE_MEASURE_COLUMNS, "rows": rows})
     return daily_measures(frame, time_zone)
-
-
-# --- coverage and chain --------------------------------------------------------------------------
-
-
-def _days(first: date, last: date) -> list[date]:
-    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
-
-
-def _coverage(
-    entries: Sequence[DayEntry],
-    chosen: Mapping[str, DayEntry],
-    no_data: set[str],
-    first: date,
-    last: date,
-    bound: float,
-) -> dict[str, Any]:
-    states: dict[str, set[str]] = {}
-    for entry in entries:
-        states.setdefault(entry.period_key, set()).add(entry.state)
-
-    def status(day: str) -> str:
-        if day in chosen:
-            return ACCEPTED
-        if day in no_data:
-            return NO_DATA
-        seen = states.get(day, set())
-        if PENDING_LINK in seen:
-            return PENDING_LINK
-        if REJECTED in seen:
-            return REJECTED
-        return "missing"
-
-    by_day = {d.isoformat(): status(d.isoformat()) for d in _days(first, last)}
-    months: list[dict[str, Any]] = []
-    for month in sorted({d[:7] for d in by_day}):
-        days = {d: s for d, s in by_day.items() if d.startswith(month)}
-        months.append(_tally(days, bound) | {"month": month})
-    total = _tally(by_day, bound)
-    ok = total["ok"] and all(m["ok"] for m in months)
-    return total | {
-        "min_day_share": bound,
-        "ok": ok,
-        "months": months,
-        "months_below_bound": [m["month"] for m in months if not m["ok"]],
-        "missing_days": [d for d, s in by_day.items() if s == "missing"],
-        "no_data_days": [d for d, s in by_day.items() if s == NO_DATA],
-        "rejected_days": [d for d, s in by_day.items() if s == REJECTED],
-        "pending_link_days": [d for d, s in by_day.items() if s == PENDING_LINK],
-    }
-
-
-def _tally(days: Mapping[str, str], bound: float) -> dict[str, Any]:
-    counts = {s: sum(1 for v in days.values() if v == s) for s in (ACCEPTED, "missing")}
-    counts[REJECTED] = sum(1 for v in days.values() if v == REJECTED)
-    counts[PENDING_LINK] = sum(1 for v in days.values() if v == PENDING_LINK)
-    counts[NO_DATA] = sum(1 for v in days.values() if v == NO_DATA)
-    share = counts[ACCEPTED] / len(days) if days else 0.0
-    return {
-        "days": len(days),
-        "accepted": counts[ACCEPTED],
-        "missing": counts["missing"],
-        "no_data": counts[NO_DATA],
-        "rejected": counts[REJECTED],
-        "pending_link": counts[PENDING_LINK],
-        "share": share,
-        "ok": share >= bound,
-    }
-
-
-def _chain(
-    entries: Sequence[DayEntry],
-    chain: Sequence[DayEntry],
-    chosen: Mapping[str, DayEntry],
-    first: date,
-    last: date,
-) -> dict[str, Any]:
-    """The year's stored reports and the chain's reports of any kind between them, in seq
-    order with their link state; the seq gaps; the rejections."""
-    unique: dict[str, DayEntry] = {}
-    for entry in [*entries, *chain]:
-        if entry.state != REJECTED and entry.seq is not None:
-            unique.setdefault(entry.report_id or f"seq {entry.seq}", entry)
-    stored = sorted(unique.values(), key=lambda e: int(e.seq or 0))
-    used = {e.report_id for e in chosen.values()}
-    links: list[dict[str, Any]] = []
-    gaps: list[dict[str, int]] = []
-    for link in walk_chain(
-        [ChainEntry(int(e.seq or 0), e.payload_sha256, e.prev_sha256) for e in stored]
-    ):
-        entry = stored[link.index]
-        if link.gap and link.previous_seq is not None:
-            gaps.append({"after_seq": link.previous_seq, "next_seq": link.seq})
-        links.append(
-            {
-                "seq": link.seq,
-                "kind": entry.kind,
-                "period_key": entry.period_key,
-                "report_id": entry.report_id,
-                "revision": entry.revision,
-                "kid": entry.kid,
-                "state": entry.state,
-                "payload_sha256": entry.payload_sha256,
-                "prev_sha256": entry.prev_sha256,
-                "linked_to_previous": link.linked,
-                "counted": entry.kind == "day"
-                and entry.report_id in used
-                and _day_in(entry.period_key, first, last),
-            }
-        )
-    rejections = [
-        {
-            "period_key": e.period_key,
-            "report_id": e.report_id,
-            "seq": e.seq,
-            "reason": e.reason,
-            "payload_sha256": e.payload_sha256,
-        }
-        for e in entries
-        if e.state == REJECTED
-    ]
-    return {"reports": links, "gaps": gaps, "rejections": rejections}
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -480,7 +386,7 @@ def _monthly(
     stamps = pd.to_datetime(base["hour_start"], unit="s", utc=True).dt.tz_convert(params.time_zone)
     month_of = stamps.dt.strftime("%Y-%m").to_numpy()
     out: list[dict[str, Any]] = []
-    for month in sorted({d.isoformat()[:7] for d in _days(first, last)}):
+    for month in sorted({d.isoformat()[:7] for d in period_days(first, last)}):
         rows = base[month_of == month]
         values = compute(rows, inventory, params) if len(rows) else {}
         out.append(

@@ -120,7 +120,30 @@ def evaluate_from_store(
     through: date | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[AnnualEvaluation, list[DayEntry], list[DayEntry]]:
-    """The annual evaluation plus the year's and the baseline year's entries it used."""
+    """The annual evaluation plus the year's and the baseline year's entries it used (from
+    the store's columns, bureau.annual_columns: the same evaluation as `export_evidence`'s,
+    without re-reading a year of report JSON; the entries carry no payload or JWS)."""
+    from bureau.annual_columns import evaluate_from_columns
+
+    check_factory(store, factory_id)
+    return evaluate_from_columns(
+        store, factory_id, year, files, baseline_year=baseline_year, through=through,
+        overrides=overrides,
+    )
+
+
+def evaluate_from_payloads(
+    store: SqliteReportStore,
+    factory_id: str,
+    year: int,
+    files: PolicyFiles,
+    *,
+    baseline_year: int | None = None,
+    through: date | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[AnnualEvaluation, list[DayEntry], list[DayEntry]]:
+    """`evaluate_from_store` from every report's signed payload (what the evidence folder
+    and its verifier use), entries with payloads and JWS."""
     result, entries, baseline, _ = _evaluate(
         store,
         factory_id,

@@ -345,6 +345,8 @@ class Receiver:
                 receipt_sha256=sha256_hex(receipt.encode("ascii")),
             )
         )
+        # Its base measures in columns for the annual evaluation, in the same transaction.
+        self.store.record_measures(report, decision.day_sums)
         if decision.relink is not None:
             self.store.set_state(decision.relink, "accepted")
         self.metrics["reports_accepted_total"] += 1

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.protocol.envelope import Kind, unverified_payload
+from bureau import measures_table
 from bureau.database import Database, ReportStoreError
+from bureau.indicator_check import DaySums
 
 __all__ = ["ReportStoreError", "SqlReportStore", "SqliteReportStore", "StoredReport"]
 
@@ -85,6 +87,7 @@ class ReportStore(Protocol):
     def get(self, report_id: str) -> StoredReport | None: ...
     def by_seq(self, factory_id: str, seq: int) -> StoredReport | None: ...
     def insert(self, report: StoredReport) -> None: ...
+    def record_measures(self, report: dict[str, Any], sums: DaySums | None) -> None: ...
     def set_state(self, report_id: str, state: str) -> None: ...
     def evict(self, report_id: str, reason: str, detail: str) -> StoredReport | None: ...
     def quarantine(self, rejection: Rejection) -> None: ...
@@ -152,6 +155,10 @@ class SqlReportStore:
             ":state, :received_at, :receipt_jws, :receipt_sha256)",
             {name: getattr(report, name) for name in StoredReport.__slots__},
         )
+
+    def record_measures(self, report: dict[str, Any], sums: DaySums | None) -> None:
+        """A stored daily report's base measures in columns (bureau.measures_table)."""
+        measures_table.record(self.db, report, sums)
 
     def set_state(self, report_id: str, state: str) -> None:
         self.db.execute(

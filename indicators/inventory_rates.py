@@ -8,6 +8,7 @@ automatic. Devices in the inventory but never connected count in the denominator
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,26 +33,93 @@ AUTOMATED_KINDS = frozenset({"cnc", "robot", "plc_automated", "dcs"})
 def inventory_rates(
     base: pd.DataFrame, inventory: pd.DataFrame, params: Params
 ) -> list[IndicatorValue]:
-    ids = (
-        "digitization_rate",
-        "networking_rate",
-        "networking_rate_digital",
-        "key_process_cnc_rate",
-        "key_process_cnc_rate_device",
-        "key_process_cnc_rate_process",
-        "key_process_cnc_rate_measured",
-        "key_process_auto_share",
+    facts = inventory_facts(inventory)
+    if not facts.device_ids:
+        return [undefined(key, NO_INVENTORY, {}) for key in RATE_IDS]
+    days = _device_days(base, list(facts.device_ids), params)
+    key_sums: tuple[float, float] | None = None
+    if facts.key_ids:
+        rows = base["device_id"].isin(list(facts.key_ids)).to_numpy()
+        auto_apt = float(base["auto_apt_s"].to_numpy()[rows].sum(dtype=np.float64))
+        apt = float(base["apt_s"].to_numpy()[rows].sum(dtype=np.float64))
+        key_sums = (auto_apt, apt)
+    return rates_from_counts(
+        facts, days.n_days, days.networked, days.auto_networked, key_sums, params
     )
+
+
+RATE_IDS: tuple[str, ...] = (
+    "digitization_rate",
+    "networking_rate",
+    "networking_rate_digital",
+    "key_process_cnc_rate",
+    "key_process_cnc_rate_device",
+    "key_process_cnc_rate_process",
+    "key_process_cnc_rate_measured",
+    "key_process_auto_share",
+)
+
+
+@dataclass(frozen=True)
+class InventoryFacts:
+    """What the rates need of an inventory, in `device_id` order (one per device)."""
+
+    device_ids: tuple[str, ...]
+    digital: npt.NDArray[np.bool_]
+    key: npt.NDArray[np.bool_]
+    automated: npt.NDArray[np.bool_]
+    key_steps: int  # distinct process steps of key devices
+    key_steps_automated: int  # of those, the ones served by an automated device
+    key_ids: frozenset[str]
+
+
+def inventory_facts(inventory: pd.DataFrame) -> InventoryFacts:
+    """The facts of `inventory`, kept per distinct inventory: an annual evaluation asks for
+    the same inventory's facts some fifteen times (year, months, conditions), and building
+    them with pandas costs about 10 ms."""
+    key = (tuple(map(str, inventory.columns)), tuple(inventory.itertuples(index=False, name=None)))
+    try:
+        return _kept_facts(key)
+    except TypeError:  # an unhashable cell: computed each time
+        return _facts(inventory)
+
+
+@functools.lru_cache(maxsize=256)
+def _kept_facts(key: tuple[tuple[str, ...], tuple[tuple[object, ...], ...]]) -> InventoryFacts:
+    columns, rows = key
+    return _facts(pd.DataFrame(list(rows), columns=list(columns)))
+
+
+def _facts(inventory: pd.DataFrame) -> InventoryFacts:
     inv = _inventory(inventory)
-    if inv.empty:
-        return [undefined(key, NO_INVENTORY, {}) for key in ids]
-    days = _device_days(base, list(inv["device_id"]), params)
-    n_days = float(days.n_days)
-    digital = inv["digital"].to_numpy(bool)
     key = inv["key_process"].to_numpy(bool)
     automated = inv["kind"].isin(list(AUTOMATED_KINDS)).to_numpy(bool)
-    networked = days.networked  # device-days per inventory device
-    auto_days = days.auto_networked
+    steps = inv.loc[key, ["process_step"]].assign(automated=automated[key])
+    served = steps.groupby("process_step", sort=True)["automated"].any()
+    return InventoryFacts(
+        device_ids=tuple(str(d) for d in inv["device_id"]),
+        digital=inv["digital"].to_numpy(bool),
+        key=key,
+        automated=automated,
+        key_steps=len(served),
+        key_steps_automated=int(served.sum()),
+        key_ids=frozenset(str(d) for d in inv.loc[key, "device_id"]),
+    )
+
+
+def rates_from_counts(
+    facts: InventoryFacts,
+    n_days_int: int,
+    networked: npt.NDArray[np.int64],
+    auto_days: npt.NDArray[np.int64],
+    key_sums: tuple[float, float] | None,
+    params: Params,
+) -> list[IndicatorValue]:
+    """The rates from the device-day counts (`networked`, `auto_days`: per inventory device)
+    and the key devices' (auto APT, APT) sums; `inventory_rates` and the bureau's per-report
+    check (bureau.indicator_check) share it, so both give the same values."""
+    n_days = float(n_days_int)
+    digital, key, automated = facts.digital, facts.key, facts.automated
     out: list[IndicatorValue] = []
 
     def rate(name: str, numerator: float, denominator: float, **extra: float) -> IndicatorValue:
@@ -64,7 +132,7 @@ def inventory_rates(
             return undefined(name, NO_INVENTORY, inputs)
         return defined(name, numerator / denominator, inputs)
 
-    devices = float(len(inv))
+    devices = float(len(facts.device_ids))
     out.append(rate("digitization_rate", float(digital.sum()) * n_days, devices * n_days))
     out.append(rate("networking_rate", float(networked.sum()), devices * n_days))
     out.append(
@@ -79,13 +147,11 @@ def inventory_rates(
         float((key & automated).sum()) * n_days,
         float(key.sum()) * n_days,
     )
-    steps = inv.loc[key, ["process_step"]].assign(automated=automated[key])
-    served = steps.groupby("process_step", sort=True)["automated"].any()
     by_process = rate(
         "key_process_cnc_rate_process",
-        float(served.sum()) * n_days,
-        float(len(served)) * n_days,
-        key_processes=float(len(served)),
+        float(facts.key_steps_automated) * n_days,
+        float(facts.key_steps) * n_days,
+        key_processes=float(facts.key_steps),
     )
     headline = by_process if params.industry_type == "process" else by_device
     out.append(
@@ -107,13 +173,10 @@ def inventory_rates(
             float(key.sum()) * n_days,
         )
     )
-    key_ids = set(inv.loc[key, "device_id"])
-    if not key_ids:
+    if key_sums is None:
         out.append(undefined("key_process_auto_share", NO_INVENTORY, {}))
     else:
-        rows = base["device_id"].isin(list(key_ids)).to_numpy()
-        auto_apt = float(base["auto_apt_s"].to_numpy()[rows].sum(dtype=np.float64))
-        apt = float(base["apt_s"].to_numpy()[rows].sum(dtype=np.float64))
+        auto_apt, apt = key_sums
         inputs = {"auto_apt_s": auto_apt, "apt_s": apt}
         if apt <= 0:
             out.append(undefined("key_process_auto_share", NO_PRODUCTION, inputs))

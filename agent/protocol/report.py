@@ -25,6 +25,7 @@ from importlib.resources import files
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 import numpy as np
 import pandas as pd
 
@@ -281,8 +282,23 @@ def _validator() -> jsonschema.protocols.Validator:
     return validator
 
 
+@cache
+def _fast_validator() -> Any:
+    """jsonschema-rs (Rust) compiled once: about 30 µs for a daily report where the Python
+    jsonschema takes about 0.7 ms even without the rows. It only says valid or not; the
+    Python validator stays the authority for what is wrong and how it is said."""
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return jsonschema_rs.validator_for(schema)
+
+
 def schema_errors(report: Any) -> list[str]:
     """Every schema violation as 'path: message' (empty when valid)."""
+    if _fast_validator().is_valid(report):
+        return []
+    return _python_schema_errors(report)
+
+
+def _python_schema_errors(report: Any) -> list[str]:
     checks = _row_checks()
     rows = _base_rows(report)
     if checks is not None and rows is not None:

@@ -82,3 +82,56 @@ def test_a_subclass_is_the_library_s() -> None:
     value = {"x": np.float64(1.0), "y": [np.float64(0.25)]}
     assert fast_canonical_form(value) is None
     assert canonical_bytes(value) == rfc8785.dumps(value)
+
+
+def _strict_verdict(payload: bytes) -> Any:
+    """What the strict path (strict parse + rfc8785 re-encoding) says of `payload`."""
+    from agent.protocol.envelope import strict_loads
+
+    try:
+        value = strict_loads(payload)
+        return value if rfc8785.dumps(value) == payload else "not canonical"
+    except (EnvelopeError, rfc8785.CanonicalizationError, UnicodeEncodeError, ValueError):
+        return "error"
+
+
+def test_the_verifier_fast_parse_never_accepts_what_the_strict_path_rejects() -> None:
+    """If a payload is not RFC 8785 canonical (integral or exponent floats, integers past
+    2^53 - 1, duplicate or unsorted members, whitespace, non-ASCII member order, a bare
+    number, too deep), then the fast parse steps aside (None); when it accepts, the strict
+    path accepts the same value (issue 18 item 6)."""
+    from agent.protocol.envelope import _canonical_parse
+
+    canonical = [
+        rfc8785.dumps(v) for v in (
+            {"a": 1, "b": [0.5, -2, "x"], "c": {"d": None, "e": True}},
+            {"n": 0.0001, "m": 123456789.125, "k": 10**15 - 1, "s": "中文\u2028\n\x00"},
+            {"h": "0123456789abcdef" * 4, "é": 1, "z": [[{"y": 1.5}]]},
+            # steps aside: a look-alike string, 16 digits, exponents, 4-byte UTF-8
+            {"a": "x:1.0,"}, {"k": 2**53 - 1}, {"f": [1e-7, 1e21, 5e-324, 0.0, -0.0]},
+            {"\U0001f600": 1, "\uff01": 2},
+        )
+    ]
+    others = [
+        b'{"a":1.0}', b'{"a":1e-05}', b'{"a":1E5}', b'{"a":[1.5e+16]}', b'{"a":-0.0}',
+        b'{"a":9007199254740993}', b'{"a":1,"a":2}', b'{"b":1,"a":2}', b'{"a": 1}',
+        b'{"a":"\\u0041"}', b'{"a":NaN}', b"1.0", b"[1.0]", b'{"a":' + b"[" * 40 + b"]" * 40 + b"}",
+        b'{"a":"\xff"}', b'{"\xf0\x9f\x98\x80":1,"\xef\xbc\x81":2}', b'{"a":100000000000000000}',
+    ]
+    fast_accepted = 0
+    for payload in canonical + others:
+        mine = _canonical_parse(payload)
+        strict = _strict_verdict(payload)
+        if mine is not None:
+            fast_accepted += 1
+            assert strict == mine, payload
+        if payload in others:
+            assert mine is None, payload
+    assert fast_accepted == 3  # the first three take the fast path
+    for value in _floats(3_000)[:3_000]:
+        payload = rfc8785.dumps({"v": [value, {"w": value}]})
+        mine = _canonical_parse(payload)
+        assert mine is None or mine == _strict_verdict(payload), payload
+        wrong = json.dumps({"v": [value, {"w": value}]}, separators=(",", ":")).encode()
+        if wrong != payload:
+            assert _canonical_parse(wrong) is None, wrong
