@@ -1,7 +1,8 @@
 """The bureau portal's accounts: users, browser sessions, API tokens and the audit table.
 
-Tables live in the bureau database beside the reports (bureau.store). Plain SQL, the same
-style as bureau.registry, so another backend can port it table by table.
+Tables live in the bureau database beside the reports (bureau.database, SQLite or
+PostgreSQL); their schema is the migration bureau/migrations/versions/0002_accounts.py. SQL
+with named parameters, the style of bureau.registry.
 
 - users: username, role (evaluator reads; admin also enrols and revokes keys and manages
   accounts), an argon2 hash of the password (argon2-cffi), a disabled flag.
@@ -22,52 +23,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from bureau.database import Database
 from bureau.errors import BureauError
 
 ROLES = ("evaluator", "admin")
 SESSION_TTL_S = 8 * 3600.0
 MIN_PASSWORD = 10
 TOKEN_PREFIX = "tab_"  # recognisable in a secrets scanner
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    username TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('evaluator','admin')),
-    password_hash TEXT NOT NULL,
-    disabled INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    token_sha256 TEXT PRIMARY KEY,
-    username TEXT NOT NULL REFERENCES users (username),
-    csrf_token TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    token_sha256 TEXT PRIMARY KEY,
-    username TEXT NOT NULL REFERENCES users (username),
-    created_at REAL NOT NULL,
-    last_used_at REAL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    username TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
-"""
-
 
 class AccountError(BureauError):
     """An account operation that cannot be done; str() says why and what to do."""
@@ -122,13 +90,9 @@ def check_password(password: str) -> None:
 class Accounts:
     """Users, sessions, API tokens and the audit on the bureau database connection `db`."""
 
-    def __init__(self, db: sqlite3.Connection, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, db: Database, hasher: PasswordHasher | None = None) -> None:
         self.db = db
         self.hasher = hasher or PasswordHasher()
-        # One statement at a time: executescript would commit the caller's transaction.
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
 
     # ---- users ---------------------------------------------------------------------------
 
@@ -141,22 +105,23 @@ class Accounts:
             raise AccountError(f"User {name!r} exists already.")
         self.db.execute(
             "INSERT INTO users (username, role, password_hash, disabled, created_at) "
-            "VALUES (?, ?, ?, 0, ?)",
-            (name, role, self.hasher.hash(password), time.time()),
+            "VALUES (:username, :role, :password_hash, 0, :created_at)",
+            {"username": name, "role": role, "password_hash": self.hasher.hash(password),
+             "created_at": time.time()},
         )
         user = self.user(name)
         assert user is not None
         return user
 
     def user(self, username: str) -> User | None:
-        row = self.db.execute(
-            "SELECT username, role, disabled, created_at FROM users WHERE username = ?",
-            (username,),
-        ).fetchone()
+        row = self.db.row(
+            "SELECT username, role, disabled, created_at FROM users WHERE username = :username",
+            {"username": username},
+        )
         return User(row[0], row[1], bool(row[2]), row[3]) if row else None
 
     def users(self) -> list[User]:
-        rows = self.db.execute(
+        rows = self.db.rows(
             "SELECT username, role, disabled, created_at FROM users ORDER BY username"
         )
         return [User(r[0], r[1], bool(r[2]), r[3]) for r in rows]
@@ -164,29 +129,32 @@ class Accounts:
     def disable(self, username: str) -> User:
         if self.user(username) is None:
             raise AccountError(f"No user {username!r}.")
-        self.db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (username,))
-        self.db.execute("DELETE FROM sessions WHERE username = ?", (username,))
+        with self.db.transaction():
+            self.db.execute("UPDATE users SET disabled = 1 WHERE username = :username",
+                            {"username": username})
+            self.db.execute("DELETE FROM sessions WHERE username = :username",
+                            {"username": username})
         user = self.user(username)
         assert user is not None
         return user
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user when the password matches and the account is enabled, else None."""
-        row = self.db.execute(
-            "SELECT password_hash FROM users WHERE username = ?", (username,)
-        ).fetchone()
-        if row is None:
+        stored = self.db.scalar(
+            "SELECT password_hash FROM users WHERE username = :username", {"username": username}
+        )
+        if stored is None:
             # Hash anyway, so a missing user takes as long as a wrong password.
             self.hasher.hash(password)
             return None
         try:
-            self.hasher.verify(row[0], password)
+            self.hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return None
-        if self.hasher.check_needs_rehash(row[0]):
+        if self.hasher.check_needs_rehash(stored):
             self.db.execute(
-                "UPDATE users SET password_hash = ? WHERE username = ?",
-                (self.hasher.hash(password), username),
+                "UPDATE users SET password_hash = :password_hash WHERE username = :username",
+                {"password_hash": self.hasher.hash(password), "username": username},
             )
         user = self.user(username)
         return user if user is not None and not user.disabled else None
@@ -198,27 +166,33 @@ class Accounts:
         token = secrets.token_urlsafe(32)
         now = time.time()
         session = Session(user, secrets.token_urlsafe(32), now + ttl_s)
-        self.db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
-        self.db.execute(
-            "INSERT INTO sessions (token_sha256, username, csrf_token, created_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (token_sha256(token), user.username, session.csrf_token, now, session.expires_at),
-        )
+        with self.db.transaction():
+            self.db.execute("DELETE FROM sessions WHERE expires_at < :now", {"now": now})
+            self.db.execute(
+                "INSERT INTO sessions (token_sha256, username, csrf_token, created_at, "
+                "expires_at) VALUES (:token_sha256, :username, :csrf_token, :created_at, "
+                ":expires_at)",
+                {"token_sha256": token_sha256(token), "username": user.username,
+                 "csrf_token": session.csrf_token, "created_at": now,
+                 "expires_at": session.expires_at},
+            )
         return token, session
 
     def session(self, token: str) -> Session | None:
         """The live session of a cookie token (None: unknown, expired or user disabled)."""
-        row = self.db.execute(
+        row = self.db.row(
             "SELECT u.username, u.role, u.disabled, u.created_at, s.csrf_token, s.expires_at "
-            "FROM sessions s JOIN users u ON u.username = s.username WHERE s.token_sha256 = ?",
-            (token_sha256(token),),
-        ).fetchone()
+            "FROM sessions s JOIN users u ON u.username = s.username "
+            "WHERE s.token_sha256 = :token_sha256",
+            {"token_sha256": token_sha256(token)},
+        )
         if row is None or row[2] or row[5] < time.time():
             return None
         return Session(User(row[0], row[1], bool(row[2]), row[3]), row[4], row[5])
 
     def close_session(self, token: str) -> None:
-        self.db.execute("DELETE FROM sessions WHERE token_sha256 = ?", (token_sha256(token),))
+        self.db.execute("DELETE FROM sessions WHERE token_sha256 = :token_sha256",
+                        {"token_sha256": token_sha256(token)})
 
     # ---- API tokens ----------------------------------------------------------------------
 
@@ -231,24 +205,27 @@ class Accounts:
             raise AccountError(f"User {username!r} is disabled.")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self.db.execute(
-            "INSERT INTO api_tokens (token_sha256, username, created_at) VALUES (?, ?, ?)",
-            (token_sha256(token), username, time.time()),
+            "INSERT INTO api_tokens (token_sha256, username, created_at) "
+            "VALUES (:token_sha256, :username, :created_at)",
+            {"token_sha256": token_sha256(token), "username": username,
+             "created_at": time.time()},
         )
         return token
 
     def token_user(self, token: str) -> User | None:
         """The enabled user an API token belongs to, or None."""
         digest = token_sha256(token)
-        row = self.db.execute(
+        row = self.db.row(
             "SELECT t.token_sha256, u.username, u.role, u.disabled, u.created_at "
             "FROM api_tokens t JOIN users u ON u.username = t.username "
-            "WHERE t.token_sha256 = ?",
-            (digest,),
-        ).fetchone()
+            "WHERE t.token_sha256 = :token_sha256",
+            {"token_sha256": digest},
+        )
         if row is None or not hmac.compare_digest(row[0], digest) or row[3]:
             return None
         self.db.execute(
-            "UPDATE api_tokens SET last_used_at = ? WHERE token_sha256 = ?", (time.time(), digest)
+            "UPDATE api_tokens SET last_used_at = :now WHERE token_sha256 = :token_sha256",
+            {"now": time.time(), "token_sha256": digest},
         )
         return User(row[1], row[2], bool(row[3]), row[4])
 
@@ -256,16 +233,20 @@ class Accounts:
 
     def audit(self, username: str, action: str, target: str) -> None:
         self.db.execute(
-            "INSERT INTO audit (username, action, target, at) VALUES (?, ?, ?, ?)",
-            (username, action, target[:500], time.time()),
+            "INSERT INTO audit (username, action, target, at) "
+            "VALUES (:username, :action, :target, :at)",
+            {"username": username, "action": action, "target": target[:500], "at": time.time()},
         )
 
     def audit_rows(self, limit: int = 500, action: str | None = None) -> list[AuditRow]:
         """The newest audit rows first (only those of `action` when given)."""
-        sql = "SELECT id, username, action, target, at FROM audit"
-        args: tuple[str | int, ...] = ()
+        params: dict[str, str | int] = {"limit": limit}
+        where = ""
         if action is not None:
-            sql += " WHERE action = ?"
-            args = (action,)
-        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+            where, params["action"] = " WHERE action = :action", action
+        rows = self.db.rows(
+            f"SELECT id, username, action, target, at FROM audit{where} "
+            "ORDER BY id DESC LIMIT :limit",
+            params,
+        )
         return [AuditRow(*row) for row in rows]

@@ -27,7 +27,7 @@ from agent.protocol.chain import genesis_sha256
 from agent.protocol.report import base_frame, inventory_from_rows, report_has_samples
 from bureau.annual import KEY_INDICATORS, AnnualEvaluation, DayEntry, indicator_unit
 from bureau.evidence_export import evaluate_from_store
-from bureau.store import ACCEPTED, SqliteReportStore
+from bureau.store import ACCEPTED, SqlReportStore
 from bureau.web.queries import ChainRow, chain_rows, issued_at
 from bureau.web.settings import WebSettings
 from indicators.catalog import IndicatorValue, Params
@@ -121,7 +121,7 @@ def baseline_year(year: int, files: PolicyFiles) -> int:
 
 
 def evaluate(
-    store: SqliteReportStore, settings: WebSettings, factory_id: str, year: int,
+    store: SqlReportStore, settings: WebSettings, factory_id: str, year: int,
     through: date | None,
 ) -> tuple[AnnualEvaluation, list[DayEntry]]:
     """The annual evaluation and the year's entries it used (raises AnnualError)."""
@@ -238,7 +238,7 @@ def trend_series(result: AnnualEvaluation) -> list[dict[str, Any]]:
 
 
 def chain_view(
-    store: SqliteReportStore, factory_id: str, result: AnnualEvaluation | None,
+    store: SqlReportStore, factory_id: str, result: AnnualEvaluation | None,
     entries: list[DayEntry],
 ) -> list[ChainView]:
     """The factory's stored reports (those of the evaluated chain slice when there is one),
@@ -275,7 +275,7 @@ def chain_view(
 
 
 def factory_view(
-    store: SqliteReportStore, settings: WebSettings, factory_id: str, year: int,
+    store: SqlReportStore, settings: WebSettings, factory_id: str, year: int,
     through: date | None,
 ) -> FactoryView:
     from bureau.annual import AnnualError
@@ -302,14 +302,15 @@ def factory_view(
     )
 
 
-def default_year(store: SqliteReportStore, factory_id: str) -> int:
+def default_year(store: SqlReportStore, factory_id: str) -> int:
     """The year of the factory's latest daily report (this year when it has none)."""
-    row = store.db.execute(
-        "SELECT MAX(period_key) FROM reports WHERE factory_id = ? AND period_kind = 'day'",
-        (factory_id,),
-    ).fetchone()
-    if row and row[0]:
-        return int(str(row[0])[:4])
+    latest = store.db.scalar(
+        "SELECT MAX(period_key) FROM reports WHERE factory_id = :factory_id "
+        "AND period_kind = 'day'",
+        {"factory_id": factory_id},
+    )
+    if latest:
+        return int(str(latest)[:4])
     return datetime.now(BUREAU_ZONE).year
 
 

@@ -1,8 +1,9 @@
 """The portal's shared state: settings, database connections, templates, page rendering.
 
-SQLite connections are not shared between threads: FastAPI runs plain `def` handlers in a
-thread pool, so each worker thread opens its own store (once) on the bureau database, in WAL
-mode beside the receivers. All are closed when the app stops.
+A store's connection (bureau.database.Database) is not thread-safe: FastAPI runs plain `def`
+handlers in a thread pool, so each worker thread opens its own store (once) on the bureau
+database, SQLite in WAL mode or PostgreSQL, beside the receivers. All are closed when the
+app stops.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from bureau.accounts import Accounts, User
 from bureau.annual import indicator_unit
 from bureau.html_report import format_value
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from bureau.web import i18n
 from bureau.web.settings import WebSettings
 
@@ -32,16 +33,16 @@ class Portal:
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
         self._local = threading.local()
-        self._opened: list[SqliteReportStore] = []
+        self._opened: list[SqlReportStore] = []
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): threads then open their stores again
         self.templates = Jinja2Templates(env=_environment())
         self.store()  # a database that cannot be opened fails at start, not at the first page
 
-    def store(self) -> SqliteReportStore:
-        store: SqliteReportStore | None = getattr(self._local, "store", None)
+    def store(self) -> SqlReportStore:
+        store: SqlReportStore | None = getattr(self._local, "store", None)
         if store is None or self._local.generation != self._generation:
-            store = SqliteReportStore(self.settings.db)
+            store = SqlReportStore(self.settings.db)
             self._local.store = store
             self._local.accounts = Accounts(store.db)
             with self._lock:

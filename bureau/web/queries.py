@@ -1,5 +1,5 @@
-"""Read-only queries of the portal on the bureau database (plain SQL, the style of
-bureau.registry, so another backend can port them).
+"""Read-only queries of the portal on the bureau database (bureau.database: SQLite or
+PostgreSQL; SQL with named parameters that both run, the style of bureau.registry).
 
 The factory list is built from a handful of grouped queries, whatever the number of
 factories: per-factory counts, the latest accepted daily report, accepted days per year,
@@ -9,11 +9,11 @@ decoded (for the tier it states), once per report id.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from agent.protocol.envelope import EnvelopeError, Kind, unverified_payload
+from bureau.database import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +66,18 @@ _STATED: dict[str, tuple[str | None, str | None]] = {}
 _STATED_LIMIT = 65_536
 
 
-def _stated(db: sqlite3.Connection, report_id: str) -> tuple[str | None, str | None]:
+def _stated(db: Database, report_id: str) -> tuple[str | None, str | None]:
     """(tier_reached, issued_at) as a stored report states them. Reports never change, so
     the answer is kept per report id (the JWS is read and decoded once)."""
     known = _STATED.get(report_id)
     if known is not None:
         return known
-    row = db.execute("SELECT jws FROM reports WHERE report_id = ?", (report_id,)).fetchone()
+    jws = db.scalar("SELECT jws FROM reports WHERE report_id = :report_id",
+                    {"report_id": report_id})
     tier, issued = None, None
-    if row is not None:
+    if jws is not None:
         try:
-            payload = unverified_payload(row[0], Kind.REPORT)
+            payload = unverified_payload(jws, Kind.REPORT)
         except EnvelopeError:
             payload = {}
         evaluation = payload.get("evaluation") or {}
@@ -89,22 +90,22 @@ def _stated(db: sqlite3.Connection, report_id: str) -> tuple[str | None, str | N
     return tier, issued
 
 
-def _grouped(db: sqlite3.Connection, sql: str) -> dict[str, Any]:
-    return {row[0]: row[1] for row in db.execute(sql) if row[0] is not None}
+def _grouped(db: Database, sql: str) -> dict[str, Any]:
+    return {row[0]: row[1] for row in db.rows(sql) if row[0] is not None}
 
 
-def factory_rows(db: sqlite3.Connection) -> list[FactoryRow]:
+def factory_rows(db: Database) -> list[FactoryRow]:
     """Every factory with an enrolled key or a stored report, by factory id."""
     counts = {
         row[0]: (row[1], row[2], row[3])
-        for row in db.execute(
+        for row in db.rows(
             "SELECT factory_id, COUNT(*), SUM(CASE WHEN state = 'pending-link' THEN 1 ELSE 0 "
             "END), MAX(received_at) FROM reports GROUP BY factory_id"
         )
     }
     latest = {
         row[0]: (row[1], row[2])
-        for row in db.execute(
+        for row in db.rows(
             "SELECT factory_id, report_id, period_key FROM ("
             "SELECT factory_id, report_id, period_key, ROW_NUMBER() OVER ("
             "PARTITION BY factory_id ORDER BY period_key DESC, revision DESC) AS n "
@@ -113,7 +114,7 @@ def factory_rows(db: sqlite3.Connection) -> list[FactoryRow]:
         )
     }
     days: dict[str, dict[str, int]] = {}
-    for factory_id, year, count in db.execute(
+    for factory_id, year, count in db.rows(
         "SELECT factory_id, substr(period_key, 1, 4), COUNT(DISTINCT period_key) FROM reports "
         "WHERE period_kind = 'day' AND state = 'accepted' GROUP BY factory_id, "
         "substr(period_key, 1, 4)"
@@ -135,7 +136,7 @@ def factory_rows(db: sqlite3.Connection) -> list[FactoryRow]:
     active = _grouped(
         db, "SELECT factory_id, COUNT(*) FROM keys WHERE status = 'active' GROUP BY factory_id"
     )
-    enrolled = {row[0] for row in db.execute("SELECT DISTINCT factory_id FROM keys")}
+    enrolled = {row[0] for row in db.rows("SELECT DISTINCT factory_id FROM keys")}
     rows: list[FactoryRow] = []
     for factory_id in sorted(enrolled | set(counts)):
         total, pending, received = counts.get(factory_id, (0, 0, None))
@@ -161,16 +162,16 @@ def factory_rows(db: sqlite3.Connection) -> list[FactoryRow]:
     return rows
 
 
-def chain_rows(db: sqlite3.Connection, factory_id: str) -> list[ChainRow]:
+def chain_rows(db: Database, factory_id: str) -> list[ChainRow]:
     """The factory's stored reports in sequence order, with when the bureau received each
     and whether the transparency log has its leaf."""
-    rows = db.execute(
+    rows = db.rows(
         "SELECT r.report_id, r.seq, r.period_kind, r.period_key, r.revision, r.state, r.kid, "
         "r.received_at, r.payload_sha256, r.prev_sha256, EXISTS (SELECT 1 FROM log_leaves l "
         "WHERE l.report_id = r.report_id AND l.payload_sha256 = r.payload_sha256) "
-        "FROM reports r WHERE r.factory_id = ? "
+        "FROM reports r WHERE r.factory_id = :factory_id "
         "ORDER BY r.seq",
-        (factory_id,),
+        {"factory_id": factory_id},
     )
     return [
         ChainRow(
@@ -182,25 +183,25 @@ def chain_rows(db: sqlite3.Connection, factory_id: str) -> list[ChainRow]:
     ]
 
 
-def rejection_rows(db: sqlite3.Connection, factory_id: str) -> list[RejectionRow]:
+def rejection_rows(db: Database, factory_id: str) -> list[RejectionRow]:
     """The factory's quarantined messages, oldest first (without their bytes)."""
-    rows = db.execute(
+    rows = db.rows(
         "SELECT id, received_at, reason, detail, report_id, period_kind, period_key, "
-        "message_sha256 FROM rejections WHERE factory_id = ? ORDER BY id",
-        (factory_id,),
+        "message_sha256 FROM rejections WHERE factory_id = :factory_id ORDER BY id",
+        {"factory_id": factory_id},
     )
     return [RejectionRow(*row) for row in rows]
 
 
-def factory_known(db: sqlite3.Connection, factory_id: str) -> bool:
-    row = db.execute(
-        "SELECT 1 FROM keys WHERE factory_id = ? UNION ALL "
-        "SELECT 1 FROM reports WHERE factory_id = ? LIMIT 1",
-        (factory_id, factory_id),
-    ).fetchone()
+def factory_known(db: Database, factory_id: str) -> bool:
+    row = db.row(
+        "SELECT 1 FROM keys WHERE factory_id = :factory_id UNION ALL "
+        "SELECT 1 FROM reports WHERE factory_id = :factory_id LIMIT 1",
+        {"factory_id": factory_id},
+    )
     return row is not None
 
 
-def issued_at(db: sqlite3.Connection, report_id: str) -> str | None:
+def issued_at(db: Database, report_id: str) -> str | None:
     """The issued_at a stored report states (cached per report id)."""
     return _stated(db, report_id)[1]

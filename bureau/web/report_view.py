@@ -20,7 +20,7 @@ from agent.protocol.merkle import verify_inclusion
 from agent.protocol.report import indicator_mismatches, recompute_indicators, schema_errors
 from agent.protocol.translog import report_leaf
 from bureau.registry import EnrolledKey, KeyRegistry
-from bureau.store import SqliteReportStore, StoredReport
+from bureau.store import SqlReportStore, StoredReport
 from bureau.translog import LogError, TransparencyLog
 
 
@@ -68,7 +68,7 @@ def _signature(stored: StoredReport, key: EnrolledKey | None) -> Check:
     return Check(True, "Ed25519")
 
 
-def _chain_link(store: SqliteReportStore, stored: StoredReport) -> Check:
+def _chain_link(store: SqlReportStore, stored: StoredReport) -> Check:
     if stored.seq == 1:
         ok = stored.prev_sha256 == genesis_sha256(stored.factory_id)
         return Check(ok, "genesis" if ok else "seq 1 does not name the genesis hash")
@@ -90,7 +90,7 @@ def _indicators(payload: dict[str, Any]) -> Check:
     return Check(True, f"{len(payload['indicators'])} indicators")
 
 
-def _log(store: SqliteReportStore, stored: StoredReport) -> LogInclusion:
+def _log(store: SqlReportStore, stored: StoredReport) -> LogInclusion:
     translog = TransparencyLog(store.db, "")
     leaf = translog.leaf(stored.report_id, stored.payload_sha256)
     head = translog.latest_head()
@@ -110,7 +110,7 @@ def _log(store: SqliteReportStore, stored: StoredReport) -> LogInclusion:
                         f"{len(proof)} hashes" if ok else "proof_failed")
 
 
-def report_view(store: SqliteReportStore, report_id: str) -> ReportView | None:
+def report_view(store: SqlReportStore, report_id: str) -> ReportView | None:
     stored = store.get(report_id)
     if stored is None:
         return None

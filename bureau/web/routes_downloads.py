@@ -1,26 +1,28 @@
 """Evidence downloads of a factory's year: the HTML report, its PDF, the sealed folder (zip).
 
-Every download writes an audit row (who, which file, which factory and year). The HTML and
-the folder are the same ones `tieragent bureau evidence` writes (bureau.html_report,
-bureau.evidence_export); the PDF is `bureau.pdf_report.render_pdf` of that HTML, imported
-when asked for, so the portal answers 501 while that module is not installed.
+Every download writes an audit row (who, which file, which factory and year). The three are
+the ones `tieragent bureau evidence` writes into its folder (bureau.evidence_export): the
+HTML report with its details (per-device breakdown, issue and receipt dates, declarant:
+bureau.evidence_details, built from the same entries, chain slice, receipts and declarations
+as export_evidence builds them), the PDF printed from that HTML (bureau.pdf_report), and the
+sealed folder itself, zipped.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from bureau.annual import AnnualError
-from bureau.evidence_export import export_evidence
+from bureau.evidence_details import build_details
+from bureau.evidence_export import export_evidence, load_chain
 from bureau.html_report import render_html
+from bureau.pdf_report import PdfError, render_pdf
 from bureau.receipts import BureauKeyMissing, load_bureau_key
 from bureau.web.auth import Principal, Refused, portal_of, principal
 from bureau.web.factory_view import baseline_year, default_through, evaluate, policy_files
@@ -35,14 +37,21 @@ def _audit(request: Request, who: Principal, what: str, target: str) -> None:
 
 def _evidence_html(request: Request, factory_id: str, year: int | None,
                    through: str | None) -> tuple[str, str]:
-    """(the evidence report HTML, the download's base name)."""
+    """(the evidence report HTML with its details, the download's base name): the folder's
+    report.html for the same year and day."""
     chosen, last = _year_through(request, factory_id, year, through)
     portal = portal_of(request)
+    store = portal.store()
     try:
-        result, _ = evaluate(portal.store(), portal.settings, factory_id, chosen, last)
+        result, entries = evaluate(store, portal.settings, factory_id, chosen, last)
     except AnnualError as error:
         raise Refused(409, str(error)) from None
-    return render_html(result.to_json()), f"evidence-{factory_id}-{chosen}"
+    result_json = result.to_json()
+    chain = load_chain(store, factory_id, chosen)
+    receipts = {r.report_id: r.receipt_jws for r in store.reports(factory_id)}
+    declarations = policy_files(portal.settings, factory_id).load().declarations
+    details = build_details(result_json, [*entries, *chain], receipts, declarations)
+    return render_html(result_json, details), f"evidence-{factory_id}-{chosen}"
 
 
 def _attachment(body: bytes, media: str, name: str) -> Response:
@@ -61,33 +70,18 @@ def evidence_html(
     return _attachment(html.encode("utf-8"), "text/html; charset=utf-8", f"{name}.html")
 
 
-def _pdf_renderer() -> Callable[[str], bytes] | None:
-    """`bureau.pdf_report.render_pdf`, or None while that module is not installed."""
-    try:
-        module = importlib.import_module("bureau.pdf_report")
-    except ModuleNotFoundError as error:
-        if error.name not in ("bureau.pdf_report", "weasyprint"):
-            raise
-        return None
-    render: Callable[[str], bytes] = module.render_pdf
-    return render
-
-
 @router.get("/factories/{factory_id}/evidence.pdf")
 def evidence_pdf(
     request: Request, factory_id: str, year: int | None = _YEAR, through: str | None = _THROUGH,
     who: Principal = Depends(principal),
 ) -> Response:
-    """The evidence report as PDF (A4). 501 while the PDF module is not installed."""
-    render = _pdf_renderer()
-    if render is None:
-        chosen, _ = _year_through(request, factory_id, year, through)
-        _audit(request, who, "download.evidence.pdf.unavailable",
-               f"evidence-{factory_id}-{chosen}")
-        raise Refused(501, "PDF output is not available on this bureau: the module "
-                      "bureau.pdf_report (WeasyPrint) is not installed.")
+    """The evidence report as PDF (A4, the folder's report.pdf); 503 when WeasyPrint's
+    system libraries are missing on this bureau."""
     html, name = _evidence_html(request, factory_id, year, through)
-    pdf = render(html)
+    try:
+        pdf = render_pdf(html)
+    except PdfError as error:
+        raise Refused(503, str(error)) from None
     _audit(request, who, "download.evidence.pdf", name)
     return _attachment(pdf, "application/pdf", f"{name}.pdf")
 

@@ -10,13 +10,14 @@ from indicators.policy import DEFAULT_POLICY
 
 @dataclass(frozen=True)
 class WebSettings:
-    """`db`: the bureau database the receiver writes. `bureau_key`: the bureau's signing key
-    (seals downloaded evidence folders; without it the zip download answers 503). The
-    factory page evaluates each factory with `policy`, `benchmarks` and, when the folder has
-    one, `declarations_dir/<factory_id>.yaml` (the factory's own declarations).
-    `secure_cookies`: mark cookies Secure (set it when the portal is served over HTTPS)."""
+    """`db`: the bureau database the receiver writes (a SQLite file, or a postgresql://
+    URL). `bureau_key`: the bureau's signing key (seals downloaded evidence folders; without
+    it the zip download answers 503). The factory page evaluates each factory with `policy`,
+    `benchmarks` and, when the folder has one, `declarations_dir/<factory_id>.yaml` (the
+    factory's own declarations). `secure_cookies`: mark cookies Secure (set it when the
+    portal is served over HTTPS)."""
 
-    db: Path
+    db: Path | str
     bureau_key: Path | None = None
     policy: Path = DEFAULT_POLICY
     benchmarks: Path | None = None

@@ -5,6 +5,9 @@ tieragent bureau users list --db bureau.db
 tieragent bureau users disable --db bureau.db --username U
 tieragent bureau users token --db bureau.db --username U    (prints a new API token once)
 
+Instead of --db (SQLite), PostgreSQL by --database-url or, better,
+TIERAGENT_BUREAU_DATABASE_URL (as every bureau command; bureau_store.py).
+
 The password never goes on the command line: it is asked twice at a terminal, or read from
 the environment variable TIERAGENT_BUREAU_PASSWORD, or from --password-file (first line).
 """
@@ -21,21 +24,17 @@ from pathlib import Path
 import typer
 
 from bureau.accounts import Accounts
-from bureau.store import SqliteReportStore
+from tieragent.commands.bureau_store import DATABASE_URL_OPTION, DB_OPTION, open_store
 from tieragent.console import InvalidInput, handle_errors
 
 PASSWORD_ENV = "TIERAGENT_BUREAU_PASSWORD"
 users_app = typer.Typer(help="Accounts of the bureau portal.", no_args_is_help=True)
-_DB = typer.Option(..., "--db", help="Bureau SQLite database.")
 _USERNAME = typer.Option(..., "--username", help="Account name.")
 
 
 @contextmanager
-def _accounts(db: Path) -> Iterator[Accounts]:
-    if not db.is_file():
-        raise InvalidInput(f"{db}: no bureau database here (give --db the file `bureau serve` "
-                           "writes).")
-    store = SqliteReportStore(db)
+def _accounts(db: Path | None, database_url: str | None) -> Iterator[Accounts]:
+    store = open_store(db, database_url)
     try:
         with store.transaction():
             yield Accounts(store.db)
@@ -62,7 +61,8 @@ def _password(password_file: Path | None) -> str:
 @users_app.command("add")
 @handle_errors
 def add(
-    db: Path = _DB,
+    db: Path | None = DB_OPTION,
+    database_url: str | None = DATABASE_URL_OPTION,
     username: str = _USERNAME,
     role: str = typer.Option(..., "--role", help="evaluator (reads) or admin (keys, accounts)."),
     password_file: Path | None = typer.Option(
@@ -70,7 +70,7 @@ def add(
 ) -> None:
     """Add an account (the password is asked for, or read from the env or a file)."""
     secret = _password(password_file)
-    with _accounts(db) as accounts:
+    with _accounts(db, database_url) as accounts:
         user = accounts.add_user(username, role, secret)
         accounts.audit("cli", "accounts.add", f"{user.username} {user.role}")
     typer.echo(f"Added {user.role} {user.username}.")
@@ -78,9 +78,11 @@ def add(
 
 @users_app.command("list")
 @handle_errors
-def list_users(db: Path = _DB) -> None:
+def list_users(
+    db: Path | None = DB_OPTION, database_url: str | None = DATABASE_URL_OPTION
+) -> None:
     """List accounts: name, role, enabled or disabled, created."""
-    with _accounts(db) as accounts:
+    with _accounts(db, database_url) as accounts:
         users = accounts.users()
     for user in users:
         created = datetime.fromtimestamp(user.created_at, UTC).strftime("%Y-%m-%d %H:%M")
@@ -90,9 +92,12 @@ def list_users(db: Path = _DB) -> None:
 
 @users_app.command("disable")
 @handle_errors
-def disable(db: Path = _DB, username: str = _USERNAME) -> None:
+def disable(
+    db: Path | None = DB_OPTION, database_url: str | None = DATABASE_URL_OPTION,
+    username: str = _USERNAME,
+) -> None:
     """Disable an account: its sessions and API tokens stop working at once."""
-    with _accounts(db) as accounts:
+    with _accounts(db, database_url) as accounts:
         accounts.disable(username)
         accounts.audit("cli", "accounts.disable", username)
     typer.echo(f"Disabled {username}.")
@@ -100,10 +105,13 @@ def disable(db: Path = _DB, username: str = _USERNAME) -> None:
 
 @users_app.command("token")
 @handle_errors
-def token(db: Path = _DB, username: str = _USERNAME) -> None:
+def token(
+    db: Path | None = DB_OPTION, database_url: str | None = DATABASE_URL_OPTION,
+    username: str = _USERNAME,
+) -> None:
     """Make an API token for scripts (Authorization: Bearer); shown once, only its hash is
     kept."""
-    with _accounts(db) as accounts:
+    with _accounts(db, database_url) as accounts:
         secret = accounts.new_api_token(username)
         accounts.audit("cli", "accounts.token", username)
     typer.echo(secret)

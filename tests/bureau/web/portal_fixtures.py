@@ -3,7 +3,9 @@ modules import this module by its unique name).
 
 The bureau is the annual tests' (tests/annual/annual_scenario.py: Jan-Feb 2025 of real
 signed daily reports of the simulated demo factory, one rejected, one chain gap), copied so
-the portal's accounts and audit do not touch it."""
+the portal's accounts and audit do not touch it: into a new SQLite file, or into a new
+database on the session's PostgreSQL (`bureau_database`, tests/conftest.py), so every portal
+test runs on both back ends."""
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from simdata import BENCHMARKS, DECLARATIONS, FACTORY, POLICY
 
 from agent.protocol.keys import save_private_key
 from bureau.accounts import Accounts
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from bureau.web import WebSettings, create_app
+from tests.support.postgres import copy_sqlite_bureau
 
 __all__ = ["BUREAU_KEY", "FACTORY", "Portal", "client", "log_in", "portal", "scenario"]
 EVALUATOR, ADMIN = "eva", "root-admin"
@@ -35,7 +38,7 @@ PASSWORD = "correct horse battery"
 
 @dataclass
 class Portal:
-    db: Path
+    db: Path | str  # a SQLite file or a postgresql:// URL
     key: Path
     settings: WebSettings
 
@@ -47,12 +50,16 @@ def copy_db(source: Path, target: Path) -> None:
 
 
 @pytest.fixture
-def portal(scenario: Scenario, tmp_path: Path) -> Portal:
-    db = tmp_path / "bureau.db"
-    copy_db(scenario.db, db)
+def portal(scenario: Scenario, bureau_database: Path | str, tmp_path: Path) -> Portal:
+    db = bureau_database
+    assert isinstance(scenario.db, Path)
+    if isinstance(db, Path):
+        copy_db(scenario.db, db)
+    else:
+        copy_sqlite_bureau(scenario.db, db)
     key = tmp_path / "bureau-key.pem"
     save_private_key(key, BUREAU_KEY, None)
-    store = SqliteReportStore(db)
+    store = SqlReportStore(db)
     accounts = Accounts(store.db)
     accounts.add_user(EVALUATOR, "evaluator", PASSWORD)
     accounts.add_user(ADMIN, "admin", PASSWORD)

@@ -13,15 +13,15 @@ from portal_fixtures import ADMIN, EVALUATOR, FACTORY, PASSWORD, Portal, log_in
 from agent.protocol.envelope import public_jwk
 from bureau.accounts import Accounts
 from bureau.registry import KeyRegistry
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from bureau.web.i18n import STRINGS
 
 HTML = {"Accept": "text/html"}
 TEMPLATES = Path(__file__).resolve().parents[3] / "bureau" / "web" / "templates"
 
 
-def _accounts(portal: Portal) -> tuple[SqliteReportStore, Accounts]:
-    store = SqliteReportStore(portal.db)
+def _accounts(portal: Portal) -> tuple[SqlReportStore, Accounts]:
+    store = SqlReportStore(portal.db)
     return store, Accounts(store.db)
 
 
@@ -89,7 +89,7 @@ def test_evaluator_cannot_enrol_and_the_refusal_is_audited(
     assert api.status_code == 403
     assert client.get("/admin/keys", headers=HTML).status_code == 403
     assert client.get("/audit", headers=HTML).status_code == 403
-    store = SqliteReportStore(portal.db)
+    store = SqlReportStore(portal.db)
     assert not KeyRegistry(store.db).known_factory("intruder-1")
     store.close()
     assert (EVALUATOR, "denied", "POST /admin/keys/enrol") in _audit(portal)
@@ -106,7 +106,7 @@ def test_admin_post_needs_the_session_csrf_token(client: TestClient, portal: Por
     assert client.post("/admin/keys/enrol", data=body).status_code == 403
     assert client.post("/admin/keys/enrol",
                        data=body | {"csrf_token": csrf[:-2] + "xx"}).status_code == 403
-    store = SqliteReportStore(portal.db)
+    store = SqlReportStore(portal.db)
     assert not KeyRegistry(store.db).known_factory("new-factory-7")
     done = client.post("/admin/keys/enrol", data=body | {"csrf_token": csrf})
     assert done.status_code == 303
@@ -128,7 +128,7 @@ def test_api_tokens_for_scripts(client: TestClient, portal: Portal) -> None:
     store, accounts = _accounts(portal)
     evaluator_token = accounts.new_api_token(EVALUATOR)
     admin_token = accounts.new_api_token(ADMIN)
-    stored = [row[0] for row in store.db.execute("SELECT token_sha256 FROM api_tokens")]
+    stored = [row[0] for row in store.db.rows("SELECT token_sha256 FROM api_tokens")]
     store.close()
     assert evaluator_token not in stored and admin_token not in stored  # kept hashed only
     listed = client.get("/api/factories",
@@ -182,9 +182,8 @@ def test_admin_adds_an_account_with_an_argon2_hash(client: TestClient, portal: P
                                                  "password": "long enough pass",
                                                  "csrf_token": csrf})
     assert added.status_code == 303
-    store = SqliteReportStore(portal.db)
-    digest = store.db.execute(
-        "SELECT password_hash FROM users WHERE username = 'eve2'").fetchone()[0]
+    store = SqlReportStore(portal.db)
+    digest = store.db.scalar("SELECT password_hash FROM users WHERE username = 'eve2'")
     store.close()
     assert digest.startswith("$argon2id$") and "long enough pass" not in digest
     assert (ADMIN, "accounts.add", "eve2 evaluator") in _audit(portal)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import zipfile
 from datetime import date
 from html.parser import HTMLParser
@@ -22,7 +23,7 @@ from bureau.accounts import Accounts
 from bureau.evidence_export import evaluate_from_store
 from bureau.evidence_verify import verify_evidence_dir
 from bureau.html_report import format_value, render_html
-from bureau.store import SqliteReportStore
+from bureau.store import SqlReportStore
 from indicators.policy import PolicyFiles
 
 HTML = {"Accept": "text/html"}
@@ -71,7 +72,7 @@ def rows(html: str, table_id: str) -> list[tuple[dict[str, str], list[str]]]:
 
 def _evaluation(portal: Portal, through: date) -> dict:
     """The same evaluation as `tieragent bureau evaluate` with the portal's files."""
-    store = SqliteReportStore(portal.db)
+    store = SqlReportStore(portal.db)
     try:
         result, _, _ = evaluate_from_store(
             store, FACTORY, 2025, PolicyFiles(POLICY, BENCHMARKS, DECLARATIONS),
@@ -87,7 +88,7 @@ def test_factory_list_shows_what_the_store_holds(client: TestClient, portal: Por
     rejected Feb 3 and the undelivered Feb 10), the two pending links, and every report in
     the log; filters and sorting apply."""
     log_in(client, EVALUATOR)
-    store = SqliteReportStore(portal.db)
+    store = SqlReportStore(portal.db)
     accepted = {r.period_key for r in store.reports(FACTORY)
                 if r.period_kind == "day" and r.state == "accepted"
                 and r.period_key.startswith("2025")}
@@ -149,7 +150,7 @@ def test_factory_page_devices_declarations_rejections_chain(
     log_in(client, EVALUATOR)
     page = client.get(f"/factories/{FACTORY}?{QUERY}", headers=HTML).text
     api = client.get(f"/api/factories/{FACTORY}?{QUERY}").json()
-    store = SqliteReportStore(portal.db)
+    store = SqlReportStore(portal.db)
     report = next(r for r in store.reports(FACTORY) if r.period_key == "2025-01-31")
     inventory = report.payload()["inventory"]
     store.close()
@@ -191,7 +192,7 @@ def test_report_page_checks_the_report_again(client: TestClient, portal: Portal)
     indicators verify again, the key's window and the raw-data root are shown, and its
     leaf's inclusion proof in the latest signed log head verifies."""
     log_in(client, EVALUATOR)
-    store = SqliteReportStore(portal.db)
+    store = SqlReportStore(portal.db)
     stored = next(r for r in store.reports(FACTORY) if r.period_key == "2025-01-15")
     store.close()
     api = client.get(f"/api/reports/{stored.report_id}").json()
@@ -209,42 +210,48 @@ def test_report_page_checks_the_report_again(client: TestClient, portal: Portal)
 
 def test_downloads_are_the_evidence_and_are_audited(client: TestClient, portal: Portal,
                                                     tmp_path: Path) -> None:
-    """If an evaluator downloads the evidence, then the HTML is the evidence report of the
-    evaluation, the zip is a sealed evidence folder that verifies offline with the bureau's
-    key pinned, the PDF is answered (501 while bureau.pdf_report is missing), and the audit
-    has one row per download."""
+    """If an evaluator downloads the evidence, then the zip is a sealed evidence folder that
+    verifies offline with the bureau's key pinned, the HTML is that folder's report.html (with
+    its details: devices, issue and receipt dates, declarant), the PDF is its report.pdf, and
+    the audit has one row per download."""
     log_in(client, EVALUATOR)
-    html = client.get(f"/factories/{FACTORY}/evidence.html?{QUERY}")
-    assert html.status_code == 200
-    assert html.headers["content-disposition"] == (
-        f'attachment; filename="evidence-{FACTORY}-2025.html"')
-    assert html.text == render_html(_evaluation(portal, date(2025, 1, 31)))
-
+    name = f"evidence-{FACTORY}-2025"
     archive = client.get(f"/factories/{FACTORY}/evidence.zip?{QUERY}")
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(archive.content)) as folder:
         folder.extractall(tmp_path)
-    result = verify_evidence_dir(tmp_path / f"evidence-{FACTORY}-2025",
-                                 [public_jwk(BUREAU_KEY)])
+    result = verify_evidence_dir(tmp_path / name, [public_jwk(BUREAU_KEY)])
     assert result.problems == [] and result.reports > 0
 
-    pdf = client.get(f"/factories/{FACTORY}/evidence.pdf?{QUERY}")
-    try:
-        import bureau.pdf_report  # noqa: F401
-    except ModuleNotFoundError:
-        # TODO(integrator): with bureau/pdf_report.py merged this branch no longer runs.
-        assert pdf.status_code == 501 and "bureau.pdf_report" in pdf.json()["detail"]
-        pdf_action = "download.evidence.pdf.unavailable"
-    else:
-        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
-        pdf_action = "download.evidence.pdf"
+    html = client.get(f"/factories/{FACTORY}/evidence.html?{QUERY}")
+    assert html.status_code == 200
+    assert html.headers["content-disposition"] == f'attachment; filename="{name}.html"'
+    assert html.text == (tmp_path / name / "report.html").read_text(encoding="utf-8")
+    bare = render_html(_evaluation(portal, date(2025, 1, 31)))
+    assert html.text != bare and "Zhang Wei" in html.text and "Zhang Wei" not in bare
 
-    store = SqliteReportStore(portal.db)
+    pdf = client.get(f"/factories/{FACTORY}/evidence.pdf?{QUERY}")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.headers["content-disposition"] == f'attachment; filename="{name}.pdf"'
+    assert pdf.content.startswith(b"%PDF-")
+    assert _pdf_text(pdf.content, tmp_path / "download.pdf") == _pdf_text(
+        (tmp_path / name / "report.pdf").read_bytes(), tmp_path / "folder.pdf")
+
+    store = SqlReportStore(portal.db)
     audit = [(r.username, r.action, r.target) for r in Accounts(store.db).audit_rows()]
     store.close()
-    name = f"evidence-{FACTORY}-2025"
-    for action in ("download.evidence.html", "download.evidence.zip", pdf_action):
+    for action in ("download.evidence.html", "download.evidence.zip", "download.evidence.pdf"):
         assert audit.count((EVALUATOR, action, name)) == 1, audit
+
+
+def _pdf_text(pdf: bytes, path: Path) -> str:
+    """The PDF's text as poppler's pdftotext reads it (layout kept)."""
+    path.write_bytes(pdf)
+    done = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True,
+                          check=True)
+    text = done.stdout.decode("utf-8")
+    assert "Zhang Wei" in text  # the details (declarant) are printed
+    return text
 
 
 @pytest.mark.parametrize("query", ["year=2025&through=2024-12-31", "year=2025&through=soon"])
