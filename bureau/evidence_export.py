@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -54,7 +54,7 @@ from bureau.html_report import render_html
 from bureau.pdf_report import render_pdf
 from bureau.registry import KeyRegistry
 from bureau.store import ACCEPTED, REJECTED, SqliteReportStore, StoredReport
-from indicators.policy import PolicyFiles
+from indicators.policy import Declarations, PolicyFiles
 
 EVIDENCE_FORMAT = "tieragent-annual-evidence/v1"
 INPUT_NAMES = {
@@ -267,12 +267,10 @@ def export_evidence(
             inputs[name] = writer.raw(f"inputs/{INPUT_NAMES[name]}", path.read_bytes())
     result_json = result.to_json()
     writer.text("evaluation.json", _dumps(result_json))
-    receipts = {r.report_id: r.receipt_jws for r in store.reports(factory_id)}
-    details = build_details(
-        result_json, [*entries, *chain], receipts, files.load().declarations
+    details, html = evidence_report(
+        store, factory_id, result_json, [*entries, *chain], files.load().declarations
     )
     writer.text(DETAILS_NAME, _dumps(details))
-    html = render_html(result_json, details)
     writer.text("report.html", html)
     if pdf:
         writer.raw("report.pdf", render_pdf(html))
@@ -293,6 +291,20 @@ def export_evidence(
     sealed = seal(raw_manifest, factory_id, year, sealed_keys, bureau_key)
     (out / SEAL_NAME).write_text(sealed + "\n", encoding="ascii")
     return ExportSummary(out, len(writer.digests) + 2, len(manifest_entries), result)
+
+
+def evidence_report(
+    store: SqliteReportStore,
+    factory_id: str,
+    result_json: Mapping[str, Any],
+    reports: Sequence[DayEntry],
+    declarations: Declarations | None,
+) -> tuple[dict[str, Any], str]:
+    """(details.json, report.html) of an evaluation: the one way the folder and the portal's
+    downloads build them. `reports` are the year's entries and the chain slice walked."""
+    receipts = {r.report_id: r.receipt_jws for r in store.reports(factory_id)}
+    details = build_details(result_json, list(reports), receipts, declarations)
+    return details, render_html(result_json, details)
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:

@@ -19,9 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from bureau.annual import AnnualError
-from bureau.evidence_details import build_details
-from bureau.evidence_export import export_evidence, load_chain
-from bureau.html_report import render_html
+from bureau.evidence_export import evidence_report, export_evidence, load_chain
 from bureau.pdf_report import PdfError, render_pdf
 from bureau.receipts import BureauKeyMissing, load_bureau_key
 from bureau.web.auth import Principal, Refused, portal_of, principal
@@ -46,12 +44,12 @@ def _evidence_html(request: Request, factory_id: str, year: int | None,
         result, entries = evaluate(store, portal.settings, factory_id, chosen, last)
     except AnnualError as error:
         raise Refused(409, str(error)) from None
-    result_json = result.to_json()
     chain = load_chain(store, factory_id, chosen)
-    receipts = {r.report_id: r.receipt_jws for r in store.reports(factory_id)}
     declarations = policy_files(portal.settings, factory_id).load().declarations
-    details = build_details(result_json, [*entries, *chain], receipts, declarations)
-    return render_html(result_json, details), f"evidence-{factory_id}-{chosen}"
+    _, html = evidence_report(
+        store, factory_id, result.to_json(), [*entries, *chain], declarations
+    )
+    return html, f"evidence-{factory_id}-{chosen}"
 
 
 def _attachment(body: bytes, media: str, name: str) -> Response:

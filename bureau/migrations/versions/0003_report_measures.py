@@ -4,7 +4,7 @@ numbers instead of a year of report JSON. A database from before this revision g
 tables; the evaluation records its older reports from their JWS the first time it needs them.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from alembic import op
 from indicators.columns import COUNT_COLUMNS, MEASURE_COLUMNS
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
