@@ -1,8 +1,10 @@
 """What the factory page shows, from the bureau's store and its annual evaluation.
 
-The evaluation is `bureau.evidence_export.evaluate_from_store` (the same call as `tieragent
-bureau evaluate` and the evidence folder), with the portal's policy and benchmark files and
-the factory's own declarations when the declarations folder has `<factory_id>.yaml`.
+The evaluation is `bureau.evidence_export.evaluate_from_payloads` (the evidence folder's:
+the per-device table and the downloads need each counted report's payload, which the
+column path of `tieragent bureau evaluate` does not read; both give the same evaluation),
+with the portal's policy and benchmark files and the factory's own declarations when the
+declarations folder has `<factory_id>.yaml`.
 Everything else is derived from what it returns or from the stored reports:
 
 - per-device figures: each inventory device's summed base measures over the days the
@@ -26,7 +28,7 @@ from zoneinfo import ZoneInfo
 from agent.protocol.chain import genesis_sha256
 from agent.protocol.report import base_frame, inventory_from_rows, report_has_samples
 from bureau.annual import KEY_INDICATORS, AnnualEvaluation, DayEntry, indicator_unit
-from bureau.evidence_export import evaluate_from_store
+from bureau.evidence_export import evaluate_from_payloads
 from bureau.store import ACCEPTED, SqlReportStore
 from bureau.web.queries import ChainRow, chain_rows, issued_at
 from bureau.web.settings import WebSettings
@@ -126,7 +128,7 @@ def evaluate(
 ) -> tuple[AnnualEvaluation, list[DayEntry]]:
     """The annual evaluation and the year's entries it used (raises AnnualError)."""
     files = policy_files(settings, factory_id)
-    result, entries, _ = evaluate_from_store(
+    result, entries, _ = evaluate_from_payloads(
         store, factory_id, year, files, baseline_year=baseline_year(year, files),
         through=through if through is not None else default_through(year),
     )

@@ -47,8 +47,8 @@ def open_store(db: Path | None, database_url: str | None, *, must_exist: bool = 
     target = database_target(db, database_url)
     if must_exist and isinstance(target, Path) and not target.is_file():
         raise InvalidInput(
-            f"{target}: no bureau database here (give --db the file `bureau serve` writes, or "
-            f"${DATABASE_URL_ENV} for PostgreSQL)."
+            f"{target} does not exist: no bureau database here (give --db the file "
+            f"`bureau serve` writes, or ${DATABASE_URL_ENV} for PostgreSQL)."
         )
     return SqlReportStore(target)
 
