@@ -81,6 +81,8 @@ class Database:
         self.name = safe_name(target)
         self.path: Path | None = None if is_database_url(target) else Path(target)
         self._texts: dict[str, TextClause] = {}
+        self._psycopg_sql: dict[str, str] = {}
+        self._queued: list[tuple[str, list[dict[str, Any]]]] | None = None  # see `batched`
         self._immediate = threading.local()
         try:
             self.engine = self._engine(target)
@@ -224,7 +226,54 @@ class Database:
             clause = self._texts[sql] = text(sql)
         return clause
 
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Inside a transaction on PostgreSQL: statements without rows (`execute`,
+        `execute_many`) wait and go to the server together, in one pipeline (one round
+        trip), before the next query that reads rows and at the end of the block; in the
+        same order, so locks are still taken before what follows them is read. A failing
+        statement raises at that point, inside the transaction. SQLite: no effect."""
+        if self.dialect != "postgresql" or self._queued is not None:
+            yield
+            return
+        self._queued = []
+        try:
+            yield
+            self._flush()
+        finally:
+            self._queued = None
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        raw = self.conn.connection.dbapi_connection
+        assert raw is not None
+        with raw.pipeline(), raw.cursor() as cursor:  # type: ignore[attr-defined]
+            for sql, values in queued:
+                if len(values) == 1:
+                    cursor.execute(self._psycopg(sql), values[0])
+                else:
+                    cursor.executemany(self._psycopg(sql), values)
+
+    def _psycopg(self, sql: str) -> str:
+        """`sql` as psycopg takes it (`%(name)s`, literal % doubled), compiled once."""
+        compiled = self._psycopg_sql.get(sql)
+        if compiled is None:
+            compiled = self._psycopg_sql[sql] = str(
+                self._text(sql).compile(dialect=self.engine.dialect)
+            )
+        return compiled
+
+    def _queue(self, sql: str, values: list[dict[str, Any]]) -> bool:
+        if self._queued is None or not self.conn.in_transaction():
+            return False
+        self._queued.append((sql, values))
+        return True
+
     def _rows(self, sql: str, params: Params | None) -> Sequence[DbRow]:
+        if self._queued:
+            self._flush()
         if self.conn.in_transaction():
             return self.conn.execute(self._text(sql), dict(params or {})).all()
         with self.conn.begin():
@@ -232,6 +281,8 @@ class Database:
 
     def execute(self, sql: str, params: Params | None = None) -> None:
         """A statement whose rows are not needed (INSERT, UPDATE, DELETE, a lock)."""
+        if self._queue(sql, [dict(params or {})]):
+            return
         if self.conn.in_transaction():
             self.conn.execute(self._text(sql), dict(params or {}))
             return
@@ -243,6 +294,8 @@ class Database:
         if not rows:
             return
         values = [dict(row) for row in rows]
+        if self._queue(sql, values):
+            return
         if self.conn.in_transaction():
             self.conn.execute(self._text(sql), values)
             return

@@ -139,10 +139,10 @@ class KeyRegistry:
     def lookup(self, factory_id: str, kid: str, at: float) -> EnrolledKey:
         """The key that may verify a message for `factory_id` received at `at`, or raise
         KeyLookupError with reason unknown-factory / unknown-key / revoked."""
-        if not self.known_factory(factory_id):
-            raise KeyLookupError("unknown-factory", "Factory is not enrolled.")
-        key = self.get(kid)
+        key = self.get(kid)  # the usual case in one query; the factory only when it fails
         if key is None or key.factory_id != factory_id:
+            if not self.known_factory(factory_id):
+                raise KeyLookupError("unknown-factory", "Factory is not enrolled.")
             raise KeyLookupError("unknown-key", "Key is not enrolled for this factory.")
         if key.revoked_at is not None and at >= key.revoked_at:
             raise KeyLookupError("revoked", "Key was revoked before this message arrived.")
