@@ -98,6 +98,23 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds of a process and its children (PostgreSQL's backends), 0 without one."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    total = 0.0
+    parent = psutil.Process(pid)
+    for process in [parent, *parent.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def _machine_busy_s() -> float:
     """CPU seconds the whole machine spent busy (all processes, /proc/stat)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -119,8 +136,10 @@ def pg_stage(
         broker.start()
         try:
             url = database_url or server.create_database("bench")  # type: ignore[union-attr]
+            others = {"PostgreSQL": server.process.pid if server and server.process else None,
+                      "Mosquitto": broker.process.pid if broker.process else None}
             return _run(messages, keys, tmp, broker, url, receivers, profile,
-                        "own server, fsync on" if server else "given URL")
+                        "own server, fsync on" if server else "given URL", others)
         finally:
             broker.stop()
             if server is not None:
@@ -130,6 +149,7 @@ def pg_stage(
 def _run(
     messages: list[tuple[str, bytes]], keys: dict[str, dict[str, str]], tmp: Path,
     broker: Broker, url: str, receivers: int, profile: Path | None, what: str,
+    others: dict[str, int | None],
 ) -> dict[str, float]:
     store = SqlReportStore(url)  # migrates
     with store.transaction():
@@ -173,6 +193,8 @@ def _run(
             shares[slot[topic.split("/")[2]]].append((topic, message))
         cpu_before = [_cpu_s(p.pid) for p in processes]
         busy_before = _machine_busy_s()
+        others_before = {name: _tree_cpu_s(pid) for name, pid in others.items()}
+        own_before = time.process_time()
         started = time.perf_counter()
         threads = [threading.Thread(target=_publish, args=(broker.port, f"agents-{n}", share))
                    for n, share in shares.items()]
@@ -182,6 +204,8 @@ def _run(
         elapsed = receipts.last - started
         cpu = sum(_cpu_s(p.pid) - b for p, b in zip(processes, cpu_before, strict=True))
         busy = _machine_busy_s() - busy_before
+        spent = {name: _tree_cpu_s(pid) - others_before[name] for name, pid in others.items()}
+        spent["this driver (publishers, receipts)"] = time.process_time() - own_before
         for thread in threads:
             thread.join(60)
         receipts.close()
@@ -206,6 +230,8 @@ def _run(
           f"{cpu:.1f} s ({n / cpu:.0f} reports/s per receiver core); the machine busy "
           f"{busy:.1f} CPU-s of {os.cpu_count()} x {elapsed:.1f} s (everyone's, "
           f"other sessions too)", flush=True)
+    print("  CPU per report: receivers " + f"{cpu / n * 1000:.2f} ms, " + ", ".join(
+        f"{name} {seconds / n * 1000:.2f} ms" for name, seconds in spent.items()), flush=True)
     print(f"  receipts per receiver {[m.get('receipts_published_total', 0) for m in metrics]}",
           flush=True)
     if not done:

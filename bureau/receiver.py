@@ -232,12 +232,16 @@ class Receiver:
                 return None
             now = self.clock() if now is None else now
             # Batched (PostgreSQL): each run of writes goes to the server in one round trip.
-            with self.store.transaction(), self.store.db.batched():
+            # Its writes and the COMMIT go together at the end.
+            with self.store.transaction(), self.store.db.batched(commit=True):
                 factory_of_topic = report_topic_factory(topic)
+                last_leaf = None
                 if factory_of_topic is not None:
                     self.store.lock_factory(factory_of_topic)
+                    # Read after the lock, sent with the verifier's first query.
+                    last_leaf = self.translog.prefetch_last_leaf(factory_of_topic)
                 decision = self.verifier.check(topic, message, now)
-                receipt = self._apply(topic, message, decision, now)
+                receipt = self._apply(topic, message, decision, now, last_leaf)
             crash_point("bureau_after_commit")
             if now - self._pending_checked >= 1.0:  # `tick` checks each second anyway
                 self._check_pending(now)
@@ -246,7 +250,10 @@ class Receiver:
                 return None  # no factory topic to answer on; counted and quarantined
             return receipt_topic(factory), receipt
 
-    def _apply(self, topic: str, message: bytes, decision: Decision, now: float) -> str:
+    def _apply(
+        self, topic: str, message: bytes, decision: Decision, now: float,
+        last_leaf: Callable[[], int | None] | None,
+    ) -> str:
         """The decision's writes and its signed receipt, in the caller's transaction."""
         bureau_id = self.settings.bureau_id
         if decision.status == "duplicate":
@@ -269,7 +276,8 @@ class Receiver:
                 self.key,
             )
         if decision.status == "accepted":
-            return self._store_accepted(message, decision, now)
+            assert last_leaf is not None  # a factory topic, or not accepted
+            return self._store_accepted(message, decision, now, last_leaf())
         if decision.status == "pending":
             return self._answer_pending(decision, now)
         self.metrics[f"rejected_total:{decision.reason}"] += 1
@@ -315,7 +323,9 @@ class Receiver:
             self.key,
         )
 
-    def _store_accepted(self, message: bytes, decision: Decision, now: float) -> str:
+    def _store_accepted(
+        self, message: bytes, decision: Decision, now: float, previous_leaf: int | None
+    ) -> str:
         report = decision.payload
         verified = decision.verified
         assert verified is not None and decision.factory_id is not None
@@ -324,8 +334,7 @@ class Receiver:
         # written before the log lock, like everything that needs no leaf number: the log
         # lock is global and held to COMMIT, so the time under it bounds the throughput of
         # all receivers together.
-        self.store.record_measures(report, decision.day_sums)
-        previous_leaf = self.translog.last_leaf_of(decision.factory_id)  # factory-locked
+        self.store.record_measures(report, decision.day_sums)  # sent with the log lock
         # Every stored report, pending-link too, gets its leaf before its receipt is signed.
         index = self.translog.append(
             report["report_id"], decision.factory_id, decision.report_sha256, now
