@@ -270,7 +270,7 @@ class Database:
         assert raw is not None
         readers: list[tuple[Any, list[Sequence[Any]]]] = []
         result: list[Sequence[Any]] = []
-        with raw.pipeline():  # type: ignore[attr-defined]
+        with raw.pipeline():
             for sql, values, holder in queued:
                 cursor = raw.cursor()
                 if holder is not None:
