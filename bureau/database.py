@@ -341,6 +341,18 @@ class Database:
     def rows(self, sql: str, params: Params | None = None) -> Sequence[DbRow]:
         return self._rows(sql, params)
 
+    def tuples(self, sql: str, params: Params | None = None) -> Sequence[tuple[Any, ...]]:
+        """`rows` as plain tuples (indexed by position only), from the driver itself where
+        that is the same query: SQLite (sqlite3 takes `:name` parameters as they are; in a
+        transaction or, outside one, as its own) and a `batched` block on PostgreSQL. For the
+        receiver's per-message look-ups: SQLAlchemy's result machinery cost about as much as
+        the query."""
+        if self.dialect == "sqlite":
+            raw = self.conn.connection.dbapi_connection
+            assert raw is not None
+            return raw.execute(sql, dict(params or {})).fetchall()  # type: ignore[no-any-return]
+        return [tuple(row) for row in self._rows(sql, params)]
+
     def row(self, sql: str, params: Params | None = None) -> DbRow | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None

@@ -108,15 +108,16 @@ class KeyRegistry:
 
     def get(self, kid: str) -> EnrolledKey | None:
         # One query: the key with its window by sequence number from the rotations.
-        row = self.db.row(
+        rows = self.db.tuples(
             "SELECT kid, factory_id, jwk, status, valid_from, revoked_at, retired_at, "
             "(SELECT effective_from_seq FROM rotations WHERE new_kid = keys.kid), "
             "(SELECT effective_from_seq FROM rotations WHERE rotated_from = keys.kid LIMIT 1) "
             "FROM keys WHERE kid = :kid",
             {"kid": kid},
         )
-        if row is None:
+        if not rows:
             return None
+        row = rows[0]
         return EnrolledKey(
             row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6],
             from_seq=row[7], until_seq=row[8],

@@ -152,7 +152,7 @@ class SqlReportStore:
     def chain_rows(self, report_id: str, factory_id: str, seq: int) -> list[StoredReport]:
         """In one query, what the chain checks of a new report look at: the report stored
         under its id, and the factory's reports at seq - 1, seq and seq + 1."""
-        rows = self.db.rows(
+        rows = self.db.tuples(
             f"SELECT {_REPORT_COLUMNS} FROM reports WHERE report_id = :report_id "
             "OR (factory_id = :factory_id AND seq BETWEEN :low AND :high)",
             {"report_id": report_id, "factory_id": factory_id, "low": seq - 1,
