@@ -350,7 +350,7 @@ class Database:
         if self.dialect == "sqlite":
             raw = self.conn.connection.dbapi_connection
             assert raw is not None
-            return raw.execute(sql, dict(params or {})).fetchall()  # type: ignore[no-any-return]
+            return raw.execute(sql, dict(params or {})).fetchall()
         return [tuple(row) for row in self._rows(sql, params)]
 
     def row(self, sql: str, params: Params | None = None) -> DbRow | None:
