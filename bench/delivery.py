@@ -3,6 +3,7 @@ signed receipts, against the real bureau receiver and against a minimal receipt 
 
     .venv/bin/python bench/delivery.py [--reports 200] [--devices 2] [--window 4]
                                        [--receiver both|bureau|fast]
+                                       [--bureau-db sqlite|postgresql]
 
 Starts its own Mosquitto on a free loopback port (stopped by PID) and works in a temp dir.
 Report dicts are built before timing (building is bench/reports.py's); timed per receiver:
@@ -16,6 +17,8 @@ recomputation, store, receipt); `fast` is a minimal receipt signer in its own pr
 (parse, SHA-256, sign an `accepted` receipt), so that the agent's side is measured without
 the bureau's verification cost. The bureau's verification alone and with store + receipt
 are timed too, to give its share. The receipts are real (signed, verified by the agent).
+`--bureau-db postgresql`: the real bureau stores into a PostgreSQL of its own, started as the
+tests start theirs but durable (fsync on: tests/support/postgres.py), instead of SQLite.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--receiver", choices=("both", "bureau", "fast"), default="both")
     parser.add_argument("--fast-signer", nargs=2, metavar=("BROKER_URL", "KEY_FILE"))
+    parser.add_argument("--bureau-db", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     if args.fast_signer:
         fast_signer(args.fast_signer[0], Path(args.fast_signer[1]))
@@ -172,12 +176,22 @@ def main() -> None:
                     signer.terminate()
                     signer.wait(10)
             if args.receiver in ("both", "bureau"):
-                bureau = start_bureau(tmp / "bureau.db", broker.url, {FACTORY: key})
+                server = None
+                bureau_db: Path | str = tmp / "bureau.db"
+                verify_db: Path | str = tmp / "verify.db"
+                if args.bureau_db == "postgresql":
+                    from tests.support.postgres import PostgresServer
+
+                    server = PostgresServer(durable=True)
+                    server.start()
+                    bureau_db, verify_db = server.create_database(), server.create_database()
+                print(f"[real bureau] store: {args.bureau_db}")
+                bureau = start_bureau(bureau_db, broker.url, {FACTORY: key})
                 deliver("real bureau", broker.url, bureau.public, reports, key,
                         tmp / "bureau-outbox.db", args.window)
                 bureau.receiver.stop()
                 # The bureau's own share: verification alone, and with store + receipt.
-                verify_bureau = start_bureau(tmp / "verify.db", None, {FACTORY: key})
+                verify_bureau = start_bureau(verify_db, None, {FACTORY: key})
                 box = Outbox(tmp / "bureau-outbox.db")
                 tokens = [item.jws.encode() for item in box.items(FACTORY)]
                 box.close()
@@ -192,6 +206,9 @@ def main() -> None:
                 handle_s = time.perf_counter() - t3
                 print(f"[bureau alone] verify (incl. recompute):    {n / check_s:8.1f} reports/s")
                 print(f"[bureau alone] verify + store + receipt:    {n / handle_s:8.1f} reports/s")
+                verify_bureau.receiver.stop()
+                if server is not None:
+                    server.stop()
         finally:
             broker.stop()
 
