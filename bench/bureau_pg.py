@@ -167,7 +167,9 @@ def _run(
                  "--broker", broker.url, "--key", str(tmp / "bureau-key.pem"),
                  "--bureau-id", BUREAU_ID, "--share-group", GROUP,
                  "--client-id", f"bench-bureau-{n}", "--protocol", "5"],
-                stdout=out, stderr=out, env=env,
+                # cwd: not the checkout, whose packages `-m` would put before PYTHONPATH
+                # (an older tree given there is what runs, bench/bureau.py's docstring).
+                stdout=out, stderr=out, env=env, cwd=tmp,
             ))
         logs.append(log)
     spy = None

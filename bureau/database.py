@@ -319,6 +319,9 @@ class Database:
         """A statement whose rows are not needed (INSERT, UPDATE, DELETE, a lock)."""
         if self._queue(sql, [dict(params or {})]):
             return
+        if self.dialect == "sqlite":  # on the driver: see `tuples`; in the transaction, if any
+            self._sqlite().execute(sql, dict(params or {}))
+            return
         if self.conn.in_transaction():
             self.conn.execute(self._text(sql), dict(params or {}))
             return
@@ -332,6 +335,9 @@ class Database:
         values = [dict(row) for row in rows]
         if self._queue(sql, values):
             return
+        if self.dialect == "sqlite":
+            self._sqlite().executemany(sql, values)
+            return
         if self.conn.in_transaction():
             self.conn.execute(self._text(sql), values)
             return
@@ -341,6 +347,14 @@ class Database:
     def rows(self, sql: str, params: Params | None = None) -> Sequence[DbRow]:
         return self._rows(sql, params)
 
+    def _sqlite(self) -> sqlite3.Connection:
+        """The driver's connection under SQLAlchemy's: sqlite3 takes `:name` parameters as
+        they are, and runs a statement outside a transaction as one of its own (its implicit
+        transactions are off, _sqlite_connect), as `execute` does through SQLAlchemy."""
+        raw = self.conn.connection.dbapi_connection
+        assert isinstance(raw, sqlite3.Connection)
+        return raw
+
     def tuples(self, sql: str, params: Params | None = None) -> Sequence[tuple[Any, ...]]:
         """`rows` as plain tuples (indexed by position only), from the driver itself where
         that is the same query: SQLite (sqlite3 takes `:name` parameters as they are; in a
@@ -348,9 +362,7 @@ class Database:
         receiver's per-message look-ups: SQLAlchemy's result machinery cost about as much as
         the query."""
         if self.dialect == "sqlite":
-            raw = self.conn.connection.dbapi_connection
-            assert raw is not None
-            return raw.execute(sql, dict(params or {})).fetchall()
+            return self._sqlite().execute(sql, dict(params or {})).fetchall()
         return [tuple(row) for row in self._rows(sql, params)]
 
     def row(self, sql: str, params: Params | None = None) -> DbRow | None:
