@@ -132,7 +132,7 @@ def pg_stage(
         if database_url is None:
             server = PostgresServer(durable=True)
             server.start()
-        broker = Broker(tmp, "max_queued_messages 0\n")
+        broker = Broker(tmp, "max_queued_messages 0\nset_tcp_nodelay true\n")
         broker.start()
         try:
             url = database_url or server.create_database("bench")  # type: ignore[union-attr]
