@@ -5,7 +5,8 @@ signed receipt) and the annual evaluation of many factories from its SQLite stor
         [--workers 2] [--db ~/.cache/tieragent-bench/bureau-1000x365x2.db]
         [--stages verify,ingest,annual] [--ingest-factories 50] [--ingest-days 40]
         [--old-factories 20] [--eval-workers 1]
-        [--database-url URL]
+        [--database-url URL] [--receivers 3] [--pg-factories 200] [--pg-days 10]
+        [--profile-receiver FILE]
 
 verify / ingest: `--ingest-factories` x `--ingest-days` signed daily reports (the same generator
 as below, chained), verified by `Verifier.check` on an empty store, then handled by a real
@@ -13,8 +14,11 @@ as below, chained), verified by `Verifier.check` on an empty store, then handled
 and its signed receipt, synchronous=FULL) into a new SQLite file; an older checkout is measured
 by the same script with `PYTHONPATH=<that tree>` (bench/bureau_ingest.py). Rates are per core:
 reports over the process's CPU time (time.process_time), with the wall-clock rate beside it.
-`--database-url`: reserved for the PostgreSQL store (the integrator's); only SQLite is measured
-here.
+
+pg (bench/bureau_pg.py): `--pg-factories` x `--pg-days` signed reports delivered through a real
+Mosquitto to `--receivers` real `tieragent bureau serve --share-group` processes on one
+PostgreSQL (`--database-url`, or a durable server of its own started as the tests start
+theirs); reports stored and receipted per second, wall clock, everything checked afterwards.
 
 annual: the old path (every report's JSON, `evaluate_from_payloads`) on the first
 `--old-factories` factories, then the columns path (`evaluate_from_store`) on all, in
@@ -374,12 +378,14 @@ def main() -> None:
     parser.add_argument("--eval-workers", type=int, default=1,
                         help="processes evaluating from columns (each its own connection)")
     parser.add_argument("--database-url", default=None,
-                        help="PostgreSQL store URL (not measured here: the integrator's hook)")
+                        help="PostgreSQL for the pg stage (default: start one, fsync on)")
+    parser.add_argument("--receivers", type=int, default=3)
+    parser.add_argument("--pg-factories", type=int, default=200)
+    parser.add_argument("--pg-days", type=int, default=10)
+    parser.add_argument("--profile-receiver", type=Path, default=None,
+                        help="py-spy's raw stacks of receiver 0 during the pg stage")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
-    if args.database_url:
-        raise SystemExit("--database-url: the PostgreSQL store is not in this tree yet; "
-                         "run the ingest stage against it once it is (bench/bureau_ingest.py).")
     if stages & {"verify", "ingest"}:
         from bench.bureau_ingest import ingest_stage, signed_messages, verify_stage
 
@@ -395,6 +401,15 @@ def main() -> None:
             verify_stage(messages, keys, "bureau-bench")
         if "ingest" in stages:
             ingest_stage(messages, keys, "bureau-bench")
+    if "pg" in stages:
+        from bench.bureau_ingest import signed_messages
+        from bench.bureau_pg import pg_stage
+
+        messages, keys = signed_messages(
+            args.pg_factories, args.pg_days, args.devices, templates, factory_rows, factory_id,
+        )
+        pg_stage(messages, keys, receivers=args.receivers, database_url=args.database_url,
+                 profile=args.profile_receiver)
     if "annual" in stages:
         annual_stage(args)
 

@@ -79,13 +79,16 @@ def verify_stage(
 
 
 def ingest_stage(
-    messages: list[tuple[str, bytes]], keys: dict[str, dict[str, str]], bureau_id: str
+    messages: list[tuple[str, bytes]], keys: dict[str, dict[str, str]], bureau_id: str,
+    database_url: str | None = None,
 ) -> dict[str, float]:
+    """`database_url`: a PostgreSQL database to ingest into instead of a new SQLite file."""
     from bureau.receiver import Receiver, ReceiverSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         receiver = Receiver(
-            ReceiverSettings(db=Path(tmp) / "ingest.db", broker_url="mqtt://127.0.0.1:1",
+            ReceiverSettings(db=database_url or Path(tmp) / "ingest.db",
+                             broker_url="mqtt://127.0.0.1:1",
                              bureau_id=bureau_id, keepalive_s=5),
             OKPKey.generate_key("Ed25519"),
         )
@@ -97,10 +100,12 @@ def ingest_stage(
             for topic, message in messages:
                 assert receiver.handle(topic, message) is not None
 
-        figures = _timed("ingest (verify + store + signed receipt), SQLite", len(messages), run)
-        stored = receiver.store.db.execute(
+        where = "PostgreSQL, one receiver" if database_url else "SQLite"
+        figures = _timed(f"ingest (verify + store + signed receipt), {where}", len(messages),
+                         run)
+        stored = receiver.store.db.scalar(
             "SELECT COUNT(*) FROM reports WHERE state = 'accepted'"
-        ).fetchone()[0]
+        )
         receiver.store.close()
     assert stored == len(messages), (stored, len(messages))
     return figures

@@ -3,6 +3,7 @@ signed receipts, against the real bureau receiver and against a minimal receipt 
 
     .venv/bin/python bench/delivery.py [--reports 200] [--devices 2] [--window 4]
                                        [--receiver both|bureau|fast]
+                                       [--bureau-db sqlite|postgresql] [--bureau-process]
 
 Starts its own Mosquitto on a free loopback port (stopped by PID) and works in a temp dir.
 Report dicts are built before timing (building is bench/reports.py's); timed per receiver:
@@ -16,11 +17,18 @@ recomputation, store, receipt); `fast` is a minimal receipt signer in its own pr
 (parse, SHA-256, sign an `accepted` receipt), so that the agent's side is measured without
 the bureau's verification cost. The bureau's verification alone and with store + receipt
 are timed too, to give its share. The receipts are real (signed, verified by the agent).
+`--bureau-db postgresql`: the real bureau stores into a PostgreSQL of its own, started as the
+tests start theirs but durable (fsync on: tests/support/postgres.py), instead of SQLite.
+`--bureau-process`: the real bureau runs as `tieragent bureau serve` in its own process, as
+deployed, instead of a Receiver in this process (where it shares the GIL with the agent's
+publisher).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,6 +99,41 @@ def fast_signer(broker_url: str, key_file: Path) -> None:
     client.loop_forever()  # until the benchmark stops this process (by PID)
 
 
+def serve_bureau(
+    tmp: Path, db: Path | str, broker_url: str, agent_key: OKPKey
+) -> tuple[dict[str, str], subprocess.Popen[bytes]]:
+    """`tieragent bureau serve` on `db` (the agent's key enrolled first), subscribed; its
+    receipt key's public JWK and the process (stopped by PID by the caller)."""
+    from bureau.database import DATABASE_URL_ENV
+    from bureau.receipts import create_bureau_key
+    from bureau.registry import KeyRegistry
+    from bureau.store import SqlReportStore
+    from tests.support.paths import python_env
+    from tests.support.reports import BUREAU
+    from tests.support.waiting import wait_until
+
+    store = SqlReportStore(db)
+    with store.transaction():
+        KeyRegistry(store.db).enroll(FACTORY, public_jwk(agent_key))
+    store.close()
+    key_file = tmp / "bureau-key.pem"
+    receipt_key = create_bureau_key(key_file)
+    target = ["--db", str(db)] if isinstance(db, Path) else []
+    env = python_env(**({} if target else {DATABASE_URL_ENV: str(db)}))
+    log = tmp / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tieragent", "bureau", "serve", *target,
+             "--broker", broker_url, "--key", str(key_file), "--bureau-id", BUREAU,
+             "--protocol", "5"],
+            stdout=out, stderr=out, env=env, cwd=tmp,
+        )
+    if not wait_until(lambda: b"Bureau receiver connected." in log.read_bytes(), 60):
+        os.kill(process.pid, signal.SIGKILL)
+        raise SystemExit(f"bureau serve did not connect: {log.read_text()[-800:]}")
+    return public_jwk(receipt_key), process
+
+
 def deliver(
     name: str, broker_url: str, receipt_key: dict[str, str], reports: list[dict[str, Any]],
     key: OKPKey, outbox_path: Path, window: int,
@@ -131,6 +174,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--receiver", choices=("both", "bureau", "fast"), default="both")
     parser.add_argument("--fast-signer", nargs=2, metavar=("BROKER_URL", "KEY_FILE"))
+    parser.add_argument("--bureau-db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--bureau-process", action="store_true",
+                        help="the bureau as `tieragent bureau serve` in its own process")
     args = parser.parse_args()
     if args.fast_signer:
         fast_signer(args.fast_signer[0], Path(args.fast_signer[1]))
@@ -139,7 +185,7 @@ def main() -> None:
     n = args.reports
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        broker = Broker(tmp)
+        broker = Broker(tmp, "set_tcp_nodelay true\n")
         broker.start()
         try:
             started = time.perf_counter()
@@ -172,12 +218,32 @@ def main() -> None:
                     signer.terminate()
                     signer.wait(10)
             if args.receiver in ("both", "bureau"):
-                bureau = start_bureau(tmp / "bureau.db", broker.url, {FACTORY: key})
-                deliver("real bureau", broker.url, bureau.public, reports, key,
-                        tmp / "bureau-outbox.db", args.window)
-                bureau.receiver.stop()
+                server = None
+                bureau_db: Path | str = tmp / "bureau.db"
+                verify_db: Path | str = tmp / "verify.db"
+                if args.bureau_db == "postgresql":
+                    from tests.support.postgres import PostgresServer
+
+                    server = PostgresServer(durable=True)
+                    server.start()
+                    bureau_db, verify_db = server.create_database(), server.create_database()
+                where = "own process" if args.bureau_process else "in this process"
+                print(f"[real bureau] store: {args.bureau_db}, {where}")
+                if args.bureau_process:
+                    receipt_jwk, serve = serve_bureau(tmp, bureau_db, broker.url, key)
+                    try:
+                        deliver("real bureau", broker.url, receipt_jwk, reports, key,
+                                tmp / "bureau-outbox.db", args.window)
+                    finally:
+                        os.kill(serve.pid, signal.SIGTERM)
+                        serve.wait(30)
+                else:
+                    bureau = start_bureau(bureau_db, broker.url, {FACTORY: key})
+                    deliver("real bureau", broker.url, bureau.public, reports, key,
+                            tmp / "bureau-outbox.db", args.window)
+                    bureau.receiver.stop()
                 # The bureau's own share: verification alone, and with store + receipt.
-                verify_bureau = start_bureau(tmp / "verify.db", None, {FACTORY: key})
+                verify_bureau = start_bureau(verify_db, None, {FACTORY: key})
                 box = Outbox(tmp / "bureau-outbox.db")
                 tokens = [item.jws.encode() for item in box.items(FACTORY)]
                 box.close()
@@ -192,6 +258,9 @@ def main() -> None:
                 handle_s = time.perf_counter() - t3
                 print(f"[bureau alone] verify (incl. recompute):    {n / check_s:8.1f} reports/s")
                 print(f"[bureau alone] verify + store + receipt:    {n / handle_s:8.1f} reports/s")
+                verify_bureau.receiver.stop()
+                if server is not None:
+                    server.stop()
         finally:
             broker.stop()
 

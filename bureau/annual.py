@@ -260,7 +260,9 @@ def evaluate_year(
     )
     if not coverage["ok"]:
         evaluation = _withhold_measured(evaluation, policy)
-    indicators = compute(base, inventory, run_params)
+    # `base` is daily_measures' frame in the reports' zone (both sources of `daily_base`).
+    daily = run_params.time_zone == time_zone
+    indicators = compute(base, inventory, run_params, daily=daily)
     indicators.update(improvement(base, baseline_base, run_params))
     return AnnualEvaluation(
         factory_id=factory_id,
@@ -273,7 +275,7 @@ def evaluate_year(
         inputs=files.digests(),
         coverage=coverage,
         chain=chain_section(entries, chain, chosen, first, last),
-        monthly=_monthly(base, inventory, run_params, first, last),
+        monthly=_monthly(base, inventory, run_params, first, last, daily),
         indicators=indicators,
         baseline={
             "year": baseline_year,
@@ -380,15 +382,17 @@ def _withhold_measured(evaluation: Evaluation, policy: Policy) -> Evaluation:
 
 
 def _monthly(
-    base: pd.DataFrame, inventory: pd.DataFrame, params: Params, first: date, last: date
+    base: pd.DataFrame, inventory: pd.DataFrame, params: Params, first: date, last: date,
+    daily: bool,
 ) -> list[dict[str, Any]]:
-    """Key indicators of each month of the period, from that month's summed base measures."""
+    """Key indicators of each month of the period, from that month's summed base measures
+    (`daily`: `base` is daily_measures' frame in params.time_zone, so each month's rows are)."""
     stamps = pd.to_datetime(base["hour_start"], unit="s", utc=True).dt.tz_convert(params.time_zone)
     month_of = stamps.dt.strftime("%Y-%m").to_numpy()
     out: list[dict[str, Any]] = []
     for month in sorted({d.isoformat()[:7] for d in period_days(first, last)}):
         rows = base[month_of == month]
-        values = compute(rows, inventory, params) if len(rows) else {}
+        values = compute(rows, inventory, params, daily=daily) if len(rows) else {}
         out.append(
             {
                 "month": month,

@@ -43,11 +43,12 @@ _COUNTS = frozenset(COUNT_COLUMNS)
 
 
 def record(
-    db: Database, report: Mapping[str, Any], sums: DaySums | None = None
+    db: Database, report: Mapping[str, Any], sums: DaySums | None = None, *,
+    replace: bool = True,
 ) -> None:
     """Record an accepted daily report's day sums (`sums` when the verifier computed them);
     other period kinds are not recorded. Replaces an earlier recording of the same report id
-    (an evicted orphan's)."""
+    unless `replace` is False (the receiver's new reports: two statements fewer)."""
     period = report["period"]
     if period["kind"] != "day":
         return
@@ -58,6 +59,7 @@ def record(
         str(period["key"]),
         report_has_samples(report),
         _rows(report, sums),
+        replace=replace,
     )
 
 
@@ -68,11 +70,14 @@ def write(
     period_key: str,
     has_samples: bool,
     rows: Sequence[Sequence[Any]],
+    *,
+    replace: bool = True,
 ) -> None:
     """One report's recording: (device_id, day_start, *MEASURE_COLUMNS) per row."""
-    key = {"report_id": report_id}
-    db.execute("DELETE FROM report_measures WHERE report_id = :report_id", key)
-    db.execute("DELETE FROM measured_reports WHERE report_id = :report_id", key)
+    if replace:
+        key = {"report_id": report_id}
+        db.execute("DELETE FROM report_measures WHERE report_id = :report_id", key)
+        db.execute("DELETE FROM measured_reports WHERE report_id = :report_id", key)
     db.execute(
         "INSERT INTO measured_reports (report_id, factory_id, period_key, has_samples)"
         " VALUES (:report_id, :factory_id, :period_key, :has_samples)",

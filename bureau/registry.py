@@ -108,15 +108,16 @@ class KeyRegistry:
 
     def get(self, kid: str) -> EnrolledKey | None:
         # One query: the key with its window by sequence number from the rotations.
-        row = self.db.row(
+        rows = self.db.tuples(
             "SELECT kid, factory_id, jwk, status, valid_from, revoked_at, retired_at, "
             "(SELECT effective_from_seq FROM rotations WHERE new_kid = keys.kid), "
             "(SELECT effective_from_seq FROM rotations WHERE rotated_from = keys.kid LIMIT 1) "
             "FROM keys WHERE kid = :kid",
             {"kid": kid},
         )
-        if row is None:
+        if not rows:
             return None
+        row = rows[0]
         return EnrolledKey(
             row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6],
             from_seq=row[7], until_seq=row[8],
@@ -139,10 +140,10 @@ class KeyRegistry:
     def lookup(self, factory_id: str, kid: str, at: float) -> EnrolledKey:
         """The key that may verify a message for `factory_id` received at `at`, or raise
         KeyLookupError with reason unknown-factory / unknown-key / revoked."""
-        if not self.known_factory(factory_id):
-            raise KeyLookupError("unknown-factory", "Factory is not enrolled.")
-        key = self.get(kid)
+        key = self.get(kid)  # the usual case in one query; the factory only when it fails
         if key is None or key.factory_id != factory_id:
+            if not self.known_factory(factory_id):
+                raise KeyLookupError("unknown-factory", "Factory is not enrolled.")
             raise KeyLookupError("unknown-key", "Key is not enrolled for this factory.")
         if key.revoked_at is not None and at >= key.revoked_at:
             raise KeyLookupError("revoked", "Key was revoked before this message arrived.")

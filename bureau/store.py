@@ -86,6 +86,7 @@ class ReportStore(Protocol):
     def transaction(self) -> Any: ...
     def get(self, report_id: str) -> StoredReport | None: ...
     def by_seq(self, factory_id: str, seq: int) -> StoredReport | None: ...
+    def chain_rows(self, report_id: str, factory_id: str, seq: int) -> list[StoredReport]: ...
     def insert(self, report: StoredReport) -> None: ...
     def record_measures(self, report: dict[str, Any], sums: DaySums | None) -> None: ...
     def set_state(self, report_id: str, state: str) -> None: ...
@@ -148,6 +149,17 @@ class SqlReportStore:
         )
         return StoredReport(*row) if row else None
 
+    def chain_rows(self, report_id: str, factory_id: str, seq: int) -> list[StoredReport]:
+        """In one query, what the chain checks of a new report look at: the report stored
+        under its id, and the factory's reports at seq - 1, seq and seq + 1."""
+        rows = self.db.tuples(
+            f"SELECT {_REPORT_COLUMNS} FROM reports WHERE report_id = :report_id "
+            "OR (factory_id = :factory_id AND seq BETWEEN :low AND :high)",
+            {"report_id": report_id, "factory_id": factory_id, "low": seq - 1,
+             "high": seq + 1},
+        )
+        return [StoredReport(*row) for row in rows]
+
     def insert(self, report: StoredReport) -> None:
         self.db.execute(
             f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES (:report_id, :factory_id, :seq, "
@@ -157,8 +169,9 @@ class SqlReportStore:
         )
 
     def record_measures(self, report: dict[str, Any], sums: DaySums | None) -> None:
-        """A stored daily report's base measures in columns (bureau.measures_table)."""
-        measures_table.record(self.db, report, sums)
+        """A new daily report's base measures in columns (bureau.measures_table). Its id has
+        none: a report's rows leave with it (`evict`), so nothing is replaced."""
+        measures_table.record(self.db, report, sums, replace=False)
 
     def set_state(self, report_id: str, state: str) -> None:
         self.db.execute(
@@ -172,8 +185,9 @@ class SqlReportStore:
         row = self.get(report_id)
         if row is None:
             return None
-        self.db.execute("DELETE FROM reports WHERE report_id = :report_id",
-                        {"report_id": report_id})
+        for table in ("reports", "report_measures", "measured_reports"):
+            self.db.execute(f"DELETE FROM {table} WHERE report_id = :report_id",
+                            {"report_id": report_id})
         self.quarantine(
             Rejection(
                 factory_id=row.factory_id, topic="", reason=reason, detail=detail,

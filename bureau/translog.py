@@ -109,36 +109,39 @@ class TransparencyLog:
     # ---- the leaves --------------------------------------------------------------------
 
     def tree(self) -> TreeLevels:
-        """The cached tree, brought up to the table first: one lookup of the highest leaf
-        number (the rowid; COUNT(*) would read the whole table) and of the last cached
-        leaf; the leaves added since are read, and a table that shrank or changed its last
-        leaf is read again in full."""
-        last = self.db.scalar("SELECT MAX(leaf_index) FROM log_leaves")
-        count = 0 if last is None else int(last) + 1
-        cached = len(self._tree)
-        if count < cached or (cached and self._stored_leaf(cached - 1) != self._tree.leaf(
-            cached - 1
-        )):
-            self._tree, cached = TreeLevels(), 0  # rewritten under us: start again
-        if count > cached:
-            for index, leaf in self.db.rows(
-                "SELECT leaf_index, leaf_hash FROM log_leaves WHERE leaf_index >= :first "
-                "ORDER BY leaf_index", {"first": cached},
-            ):
-                if index != len(self._tree):
-                    self._tree = TreeLevels()
-                    raise LogError(
-                        f"The transparency log's leaf numbers have a hole before leaf {index}: "
-                        "leaves were deleted from log_leaves."
-                    )
-                self._tree.append(bytes(leaf))
-        return self._tree
+        """The cached tree, brought up to the table first, in one query: the last cached leaf
+        (still there and unchanged?) and every leaf after it. A table that shrank or changed
+        that leaf is read again in full."""
+        return self._synced(with_head=False)[0]
 
-    def _stored_leaf(self, index: int) -> bytes | None:
-        row = self.db.row(
-            "SELECT leaf_hash FROM log_leaves WHERE leaf_index = :index", {"index": index}
-        )
-        return bytes(row[0]) if row else None
+    def _synced(self, with_head: bool) -> tuple[TreeLevels, tuple[int, str] | None]:
+        """`tree()`, and with `with_head` the stored head's (size, root) read by the same
+        query (one round trip under the log lock instead of two)."""
+        head_sql = (" UNION ALL SELECT -1, NULL, tree_size, root_hash FROM log_head "
+                    "WHERE id = 1") if with_head else ""
+        leaves = "SELECT leaf_index, leaf_hash, NULL, NULL FROM log_leaves"
+        cached = len(self._tree)
+        rows = self.db.rows(f"{leaves} WHERE leaf_index >= :first{head_sql}",
+                            {"first": max(cached - 1, 0)})
+        head = next(((int(r[2]), str(r[3])) for r in rows if r[0] == -1), None)
+        found = sorted((r for r in rows if r[0] != -1), key=lambda r: int(r[0]))
+        if cached:
+            if not found or found[0][0] != cached - 1 or bytes(found[0][1]) != self._tree.leaf(
+                cached - 1
+            ):
+                self._tree = TreeLevels()  # rewritten under us: start again
+                found = list(self.db.rows(f"{leaves} ORDER BY leaf_index"))
+            else:
+                found = found[1:]
+        for index, leaf, _, _ in found:
+            if index != len(self._tree):
+                self._tree = TreeLevels()
+                raise LogError(
+                    f"The transparency log's leaf numbers have a hole before leaf {index}: "
+                    "leaves were deleted from log_leaves."
+                )
+            self._tree.append(bytes(leaf))
+        return self._tree, head
 
     def leaf(self, report_id: str, payload_sha256: str | None = None) -> Leaf | None:
         """The newest leaf of a report (of that payload, when given)."""
@@ -163,11 +166,42 @@ class TransparencyLog:
         """Append a stored report's leaf and sign the new head; returns the leaf index.
         Holds the log lock until the caller's transaction commits (leaf numbers are global)."""
         self.db.lock_log()
-        tree = self.tree()
-        self._check_last_head(tree)
+        tree, head = self._synced(with_head=True)
+        self._check_last_head(tree, head)
         index = self._insert(tree, report_id, factory_id, payload_sha256, now)
-        self._save_head(index + 1)
+        self._save_head(index + 1, now)
         return index
+
+    def prefetch_last_leaf(self, factory_id: str) -> Callable[[], int | None]:
+        """The factory's newest leaf number, read with the next query (Database.prefetch).
+        Under its factory lock no other receiver appends for it, so it may be read before
+        `append` takes the log lock."""
+        rows = self.db.prefetch(
+            "SELECT MAX(leaf_index) FROM log_leaves WHERE factory_id = :factory_id",
+            {"factory_id": factory_id},
+        )
+
+        def last() -> int | None:
+            value = rows()[0][0]
+            return None if value is None else int(value)
+
+        return last
+
+    def appended_member(self, index: int, previous: int | None, at: float) -> dict[str, Any]:
+        """The receipt's `log` member for the leaf `append` just gave number `index` at `at`,
+        `previous` the factory's leaf before it (`last_leaf_of`): what `receipt_member`
+        computes, from the tree in memory (brought up to the table under the log lock)."""
+        size = index + 1
+        link = None
+        if previous is not None:
+            link = {"from_size": previous + 1,
+                    "proof": hex_list(consistency_path(previous + 1, size, self._tree.mth))}
+        return {
+            "head": self.head(size, at),
+            "leaf_index": index,
+            "inclusion": hex_list(inclusion_path(index, size, self._tree.mth)),
+            "link": link,
+        }
 
     def backfill(self, now: float) -> int:
         """Give every stored report without a leaf one (reports stored before the log
@@ -184,11 +218,11 @@ class TransparencyLog:
         rows = self.db.rows(query)
         if not rows:
             return 0
-        tree = self.tree()
-        self._check_last_head(tree)
+        tree, head = self._synced(with_head=True)
+        self._check_last_head(tree, head)
         for report_id, factory_id, payload_sha256 in rows:
             self._insert(tree, report_id, factory_id, payload_sha256, now)
-        self._save_head(len(tree))
+        self._save_head(len(tree), now)
         return len(rows)
 
     def _insert(
@@ -206,20 +240,20 @@ class TransparencyLog:
         tree.append(leaf)
         return index
 
-    def _check_last_head(self, tree: TreeLevels) -> None:
-        """The bureau checks itself: the leaves must still extend the head it signed last."""
-        row = self.db.row("SELECT tree_size, root_hash FROM log_head WHERE id = 1")
-        if row is None or self.alert is None:
+    def _check_last_head(self, tree: TreeLevels, head: tuple[int, str] | None) -> None:
+        """The bureau checks itself: the leaves must still extend the head it signed last
+        (`head`: its stored size and root)."""
+        if head is None or self.alert is None:
             return
-        size, root = int(row[0]), str(row[1])
+        size, root = head
         if size > len(tree) or tree.root(size).hex() != root:
             self.alert(
                 f"the log's {len(tree)} leaves no longer extend the head it signed last "
                 f"(size {size}, root {root[:16]}…): leaves were removed or changed"
             )
 
-    def _save_head(self, size: int) -> None:
-        head = self.head(size)
+    def _save_head(self, size: int, at: float) -> None:
+        head = self.head(size, at)
         self.db.execute(
             "INSERT INTO log_head (id, tree_size, root_hash, sth_jws) VALUES (1, :size, :root, "
             ":head) ON CONFLICT (id) DO UPDATE SET tree_size = excluded.tree_size, "
@@ -229,18 +263,24 @@ class TransparencyLog:
 
     # ---- heads and proofs --------------------------------------------------------------
 
-    def head(self, size: int) -> str:
+    def head(self, size: int, appended_at: float | None = None) -> str:
         """The signed head of the first `size` leaves, timestamped when its last leaf was
-        appended (so it is the same JWS each time: Ed25519 signatures are deterministic)."""
+        appended (so it is the same JWS each time: Ed25519 signatures are deterministic).
+        `appended_at`: that time, when the caller has just appended it (no look-ups)."""
         if self.key is None:
             raise LogError("This log was opened without the bureau key; it cannot sign heads.")
-        tree = self.tree()
-        row = self.db.row(
-            "SELECT appended_at FROM log_leaves WHERE leaf_index = :index", {"index": size - 1}
-        )
-        if size < 1 or size > len(tree) or row is None:
+        if appended_at is None:
+            tree = self.tree()
+            row = self.db.row(
+                "SELECT appended_at FROM log_leaves WHERE leaf_index = :index",
+                {"index": size - 1},
+            )
+            appended_at = None if row is None else float(row[0])
+        else:
+            tree = self._tree
+        if size < 1 or size > len(tree) or appended_at is None:
             raise LogError(f"The log has no head of size {size} (it has {len(tree)} leaves).")
-        root, at = tree.root(size), float(row[0])
+        root, at = tree.root(size), appended_at
         if self._signed is None or self._signed[:3] != (size, root, at):
             self._signed = (size, root, at, sign_head(self.bureau_id, size, root, at, self.key))
         return self._signed[3]
@@ -264,19 +304,12 @@ class TransparencyLog:
         leaf = self.leaf(report_id, payload_sha256)
         if leaf is None:
             return None
-        size = leaf.index + 1
         previous = self.db.scalar(
             "SELECT MAX(leaf_index) FROM log_leaves WHERE factory_id = :factory_id "
             "AND leaf_index < :index",
             {"factory_id": leaf.factory_id, "index": leaf.index},
         )
-        link = None
-        if previous is not None:
-            link = {"from_size": previous + 1,
-                    "proof": hex_list(self.consistency(previous + 1, size))}
-        return {
-            "head": self.head(size),
-            "leaf_index": leaf.index,
-            "inclusion": hex_list(self.inclusion(leaf.index, size)),
-            "link": link,
-        }
+        self.tree()  # once; the member is then computed from memory
+        return self.appended_member(
+            leaf.index, None if previous is None else int(previous), leaf.appended_at
+        )

@@ -170,7 +170,9 @@ class Verifier:
         def reject(reason: str, detail: str) -> Decision:
             return Decision("rejected", reason, detail, factory_id, sha, **ids)
 
-        known = self.store.get(report["report_id"])
+        neighbours = self.store.chain_rows(report["report_id"], factory_id, seq)
+        known = next((r for r in neighbours if r.report_id == report["report_id"]), None)
+        by_seq = {r.seq: r for r in neighbours if r.factory_id == factory_id}
         if known is not None:
             if known.payload_sha256 == sha:
                 return Decision(
@@ -191,7 +193,7 @@ class Verifier:
         # only until the real chain contradicts it: a report that links to the stored chain
         # evicts it, so an orphan never blocks the genuine report at its seq or after it.
         evict: list[str] = []
-        taken = self.store.by_seq(factory_id, seq)
+        taken = by_seq.get(seq)
         if taken is not None and taken.state != PENDING_LINK:
             return reject("fork", f"seq {seq} is taken by another report.")
         linked = False
@@ -200,7 +202,7 @@ class Verifier:
                 return reject("chain", "seq 1 does not start from the genesis hash.")
             linked = True
         else:
-            previous = self.store.by_seq(factory_id, seq - 1)
+            previous = by_seq.get(seq - 1)
             if previous is not None and previous.payload_sha256 == report["prev_sha256"]:
                 linked = True
             elif previous is not None and previous.state == PENDING_LINK:
@@ -211,7 +213,7 @@ class Verifier:
             if not linked:
                 return held(f"seq {seq} is held by an unlinked report; resend after seq {seq - 1}.")
             evict.append(taken.report_id)
-        successor = self.store.by_seq(factory_id, seq + 1)
+        successor = by_seq.get(seq + 1)
         relink = None
         if successor is not None:
             if successor.prev_sha256 == sha:

@@ -22,15 +22,19 @@ from indicators.measures import daily_measures, totals
 
 
 def compute(
-    base: pd.DataFrame, inventory: pd.DataFrame, params: Params = Params()
+    base: pd.DataFrame, inventory: pd.DataFrame, params: Params = Params(), *,
+    daily: bool = False,
 ) -> dict[str, IndicatorValue]:
     """All indicators over the rows given (the caller filters a line or the key processes).
 
     `base` rows may be hourly or daily sums; per-device-day figures group rows by the local day
     (params.time_zone) of `hour_start`. Baseline comparisons are in `improvement`.
+    `daily`: `base` is `daily_measures(..., params.time_zone)` already, or rows of it; summing
+    it again would give the same frame (one row per device-day, in order), so it is skipped
+    (the annual evaluation's thirteen calls on one year: a third of its time).
     """
     # Daily rows carry every sum the indicators need and make the rest cheap on large inputs.
-    base = daily_measures(base, params.time_zone)
+    base = base.reset_index(drop=True) if daily else daily_measures(base, params.time_zone)
     sums = totals(base)
     values: dict[str, IndicatorValue] = {}
     for item in efficiency(sums, params):

@@ -17,7 +17,9 @@ pytest's own tmp_path lies under a 0700 root directory that `nobody` cannot ente
 everything runs as the current user.
 
 Settings are for tests, not production: fsync and synchronous_commit off (the tests check
-the bureau's logic, not the disk), trust authentication on loopback only.
+the bureau's logic, not the disk), trust authentication on loopback only. `durable=True`
+keeps PostgreSQL's defaults for both (bench/bureau_pg.py: a receipt is only sent for a
+report on disk).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def postgres_bin() -> Path | None:
 class PostgresServer:
     """One PostgreSQL server for a test session; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         bin_dir = postgres_bin()
         if bin_dir is None:
             pytest.fail(
@@ -71,6 +73,7 @@ class PostgresServer:
             self._as = {"user": "nobody", "group": "nogroup"}
             shutil.chown(self.directory, "nobody", "nogroup")
         self._databases = 0
+        self.durable = durable
 
     @property
     def data(self) -> Path:
@@ -88,11 +91,12 @@ class PostgresServer:
         if initdb.returncode != 0:
             pytest.fail(f"initdb failed: {initdb.stderr.decode(errors='replace')[-800:]}")
         log = open(self.directory / "postgres.log", "wb")  # noqa: SIM115
+        fast = [] if self.durable else [
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.process = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data),
              "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
-             "-c", f"unix_socket_directories={self.directory}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", f"unix_socket_directories={self.directory}", *fast,
              "-c", "max_connections=200"],
             stdout=log, stderr=log, cwd=self.directory, **self._as,
         )
