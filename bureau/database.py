@@ -320,7 +320,8 @@ class Database:
         if self._queue(sql, [dict(params or {})]):
             return
         if self.dialect == "sqlite":  # on the driver: see `tuples`; in the transaction, if any
-            self._sqlite().execute(sql, dict(params or {}))
+            with _as_sqlalchemy_error(sql, params):
+                self._sqlite().execute(sql, dict(params or {}))
             return
         if self.conn.in_transaction():
             self.conn.execute(self._text(sql), dict(params or {}))
@@ -336,7 +337,8 @@ class Database:
         if self._queue(sql, values):
             return
         if self.dialect == "sqlite":
-            self._sqlite().executemany(sql, values)
+            with _as_sqlalchemy_error(sql, values):
+                self._sqlite().executemany(sql, values)
             return
         if self.conn.in_transaction():
             self.conn.execute(self._text(sql), values)
@@ -362,7 +364,8 @@ class Database:
         receiver's per-message look-ups: SQLAlchemy's result machinery cost about as much as
         the query."""
         if self.dialect == "sqlite":
-            return self._sqlite().execute(sql, dict(params or {})).fetchall()
+            with _as_sqlalchemy_error(sql, params):
+                return self._sqlite().execute(sql, dict(params or {})).fetchall()
         return [tuple(row) for row in self._rows(sql, params)]
 
     def row(self, sql: str, params: Params | None = None) -> DbRow | None:
@@ -378,6 +381,16 @@ class Database:
         if self.dialect != "sqlite":
             return True
         return bool(self.scalar("PRAGMA integrity_check") == "ok")
+
+
+@contextmanager
+def _as_sqlalchemy_error(sql: str, params: Any) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy raises them (IntegrityError, OperationalError…), so
+    callers catch one family whichever path ran the statement."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise DBAPIError.instance(sql, params, error, sqlite3.Error) from error
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
