@@ -74,8 +74,8 @@ def safe_name(target: str | Path) -> str:
 
 
 class Database:
-    """One connection to the bureau database (not thread-safe: callers serialise, as the
-    receiver does with its lock)."""
+    """One connection to the bureau database, used by one thread at a time: a call from
+    another thread waits until the transaction in progress has ended."""
 
     def __init__(self, target: str | Path) -> None:
         self.name = safe_name(target)
@@ -86,6 +86,10 @@ class Database:
         # of a prefetched query (None for a write).
         self._queued: list[tuple[str, list[dict[str, Any]], list[Any] | None]] | None = None
         self._immediate = threading.local()
+        # One connection, used by one thread at a time: a transaction holds it to its end, a
+        # statement outside one for itself (a test or a status thread reading the receiver's
+        # store waits for the message in hand to commit, instead of joining its transaction).
+        self._in_use = threading.RLock()
         try:
             self.engine = self._engine(target)
             self.dialect = self.engine.dialect.name
@@ -187,17 +191,18 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One transaction, committed at the end and rolled back on any exception; inside
-        another, it joins it."""
-        if self.conn.in_transaction():
-            yield
-            return
-        self._immediate.on = True
-        try:
-            with self.conn.begin():
-                self._immediate.on = False
+        another of the same thread, it joins it."""
+        with self._in_use:
+            if self.conn.in_transaction():
                 yield
-        finally:
-            self._immediate.on = False
+                return
+            self._immediate.on = True
+            try:
+                with self.conn.begin():
+                    self._immediate.on = False
+                    yield
+            finally:
+                self._immediate.on = False
 
     def lock_factory(self, factory_id: str) -> None:
         """Serialise this factory's messages until COMMIT (PostgreSQL; SQLite's IMMEDIATE
@@ -238,25 +243,27 @@ class Database:
         COMMIT go together at its end (the enclosing `transaction()` then finds nothing
         left to commit). A failing statement raises there, inside the transaction.
         SQLite: no effect."""
-        if self.dialect != "postgresql" or self._queued is not None:
-            yield
-            return
-        self._queued = []
-        try:
-            yield
-            self._pipeline(commit=commit)
-        finally:
-            self._queued = None
+        with self._in_use:
+            if self.dialect != "postgresql" or self._queued is not None:
+                yield
+                return
+            self._queued = []
+            try:
+                yield
+                self._pipeline(commit=commit)
+            finally:
+                self._queued = None
 
     def prefetch(self, sql: str, params: Params | None = None) -> Callable[[], Sequence[Any]]:
         """A query sent with the next round trip of a `batched` block (at once otherwise);
         call the result for its rows once a later query has run (or the block ended)."""
-        if self._queued is None or not self.conn.in_transaction():
-            rows = self._rows(sql, params)
-            return lambda: rows
-        holder: list[Sequence[Any]] = []
-        self._queued.append((sql, [dict(params or {})], holder))
-        return lambda: holder[0]
+        with self._in_use:
+            if self._queued is None or not self.conn.in_transaction():
+                rows = self._rows(sql, params)
+                return lambda: rows
+            holder: list[Sequence[Any]] = []
+            self._queued.append((sql, [dict(params or {})], holder))
+            return lambda: holder[0]
 
     def _pipeline(
         self, read: tuple[str, Params | None] | None = None, *, commit: bool = False
@@ -306,45 +313,48 @@ class Database:
         return True
 
     def _rows(self, sql: str, params: Params | None) -> Sequence[DbRow]:
-        if self._queued is not None and self.conn.in_transaction():
-            # Batched: in the pipeline of the waiting statements, on the driver itself
-            # (SQLAlchemy's result machinery was a quarter of the time per statement).
-            return self._pipeline((sql, params))
-        if self.conn.in_transaction():
-            return self.conn.execute(self._text(sql), dict(params or {})).all()
-        with self.conn.begin():
-            return self.conn.execute(self._text(sql), dict(params or {})).all()
+        with self._in_use:
+            if self._queued is not None and self.conn.in_transaction():
+                # Batched: in the pipeline of the waiting statements, on the driver itself
+                # (SQLAlchemy's result machinery was a quarter of the time per statement).
+                return self._pipeline((sql, params))
+            if self.conn.in_transaction():
+                return self.conn.execute(self._text(sql), dict(params or {})).all()
+            with self.conn.begin():
+                return self.conn.execute(self._text(sql), dict(params or {})).all()
 
     def execute(self, sql: str, params: Params | None = None) -> None:
         """A statement whose rows are not needed (INSERT, UPDATE, DELETE, a lock)."""
-        if self._queue(sql, [dict(params or {})]):
-            return
-        if self.dialect == "sqlite":  # on the driver: see `tuples`; in the transaction, if any
-            with _as_sqlalchemy_error(sql, params):
-                self._sqlite().execute(sql, dict(params or {}))
-            return
-        if self.conn.in_transaction():
-            self.conn.execute(self._text(sql), dict(params or {}))
-            return
-        with self.conn.begin():
-            self.conn.execute(self._text(sql), dict(params or {}))
+        with self._in_use:
+            if self._queue(sql, [dict(params or {})]):
+                return
+            if self.dialect == "sqlite":  # on the driver (see `tuples`), in the transaction if any
+                with _as_sqlalchemy_error(sql, params):
+                    self._sqlite().execute(sql, dict(params or {}))
+                return
+            if self.conn.in_transaction():
+                self.conn.execute(self._text(sql), dict(params or {}))
+                return
+            with self.conn.begin():
+                self.conn.execute(self._text(sql), dict(params or {}))
 
     def execute_many(self, sql: str, rows: Sequence[Params]) -> None:
         """One statement for many parameter sets (the driver's executemany)."""
-        if not rows:
-            return
-        values = [dict(row) for row in rows]
-        if self._queue(sql, values):
-            return
-        if self.dialect == "sqlite":
-            with _as_sqlalchemy_error(sql, values):
-                self._sqlite().executemany(sql, values)
-            return
-        if self.conn.in_transaction():
-            self.conn.execute(self._text(sql), values)
-            return
-        with self.conn.begin():
-            self.conn.execute(self._text(sql), values)
+        with self._in_use:
+            if not rows:
+                return
+            values = [dict(row) for row in rows]
+            if self._queue(sql, values):
+                return
+            if self.dialect == "sqlite":
+                with _as_sqlalchemy_error(sql, values):
+                    self._sqlite().executemany(sql, values)
+                return
+            if self.conn.in_transaction():
+                self.conn.execute(self._text(sql), values)
+                return
+            with self.conn.begin():
+                self.conn.execute(self._text(sql), values)
 
     def rows(self, sql: str, params: Params | None = None) -> Sequence[DbRow]:
         return self._rows(sql, params)
@@ -363,10 +373,11 @@ class Database:
         transaction or, outside one, as its own) and a `batched` block on PostgreSQL. For the
         receiver's per-message look-ups: SQLAlchemy's result machinery cost about as much as
         the query."""
-        if self.dialect == "sqlite":
-            with _as_sqlalchemy_error(sql, params):
-                return self._sqlite().execute(sql, dict(params or {})).fetchall()
-        return [tuple(row) for row in self._rows(sql, params)]
+        with self._in_use:
+            if self.dialect == "sqlite":
+                with _as_sqlalchemy_error(sql, params):
+                    return self._sqlite().execute(sql, dict(params or {})).fetchall()
+            return [tuple(row) for row in self._rows(sql, params)]
 
     def row(self, sql: str, params: Params | None = None) -> DbRow | None:
         rows = self._rows(sql, params)
