@@ -74,6 +74,30 @@ class AnnualError(BureauError):
     """A user mistake or missing data; str() is one sentence for the console."""
 
 
+class StoredColumns(Protocol):
+    """A stored report's metadata columns (bureau.store.StoredReport, a measures-table
+    ReportMeta)."""
+
+    @property
+    def report_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def period_kind(self) -> str: ...
+    @property
+    def period_key(self) -> str: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def kid(self) -> str: ...
+    @property
+    def payload_sha256(self) -> str: ...
+    @property
+    def prev_sha256(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DayEntry:
     """One report as the evaluation sees it (payload None when unreadable or not needed): a
@@ -102,6 +126,27 @@ class DayEntry:
     @classmethod
     def from_year_entry(cls, entry: YearEntry) -> DayEntry:
         return cls.from_parts(entry.period_key, entry.state, entry.reason, entry.payload, entry.jws)
+
+    @classmethod
+    def from_columns(
+        cls, row: StoredColumns, *, has_samples: bool | None = None, jws: str | None = None
+    ) -> DayEntry:
+        """A stored report from its metadata columns, its payload not decoded (the chain
+        walk and the column evaluation); `jws` kept when the caller read it anyway."""
+        return cls(
+            period_key=row.period_key,
+            state=row.state,
+            report_id=row.report_id,
+            seq=row.seq,
+            kid=row.kid,
+            revision=row.revision,
+            payload_sha256=row.payload_sha256,
+            prev_sha256=row.prev_sha256,
+            reason=None,
+            jws=jws,
+            kind=row.period_kind,
+            has_samples=has_samples,
+        )
 
     @classmethod
     def from_parts(

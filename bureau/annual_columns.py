@@ -61,7 +61,7 @@ def evaluate_from_columns(
     baseline = load_year_columns(store, factory_id, baseline_year, metas) if baseline_year else []
     prefix = f"{year:04d}"
     of_year = [m.seq for m in metas if m.period_key.startswith(prefix)]
-    chain = [_chain_entry(m) for m in chain_slice(metas, lambda m: m.seq, of_year)]
+    chain = [DayEntry.from_columns(m) for m in chain_slice(metas, lambda m: m.seq, of_year)]
     result = evaluate_year(
         factory_id,
         year,
@@ -92,7 +92,11 @@ def load_year_columns(
             measures_table.record_missing(store.db, accepted)
         flags = measures_table.has_samples(store.db, accepted)
     keyed: list[tuple[str, bool, DayEntry]] = [
-        (m.period_key, m.state != ACCEPTED, _year_entry(m, flags.get(m.report_id)))
+        (
+            m.period_key,
+            m.state != ACCEPTED,
+            DayEntry.from_columns(m, has_samples=flags.get(m.report_id)),
+        )
         for m in of_year
     ]
     for period_key, reason, token in store.db.rows(
@@ -105,23 +109,3 @@ def load_year_columns(
         keyed.append((period_key, True, entry))
     keyed.sort(key=lambda item: (item[0], item[1]))  # stable, as `reports_for_year` sorts
     return [entry for _, _, entry in keyed]
-
-
-def _year_entry(meta: ReportMeta, has_samples: bool | None) -> DayEntry:
-    return DayEntry(
-        period_key=meta.period_key,
-        state=meta.state,
-        report_id=meta.report_id,
-        seq=meta.seq,
-        kid=meta.kid,
-        revision=meta.revision,
-        payload_sha256=meta.payload_sha256,
-        prev_sha256=meta.prev_sha256,
-        reason=None,
-        kind=meta.period_kind,
-        has_samples=has_samples,
-    )
-
-
-def _chain_entry(meta: ReportMeta) -> DayEntry:
-    return _year_entry(meta, None)

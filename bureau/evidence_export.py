@@ -89,19 +89,7 @@ def load_chain(store: SqliteReportStore, factory_id: str, year: int) -> list[Day
 
 def _chain_entry(report: StoredReport) -> DayEntry:
     """A stored report of any kind as the chain sees it (its payload is not decoded)."""
-    return DayEntry(
-        period_key=report.period_key,
-        state=report.state,
-        report_id=report.report_id,
-        seq=report.seq,
-        kid=report.kid,
-        revision=report.revision,
-        payload_sha256=report.payload_sha256,
-        prev_sha256=report.prev_sha256,
-        reason=None,
-        jws=report.jws,
-        kind=report.period_kind,
-    )
+    return DayEntry.from_columns(report, jws=report.jws)
 
 
 def check_factory(store: SqliteReportStore, factory_id: str) -> None:

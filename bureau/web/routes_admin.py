@@ -8,6 +8,7 @@ audited as `denied`); every form carries the session's CSRF token.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.protocol.envelope import EnvelopeError, strict_loads
 from bureau.accounts import ROLES, AccountError
-from bureau.registry import KeyRegistry, RegistryError
+from bureau.registry import EnrolledKey, KeyRegistry, RegistryError
 from bureau.web.auth import Principal, Refused, admin, check_csrf, portal_of
 
 router = APIRouter()
@@ -53,12 +54,20 @@ def enrol_key(request: Request, who: Principal, factory_id: str, jwk: dict[str, 
     """Enrol `jwk` for `factory_id` and audit it; returns the kid."""
     if not factory_id.strip():
         raise RegistryError("Give the factory id.")
+    return _key_change(request, who, "keys.enrol",
+                       lambda keys: keys.enroll(factory_id.strip(), jwk)).kid
+
+
+def _key_change(request: Request, who: Principal, action: str,
+                change: Callable[[KeyRegistry], EnrolledKey]) -> EnrolledKey:
+    """Apply `change` to the key registry and audit it in one transaction (raises
+    RegistryError)."""
     store = portal_of(request).store()
     with store.transaction():
-        key = KeyRegistry(store.db).enroll(factory_id.strip(), jwk)
-        portal_of(request).accounts().audit(
-            who.user.username, "keys.enrol", f"{key.factory_id} {key.kid}")
-    return key.kid
+        key = change(KeyRegistry(store.db))
+        portal_of(request).accounts().audit(who.user.username, action,
+                                            f"{key.factory_id} {key.kid}")
+    return key
 
 
 @router.post("/admin/keys/enrol", include_in_schema=False)
@@ -94,12 +103,8 @@ def revoke_form(
     who: Principal = Depends(admin),
 ) -> Response:
     check_csrf(who, csrf_token)
-    store = portal_of(request).store()
     try:
-        with store.transaction():
-            key = KeyRegistry(store.db).revoke(kid)
-            portal_of(request).accounts().audit(
-                who.user.username, "keys.revoke", f"{key.factory_id} {key.kid}")
+        _key_change(request, who, "keys.revoke", lambda keys: keys.revoke(kid))
     except RegistryError as error:
         return _keys_page(request, who, error=str(error), status=400)
     return _done("/admin/keys", f"revoked {kid}")
@@ -111,12 +116,10 @@ def rotate_form(
     who: Principal = Depends(admin),
 ) -> Response:
     check_csrf(who, csrf_token)
-    store = portal_of(request).store()
     try:
-        with store.transaction():
-            key = KeyRegistry(store.db).apply_rotation(_json_object(statement, "statement"))
-            portal_of(request).accounts().audit(
-                who.user.username, "keys.rotate", f"{key.factory_id} {key.kid}")
+        rotation = _json_object(statement, "statement")
+        key = _key_change(request, who, "keys.rotate",
+                          lambda keys: keys.apply_rotation(rotation))
     except RegistryError as error:
         return _keys_page(request, who, error=str(error), status=400)
     return _done("/admin/keys", f"rotated to {key.kid}")
