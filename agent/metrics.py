@@ -66,6 +66,9 @@ class AgentMetrics:
         self.raw_quota_level = Gauge(
             "tieragent_raw_quota_level", "Raw-sample quota alarm: 0 below 80 %, 1 from 80 %, "
             "2 from 95 %, 3 full (new samples are dropped).", registry=r)
+        self.clock_jumps = Counter(
+            "tieragent_clock_jumps", "Steps of the wall clock against the monotonic clock of "
+            "2 s or more (agent.clock_watch), forward or backward.", registry=r)
         self.last_commit = Gauge("tieragent_store_last_commit_timestamp_seconds",
                                  "Wall time of the last successful commit.", registry=r)
 

@@ -53,6 +53,7 @@ def run(
     the pid that holds `<data-dir>/agent.lock`.
     """
     from agent import sd_notify
+    from agent.clock_watch import ClockWatch, faked_monotonic, watch_clock
     from agent.instance_lock import InstanceLock
     from agent.metrics import AgentMetrics, MetricsServer
     from agent.mirror import InfluxMirror
@@ -64,6 +65,9 @@ def run(
     from tieragent.logging_setup import setup_logging
 
     setup_logging(json_lines=log_json)
+    faked = faked_monotonic(time.time(), time.monotonic())
+    if faked:
+        log.warning("Clock self-check: %s.", faked)
     factory = load_config(config, resolve_secrets=True)  # refuse to start without them
     try:
         clock = wall_clock()
@@ -123,11 +127,14 @@ def run(
         notifying = asyncio.create_task(sd_notify.supervise(
             notifier, runtime.writer_keeping_up, stop,
             sd_notify.watchdog_interval()), name="sd-notify")
+        clock_watching = asyncio.create_task(watch_clock(
+            ClockWatch(clock), stop, lambda _step: metrics.clock_jumps.inc()), name="clock")
         try:
             await runtime.run(stop)
         finally:
             stop.set()
             await notifying
+            await clock_watching
 
     try:
         asyncio.run(main())
