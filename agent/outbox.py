@@ -22,6 +22,7 @@ Not thread-safe: one thread (the publisher's driver) owns an Outbox.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -128,7 +129,17 @@ class Outbox:
                 "UPDATE outbox SET next_attempt_at_mono = 0 WHERE state IN ('pending','inflight')"
             )
             if recorded != database_heads(self._db):
-                self._save_head()  # a new outbox, an older version's, or a crash before the write
+                # A new outbox, an older version's, a crash before the write, or a COMMIT whose
+                # sync failed (P6: SQLite still reads the WAL frames it could not sync). A full
+                # checkpoint syncs the database file first, so the head is only recorded for
+                # rows that reached the disk; if the disk still fails, the open fails.
+                self._db.execute("PRAGMA wal_checkpoint(FULL)")
+                self._save_head()
+        except sqlite3.OperationalError as error:  # I/O, full disk, locked: not damage
+            raise OutboxError(
+                f"{path}: the outbox database cannot be opened ({error}). Check the disk of "
+                f"{path.parent} (free space, `dmesg` for I/O errors), then start again."
+            ) from None
         except sqlite3.DatabaseError as error:
             raise OutboxError(
                 f"{path}: the outbox database cannot be opened ({error}). It was not modified; "
@@ -291,9 +302,22 @@ class Outbox:
                 (factory_id, seq + 1, digest),
             )
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as error:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                    self._db.execute("ROLLBACK")
+            if isinstance(error, sqlite3.OperationalError):
+                # Fault matrix P6: a failed fsync (EIO) or a full disk at COMMIT. Nothing was
+                # committed, so nothing can be published; the same report is built again.
+                # SQLite may still read a row whose COMMIT failed to sync, so this cannot say
+                # "not queued"; the next open syncs it or fails (see __init__).
+                raise OutboxError(
+                    f"{self.path}: the report for {period_slot} is not known to be queued: the "
+                    f"outbox could not commit it to disk ({error}). Check the disk of "
+                    f"{self.path.parent} (free space, `dmesg` for I/O errors), then run the same "
+                    "command again: it queues the report if it is missing and shows it if it "
+                    "is there, never twice."
+                ) from None
             raise
         crash_point("after_commit")
         self._save_head()  # after the COMMIT: the record is never ahead of the database
