@@ -25,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from joserfc.jwk import OKPKey
+from sqlalchemy.exc import OperationalError
 
 from agent.protocol.crashpoint import crash_point
 from agent.protocol.envelope import sha256_hex
@@ -89,6 +90,8 @@ class Receiver:
         self._lock = threading.Lock()
         self._closed = False  # the store, by `stop`
         self._pending_checked = float("-inf")  # when gap alerts were last looked for
+        self._store_failures = 0  # messages not stored in a row (disk full, I/O error)
+        self._store_error_logged_at = float("-inf")
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.protocol = ProtocolChoice(settings.protocol, log)
@@ -214,9 +217,29 @@ class Receiver:
                     self.metrics["receipts_unsent_total"] += 1
                     log.warning("A receipt could not be queued for publishing (MQTT %s).",
                                 mqtt.error_string(info.rc))
+        except OperationalError as error:  # disk full, I/O error, database gone (§c P5)
+            self._store_failed(error)
         except Exception:  # the last line of defence: never let a message end the loop
             self.metrics["internal_errors_total"] += 1
             log.exception("Bureau failed to handle a message.")
+        else:
+            if self._store_failures:
+                log.info("The bureau stores reports again (after %d failed attempts).",
+                         self._store_failures)
+                self._store_failures = 0
+
+    def _store_failed(self, error: OperationalError) -> None:
+        """Nothing was committed and no receipt sent: the agent resends. Logged once, then
+        once a minute with the count, not once per message."""
+        self.metrics["store_errors_total"] += 1
+        self._store_failures += 1
+        now = time.monotonic()
+        if self._store_failures == 1 or now - self._store_error_logged_at >= 60.0:
+            cause = str(error.orig) if error.orig is not None else str(error)
+            log.error("The bureau cannot store reports (%s; %d failed so far): they are not "
+                      "answered, and the agents resend them. Free space or fix the database.",
+                      cause, self._store_failures)
+            self._store_error_logged_at = now
 
     # ---- message handling (also called directly by tests and benchmarks) ---------------
 
@@ -233,15 +256,22 @@ class Receiver:
             now = self.clock() if now is None else now
             # Batched (PostgreSQL): each run of writes goes to the server in one round trip.
             # Its writes and the COMMIT go together at the end.
-            with self.store.transaction(), self.store.db.batched(commit=True):
-                factory_of_topic = report_topic_factory(topic)
-                last_leaf = None
-                if factory_of_topic is not None:
-                    self.store.lock_factory(factory_of_topic)
-                    # Read after the lock, sent with the verifier's first query.
-                    last_leaf = self.translog.prefetch_last_leaf(factory_of_topic)
-                decision = self.verifier.check(topic, message, now)
-                receipt = self._apply(topic, message, decision, now, last_leaf)
+            counted = self.metrics.copy()
+            try:
+                with self.store.transaction(), self.store.db.batched(commit=True):
+                    factory_of_topic = report_topic_factory(topic)
+                    last_leaf = None
+                    if factory_of_topic is not None:
+                        self.store.lock_factory(factory_of_topic)
+                        # Read after the lock, sent with the verifier's first query.
+                        last_leaf = self.translog.prefetch_last_leaf(factory_of_topic)
+                    decision = self.verifier.check(topic, message, now)
+                    receipt = self._apply(topic, message, decision, now, last_leaf)
+            except BaseException:
+                # Rolled back: what `_apply` counted did not happen.
+                self.metrics.clear()
+                self.metrics.update(counted)
+                raise
             crash_point("bureau_after_commit")
             if now - self._pending_checked >= 1.0:  # `tick` checks each second anyway
                 self._check_pending(now)
