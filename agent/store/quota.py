@@ -50,8 +50,14 @@ log = logging.getLogger("agent.store")
 MB = 1_000_000  # raw_quota_mb is in decimal megabytes, as disks are sold
 CHECK_EVERY_S = 10.0
 HIGH, CRITICAL = 0.80, 0.95
+# A level is announced as left only once use is this far below its threshold: at the limit,
+# each check prunes a little past retention and new samples fill it again, and without it
+# the log would say "full" and "back under" at every check, forever.
+HYSTERESIS = 0.02
+PRUNE_LOG_EVERY_S = 3600.0
 LEVEL_OK, LEVEL_HIGH, LEVEL_CRITICAL, LEVEL_FULL = 0, 1, 2, 3
 QUOTA_META_KEY = "raw_quota_bytes"
+_THRESHOLDS = {LEVEL_HIGH: HIGH, LEVEL_CRITICAL: CRITICAL, LEVEL_FULL: 1.0}
 _LEVEL_NAMES = {LEVEL_OK: "below 80 %", LEVEL_HIGH: "80 %", LEVEL_CRITICAL: "95 %",
                 LEVEL_FULL: "100 %"}
 
@@ -101,6 +107,9 @@ class RawQuota:
         self.path = path
         self.blocked = False
         self.level = LEVEL_OK
+        self._announced = LEVEL_OK  # the level the log last stated (with hysteresis)
+        self._pruned_logged_at = float("-inf")  # wall time of the last pruning line
+        self._pruned_unlogged = 0
         self.reading: QuotaReading | None = None
         self._next_check = 0.0
         self._quota_recorded = False
@@ -119,8 +128,14 @@ class RawQuota:
             with contextlib.suppress(StoreError):  # a full disk may refuse even the delete
                 deleted = self._purge(now)
             if deleted:
-                log.info("Raw quota reached: raw samples past retention deleted.",
-                         extra={"fields": {"rows": deleted, "path": self.path}})
+                self._pruned_unlogged += deleted
+                # At the limit this happens at every check: one line an hour with the sum.
+                if now - self._pruned_logged_at >= PRUNE_LOG_EVERY_S:
+                    log.info("Raw quota reached: raw samples past retention deleted.",
+                             extra={"fields": {"rows": self._pruned_unlogged,
+                                               "path": self.path}})
+                    self._pruned_logged_at = now
+                    self._pruned_unlogged = 0
                 used = used_bytes(self._conn)
         reading = QuotaReading(used, self.quota_bytes, level_of(used / self.quota_bytes))
         self._announce(reading)
@@ -130,12 +145,16 @@ class RawQuota:
         return reading
 
     def _announce(self, reading: QuotaReading) -> None:
-        if reading.level == self.level:
+        announced = self._announced
+        if reading.level == announced:
             return
+        if reading.level < announced and reading.fraction > _THRESHOLDS[announced] - HYSTERESIS:
+            return
+        self._announced = reading.level
         fields = {"raw_bytes": reading.raw_bytes, "quota_bytes": reading.quota_bytes,
                   "percent": round(100 * reading.fraction, 1), "path": self.path}
-        if reading.level < self.level:
-            log.info(f"Raw sample disk use back under {_LEVEL_NAMES[self.level]} of its quota.",
+        if reading.level < announced:
+            log.info(f"Raw sample disk use back under {_LEVEL_NAMES[announced]} of its quota.",
                      extra={"fields": fields})
         elif reading.level == LEVEL_FULL:
             log.error("Raw sample quota full: new samples are not stored and are counted as "

@@ -182,3 +182,27 @@ def _metrics(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+def test_at_the_limit_pruning_is_logged_once_an_hour_with_its_sum(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If every check (every 10 s) at the limit prunes a few rows past retention, as in the
+    steady state of a small quota, then two hours of checks log one pruning line an hour
+    with the rows summed, and the full level once, not a line per check."""
+    import sqlite3
+
+    from agent.store.quota import RawQuota
+
+    caplog.set_level(logging.INFO, logger="agent.store")
+    conn = sqlite3.connect(tmp_path / "q.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (zeroblob(20000))")
+    conn.commit()
+    quota = RawQuota(conn, 0.001, lambda now: 5, str(tmp_path / "q.db"))  # always full
+    for step in range(720):
+        quota.check(T0 + 10.0 * step)
+    pruning = [r for r in caplog.records if "past retention deleted" in r.getMessage()]
+    assert len(pruning) == 2, len(pruning)
+    assert [r.fields["rows"] for r in pruning] == [5, 5 * 360]  # type: ignore[attr-defined]
+    assert len(_messages(caplog, logging.ERROR, "quota full")) == 1
