@@ -135,3 +135,45 @@ def test_C2_run_under_libfaketime_without_the_monotonic_guard_warns(tmp_path: Pa
     plain = _run_briefly(config, tmp_path / "plain", [])
     assert plain.returncode == 0, plain.stderr
     assert WARNING not in plain.stderr
+
+
+@pytest.mark.parametrize("jump_s", [3600.0, -3600.0])
+def test_C1_a_clock_step_gives_no_negative_interval_and_exact_counters(
+        tmp_path: Path, jump_s: float) -> None:
+    """If the gateway's clock steps by ±1 h while a device produces one piece a second, then
+    the store derives no negative interval or delta, the state timeline never overlaps
+    itself, and once the clock has passed the time it stepped back from, the good counter's
+    deltas add up to exactly the pieces produced (samples older than one already seen are
+    skipped and the next newer one carries their count: agent/derive/engine.py)."""
+    from agent_testkit import T0, modbus_config, sample
+
+    from agent.store import Store
+
+    store = Store.open(tmp_path / "agent.db", modbus_config())
+    store.resume(T0)
+    clock, produced = T0 + 1000.0, 0
+    try:
+        for batch_no in range(100):  # 500 s, the step, 4,500 s: past the step back
+            if batch_no == 10:
+                clock += jump_s  # the wall clock steps; production goes on
+            items = []
+            for _ in range(50):
+                produced += 1
+                items += [sample("state", clock, 1 if batch_no % 4 < 2 else 2),
+                          sample("good", clock, produced), sample("reject", clock, 0),
+                          sample("energy", clock, 0.1 * produced), sample("auto", clock, 1),
+                          sample("temp", clock, 20.5)]
+                clock += 1.0
+            assert store.ingest(items, advance_to=clock - 1.0).error is None
+        conn = store._conn
+        assert conn.execute('SELECT count(*) FROM intervals WHERE "end" < start').fetchone()[0] == 0
+        assert conn.execute('SELECT count(*) FROM deltas WHERE "end" < start OR delta < 0'
+                            ).fetchone()[0] == 0
+        spans = conn.execute('SELECT start, "end" FROM intervals WHERE device_id = ? '
+                             "ORDER BY start", ("M1",)).fetchall()
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+        good = conn.execute("SELECT SUM(delta) FROM deltas WHERE role = 'good_count'"
+                            ).fetchone()[0]
+        assert good == produced - 1  # the first value is the baseline
+    finally:
+        store.close()
