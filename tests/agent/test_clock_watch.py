@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,7 @@ def test_C1_a_clock_step_gives_no_negative_interval_and_exact_counters(
                             ).fetchone()[0] == 0
         spans = conn.execute('SELECT start, "end" FROM intervals WHERE device_id = ? '
                              "ORDER BY start", ("M1",)).fetchall()
-        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+        assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans))
         good = conn.execute("SELECT SUM(delta) FROM deltas WHERE role = 'good_count'"
                             ).fetchone()[0]
         assert good == produced - 1  # the first value is the baseline
