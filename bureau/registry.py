@@ -25,6 +25,7 @@ from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     b64url_json,
+    is_thumbprint,
     public_okp,
     strict_loads,
     thumbprint,
@@ -107,6 +108,8 @@ class KeyRegistry:
         return revoked
 
     def get(self, kid: str) -> EnrolledKey | None:
+        if not is_thumbprint(kid):  # typed by an admin or sent by anyone: never a kid
+            return None
         # One query: the key with its window by sequence number from the rotations.
         rows = self.db.tuples(
             "SELECT kid, factory_id, jwk, status, valid_from, revoked_at, retired_at, "

@@ -200,9 +200,14 @@ def check_header(header: Any, kind: Kind) -> dict[str, str]:
         raise EnvelopeError("header", f"JWS alg {str(header['alg'])[:20]!r} is not accepted.")
     if header["typ"] != kind.value:
         raise EnvelopeError("header", f"JWS typ is not {kind.value!r}.")
-    if not isinstance(header["kid"], str) or not _KID.match(header["kid"]):
+    if not is_thumbprint(header["kid"]):
         raise EnvelopeError("header", "JWS kid is not an RFC 7638 thumbprint.")
     return {str(k): str(v) for k, v in header.items()}
+
+
+def is_thumbprint(kid: object) -> bool:
+    """Shaped like an RFC 7638 SHA-256 thumbprint (43 base64url characters): every kid."""
+    return isinstance(kid, str) and _KID.match(kid) is not None
 
 
 def peek_compact(token: bytes | str, kind: Kind) -> tuple[dict[str, str], bytes]:
