@@ -97,6 +97,29 @@ def test_raw_tampering_is_detected_and_localised() -> None:
     assert verdicts.count(False) == 1 and verdicts[5] is False
 
 
+@pytest.mark.parametrize("tamper", ["delete", "duplicate"])
+def test_B13_deleting_or_duplicating_one_raw_sample_is_detected_and_localised(
+        tamper: str) -> None:
+    """If one raw sample is deleted from a segment, or one is stored twice, then the day's
+    root changes and inclusion proofs fail for that segment only (B13)."""
+    pairs = merkle.ordered_digests(segments(day(1), devices=2))
+    leaves = [d for _, d in pairs]
+    top = merkle.root(leaves)
+    victim_index = 7
+    victim = pairs[victim_index][0]
+    rows = list(victim.samples)
+    assert len(rows) >= 3
+    rows = rows[:1] + rows[2:] if tamper == "delete" else [*rows[:2], rows[1], *rows[2:]]
+    changed = merkle.Segment(victim.device_id, victim.signal_id, victim.hour_start, tuple(rows))
+    current = [merkle.segment_digest(changed) if s is victim else d for s, d in pairs]
+    assert merkle.root(current) != top
+    verdicts = [
+        merkle.verify_inclusion(current[i], i, len(leaves), merkle.inclusion_proof(leaves, i), top)
+        for i in range(len(leaves))
+    ]
+    assert verdicts.count(False) == 1 and verdicts[victim_index] is False
+
+
 def test_segment_bytes_do_not_depend_on_sample_order() -> None:
     """If a segment's samples come in another order, then its digest is the same."""
     seg = segments(day(1), devices=1)[0]
