@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from agent.protocol.envelope import (
 )
 from agent.protocol.keys import rotation_statement
 from agent.protocol.mqtt import report_topic, rotation_topic
+from bureau.evidence_export import export_evidence
+from bureau.evidence_verify import verify_evidence_dir
+from indicators.policy import DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS, PolicyFiles
 from tests.support.bureau_receiver import Bureau, start_bureau
 from tests.support.reports import FACTORY, day, make_report
 
@@ -148,3 +152,34 @@ def test_revocation_then_re_enrolment_continues_the_chain(bureau: Bureau, k1: OK
     assert [(r.seq, r.state) for r in bureau.receiver.store.reports(FACTORY)] == [
         (1, "accepted"), (2, "accepted")
     ]
+
+
+def test_B8_reports_signed_before_a_revocation_still_verify_in_the_evidence_export(
+        bureau: Bureau, k1: OKPKey, tmp_path: Path) -> None:
+    """If K1 signs seq 1 and 2, is then revoked, its next report is rejected, and K2 continues
+    the chain, then the evidence folder exported afterwards holds all three accepted reports,
+    names K1 as revoked with its window, and verifies offline with the bureau key."""
+    registry = bureau.receiver.registry
+    chain = Chain()
+    for _ in range(2):
+        assert _send(bureau, chain.next(k1))["status"] == "accepted"
+    with bureau.receiver.store.transaction():
+        registry.revoke(k1.thumbprint(), at=bureau.receiver.clock() - 1)
+    held = chain.seq, chain.prev
+    assert _send(bureau, chain.next(k1))["reason"] == "revoked"
+    chain.seq, chain.prev = held
+    k2 = OKPKey.generate_key("Ed25519")
+    with bureau.receiver.store.transaction():
+        registry.enroll(FACTORY, public_jwk(k2))
+    assert _send(bureau, chain.next(k2))["status"] == "accepted"
+    out = tmp_path / "evidence"
+    export_evidence(bureau.receiver.store, FACTORY, 2025, out,
+                    PolicyFiles(DEFAULT_POLICY, EXAMPLE_BENCHMARKS, EXAMPLE_DECLARATIONS),
+                    through=date(2025, 3, 31),
+                    bureau_key=bureau.key, pdf=False)
+    result = verify_evidence_dir(out, [bureau.public])
+    assert result.problems == [], result.problems
+    keys = json.loads((out / "keys.json").read_text())
+    listed = json.dumps(keys)
+    assert k1.thumbprint() in listed and k2.thumbprint() in listed and "revoked" in listed
+    assert len(list((out / "reports").rglob("*.jws"))) == 3
