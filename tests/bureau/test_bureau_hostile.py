@@ -62,7 +62,7 @@ def _chain(key: OKPKey, days: range) -> list[bytes]:
     return out
 
 
-def test_bit_flips_are_never_accepted(bureau: Bureau, agent_key: OKPKey) -> None:
+def test_B1_bit_flips_are_never_accepted(bureau: Bureau, agent_key: OKPKey) -> None:
     """If 10,000 random single-bit flips hit header, payload or signature, then none is
     accepted and the verifier never raises (B1)."""
     message = _chain(agent_key, range(1, 2))[0]
@@ -77,7 +77,7 @@ def test_bit_flips_are_never_accepted(bureau: Bureau, agent_key: OKPKey) -> None
     assert verdicts == {"rejected"}  # no time bound: speed is bench/bureau.py's (failed at load 10)
 
 
-def test_replay_gives_100_byte_identical_duplicate_receipts(
+def test_B4_replay_gives_100_byte_identical_duplicate_receipts(
     bureau: Bureau, agent_key: OKPKey
 ) -> None:
     """If an accepted report is resent 100 times, then no row is added and every duplicate
@@ -93,7 +93,7 @@ def test_replay_gives_100_byte_identical_duplicate_receipts(
     assert receipt["original_receipt_sha256"] == stored[0].receipt_sha256
 
 
-def test_equivocation_fork_chain_break_and_gap(bureau: Bureau, agent_key: OKPKey) -> None:
+def test_B6_fork_and_B7_chain_break_and_gap(bureau: Bureau, agent_key: OKPKey) -> None:
     """If a report reuses an id with other content, reuses a seq, breaks prev_sha256 or
     skips a seq, then: conflict, fork, chain rejections; the report after a gap is stored as
     pending-link with a `pending` receipt (never `accepted`) and linked when the missing report
@@ -119,7 +119,7 @@ def test_equivocation_fork_chain_break_and_gap(bureau: Bureau, agent_key: OKPKey
     assert {kind for _, kind, _ in bureau.receiver.store.alerts()} >= {"conflict", "fork", "chain"}
 
 
-def test_key_games(bureau: Bureau, agent_key: OKPKey, tmp_path: Path) -> None:
+def test_B3_key_games(bureau: Bureau, agent_key: OKPKey, tmp_path: Path) -> None:
     """If the kid is unknown, belongs to another factory, is revoked, or differs between
     header and payload, then each is rejected with its reason and no side effect (B3, B8)."""
     other = OKPKey.generate_key("Ed25519")
@@ -197,7 +197,7 @@ def test_B10_json_edge_cases_are_rejected_within_50_ms_and_64_mb(
     assert bureau.receiver.store.reports(FACTORY) == []
 
 
-def test_schema_and_semantic_errors(bureau: Bureau, agent_key: OKPKey) -> None:
+def test_B11_schema_and_semantic_errors(bureau: Bureau, agent_key: OKPKey) -> None:
     """If fields are missing, mistyped, negative, or indicators disagree with base measures,
     then the report is rejected (format / indicators) (B11)."""
     report = make_report(agent_key, day(1), 1, genesis_sha256(FACTORY), devices=1)
@@ -218,7 +218,7 @@ def test_schema_and_semantic_errors(bureau: Bureau, agent_key: OKPKey) -> None:
     assert check(TOPIC, _signed(agent_key, report)).status == "accepted"
 
 
-def test_topic_and_audience_binding(bureau: Bureau, agent_key: OKPKey) -> None:
+def test_B12_C5_topic_audience_and_future_binding(bureau: Bureau, agent_key: OKPKey) -> None:
     """If factory A's report arrives on B's topic, on a malformed topic, is addressed to
     another bureau or is dated in the future, then it is rejected (B12, C5)."""
     other = OKPKey.generate_key("Ed25519")

@@ -143,7 +143,7 @@ def test_the_monitor_waits_for_a_missing_link(
 
 
 @pytest.mark.parametrize("keep_head", [False, True])
-def test_a_removed_report_raises_the_alarm_and_acks_nothing(
+def test_B14_a_removed_report_raises_the_alarm_and_acks_nothing(
     bureau: Bureau, keys: dict[str, OKPKey], tmp_path: Path, keep_head: bool
 ) -> None:
     """If the bureau deletes an accepted report and its leaf (numbering the leaves again, so

@@ -1,7 +1,7 @@
 """Fault matrix row S3 (docs/reliability.md §c), the refusing half: the deprecated OPC UA
 policies Basic128Rsa15 and Basic256 (SHA-1) cannot be configured at all, so the agent never
 offers or accepts them; the allowed policy × mode pairs connect in
-tests/connectors/test_opcua_security.py::test_every_secure_policy_and_mode_connects."""
+tests/connectors/test_opcua_security.py::test_S3_every_secure_policy_and_mode_connects."""
 
 from __future__ import annotations
 

@@ -216,7 +216,7 @@ async def test_F4_rst_and_restart_resume_within_reconnect_max_plus_1_s_without_b
     assert all(s.value == 7 and s.quality == Quality.GOOD for s in recorder.samples)
 
 
-async def test_late_replies_are_never_used() -> None:
+async def test_F5_late_replies_are_never_used() -> None:
     """If replies arrive after the timeout, then they are never taken as the answer to a later
     request: every good sample carries its own address's value (F5)."""
     port = free_port()
@@ -248,7 +248,7 @@ def _rewrite_reply(new_tid: int) -> Any:
 
 
 @pytest.mark.parametrize("new_tid", [0, 4242], ids=["tid-zero", "tid-other"])
-async def test_rewritten_transaction_ids_are_never_used(new_tid: int) -> None:
+async def test_F6_rewritten_transaction_ids_are_never_used(new_tid: int) -> None:
     """If a reply carries another transaction id (even 0, which pymodbus itself accepts), then
     its values are never used; once replies are honest again, good values flow (F6)."""
     port = free_port()

@@ -131,7 +131,7 @@ POLICY_MODES = [
 
 
 @pytest.mark.parametrize(("policy", "mode"), POLICY_MODES, ids=lambda v: str(v.value))
-async def test_every_secure_policy_and_mode_connects(
+async def test_S3_every_secure_policy_and_mode_connects(
     pki: Pki, secure_server: OpcUaTestServer, policy: OpcUaPolicy, mode: OpcUaMode
 ) -> None:
     """If the server certificate is trusted, then each of the six secure policy/mode pairs
@@ -203,7 +203,7 @@ def _bad_certificate(folder: Path, flaw: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("flaw", list(BAD_CERTIFICATES))
-async def test_bad_server_certificate_is_refused_and_saved(pki: Pki, flaw: str) -> None:
+async def test_S2_bad_server_certificate_is_refused_and_saved(pki: Pki, flaw: str) -> None:
     """If the server presents an unknown certificate, or a trusted one that has expired or
     whose SubjectAltName URI is not the server's ApplicationUri, then every attempt is
     refused with the reason, the certificate is saved to rejected/ byte for byte and no
@@ -259,7 +259,7 @@ async def test_untrusted_certificate_error_from_open_client(
     assert caught.value.saved_to.parent == pki.root / "probe" / "rejected"
 
 
-async def test_secure_policy_against_a_none_only_server_is_refused(
+async def test_S1_secure_policy_against_a_none_only_server_is_refused(
     pki: Pki, open_server: OpcUaTestServer
 ) -> None:
     """If a secure policy is configured but the server offers only None, then the connection

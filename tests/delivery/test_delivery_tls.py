@@ -132,7 +132,7 @@ def test_reports_are_delivered_and_acked_over_tls(tmp_path: Path) -> None:
         ("wrong-host", "IP address mismatch"),
     ],
 )
-def test_untrusted_broker_certificate_is_refused(
+def test_T12_untrusted_broker_certificate_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, variant: str, cause: str
 ) -> None:
     """If the broker's certificate is from a CA the agent does not trust, expired, or for

@@ -46,7 +46,7 @@ def _tamper(token: str) -> str:
     return f"{header}.{_b64(canonical_bytes(body))}.{signature}"
 
 
-def test_three_jose_libraries_agree_on_100_reports() -> None:
+def test_Z3_three_jose_libraries_agree_on_100_reports() -> None:
     """If 100 produced reports are verified by joserfc, jwcrypto and PyJWT (EdDSA), then all
     three accept every one and all three reject a tampered copy of each (Z3)."""
     key = OKPKey.generate_key("Ed25519")
@@ -96,7 +96,7 @@ def _token(header: dict[str, object], payload: bytes, sign: bytes = b"x" * 64) -
     ],
     ids=["none", "hs256", "es256", "no-alg", "crit", "embedded-jwk", "wrong-typ", "kid-path"],
 )
-def test_algorithm_and_header_games_are_rejected(header: dict[str, object]) -> None:
+def test_B2_algorithm_and_header_games_are_rejected(header: dict[str, object]) -> None:
     """If the header plays an RFC 8725 game, then verification fails before any key use (B2)."""
     key = OKPKey.generate_key("Ed25519")
     jwk = public_jwk(key)
@@ -120,7 +120,7 @@ def test_hs256_with_public_key_as_secret_is_rejected() -> None:
         verify_compact(forged, Kind.REPORT, jwk)
 
 
-def test_x25519_or_ed448_key_is_refused() -> None:
+def test_B2_ed448_key_is_refused() -> None:
     """If the registered key is not OKP/Ed25519, then it cannot verify anything (B2)."""
     ed448 = OKPKey.generate_key("Ed448").as_dict(private=False)
     with pytest.raises(EnvelopeError) as caught:
@@ -161,7 +161,7 @@ def test_canonical_bytes_rejects_out_of_domain_values(value: object) -> None:
     assert caught.value.reason == "format"
 
 
-def test_non_canonical_signed_payload_is_rejected() -> None:
+def test_B9_non_canonical_signed_payload_is_rejected() -> None:
     """If a validly signed payload is not RFC 8785 canonical, then verification fails (B9)."""
     key = OKPKey.generate_key("Ed25519")
     for payload in (b'{"b":1,"a":2}', b'{"a": 1}', b'{"a":1.0}', b'{"a":"\\u0041"}'):
@@ -217,7 +217,7 @@ def test_rotation_statement_is_accepted_by_the_bureau(tmp_path: Path) -> None:
     assert registry.get(thumbprint(public_jwk(old))).status == "retired"  # type: ignore[union-attr]
 
 
-def test_no_secret_in_cli_output_or_logs(tmp_path: Path) -> None:
+def test_Z4_no_secret_in_key_command_output_or_logs(tmp_path: Path) -> None:
     """If keys init/show/rotate run with debug logging, then no PEM header and no private 'd'
     appears in their output, and no key material is passed on argv (Z4)."""
     env = {**os.environ, "TIERAGENT_KEY_PASSPHRASE": "pp-123"}

@@ -203,7 +203,7 @@ async def _first_sample_after(db: Path, devices: set[str], since: float, timeout
 
 
 @pytest.mark.slow
-async def test_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
+async def test_C3_source_timestamps_skewed_two_hours_are_kept_flagged_and_not_used(
     tmp_path: Path,
 ) -> None:
     """If the OPC UA server's source timestamps jump +2 h (one device -2 h), then every

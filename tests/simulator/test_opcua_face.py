@@ -184,7 +184,7 @@ async def test_basic256sha256_connects_with_generated_certificates(
     assert value == 3
 
 
-async def test_strict_mode_offers_exactly_the_configured_endpoints_and_tokens(
+async def test_S4_strict_mode_offers_exactly_the_configured_endpoints_and_tokens(
     opcua_source: Any, server_certs: dict[str, Any]
 ) -> None:
     """If the face runs strict with SignAndEncrypt + username, then GetEndpoints lists only
