@@ -9,9 +9,8 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,6 +26,9 @@ DB_NAME = "agent.db"
 
 console = Console()
 log = logging.getLogger("tieragent.cli")
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # In these commands a store or a history folder that cannot be used means the run failed (1).
@@ -55,7 +57,6 @@ def run(
     from agent import sd_notify
     from agent.instance_lock import InstanceLock
     from agent.metrics import AgentMetrics, MetricsServer
-    from agent.mirror import InfluxMirror
     from agent.modbus_splits import SPLITS_NAME
     from agent.runtime import Runtime, build_connectors
     from agent.service import ServiceState, register_metrics, with_service_health
@@ -82,9 +83,12 @@ def run(
     except BaseException:
         lock.release()
         raise
+    store.close_hours_in_child = True  # this process only collects: no pandas in it
     metrics = AgentMetrics()
     mirror = None
     if influx_url:
+        from agent.mirror import InfluxMirror
+
         token = os.environ.get(influx_token_env, "") if influx_token_env else ""
         mirror = InfluxMirror(influx_url, influx_org, influx_bucket, token)
     runtime = Runtime(factory, store, connectors, metrics, mirror=mirror, clock=clock)
@@ -237,6 +241,8 @@ def measures(
 
 def summed_measures(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-device sums of every measure column (index: device_id)."""
+    import pandas as pd
+
     if rows.empty:
         return pd.DataFrame(columns=list(MEASURE_COLUMNS), index=pd.Index([], name="device_id"))
     return rows.groupby("device_id")[list(MEASURE_COLUMNS)].sum()
