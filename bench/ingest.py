@@ -227,6 +227,7 @@ def main() -> None:
                     if proc.answers:
                         snap["counters"][proc.name] = proc.counters()
                 snap["rows"] = stored_rows(data / "agent.db")
+                snap["rss"] = agent.memory_mb()[0]
                 return snap
 
             first = snapshot()
@@ -292,6 +293,8 @@ def main() -> None:
           f"{worst_lag:.2f} s |")
     print(f"| agent CPU | {100 * cpu('agent') / elapsed:.1f} % of one core |")
     print(f"| agent RSS now / peak (VmHWM) | {rss:.0f} MB / {hwm:.0f} MB |")
+    print(f"| agent RSS at the window's start / end | {first['rss']:.0f} MB / "
+          f"{last['rss']:.0f} MB |")
     print(f"| agent CPU per stored sample | {agent_us:.1f} µs |")
     if bare:
         notes = sum(last["counters"][p.name]["notifications"]

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from agent.backfill import CHUNK_SAMPLES, HistoryError
 from agent.config import load_config
@@ -161,6 +159,14 @@ def backfill(
     from agent.backfill import backfill as run_backfill
 
     factory = load_config(config)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         task = progress.add_task("importing", total=None)
@@ -227,6 +233,8 @@ def measures(
         }
         print(json.dumps(out, indent=2, sort_keys=True))
         return
+    from rich.table import Table
+
     table = Table(title=f"Base measures {period} ({factory.factory.time_zone})")
     shown = ("pot_s", "apt_s", "unk_s", "produced", "good", "scrap", "energy_kwh",
              "samples_expected", "samples_received")
