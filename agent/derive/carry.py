@@ -139,7 +139,9 @@ class Derived:
                     columns[index] if index in columns else np.zeros(len(h), np.int64)
                     for h, columns in parts[device]
                 ]
-                np.add.at(sums[index], inverse, np.concatenate(values).astype(np.int64))
+                # bincount sums in float64: exact, counts stay far below 2**53
+                sums[index] = np.bincount(inverse, weights=np.concatenate(values),
+                                          minlength=len(unique_hours)).astype(np.int64)
             rows.extend(
                 (device, hour, *sums[:, n].tolist())
                 for n, hour in enumerate(unique_hours.tolist())
