@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -33,6 +32,9 @@ from connectors.config import (
 from indicators.columns import INVENTORY_COLUMNS
 from indicators.policy import file_sha256
 from indicators.vocabulary import PRESETS, Role, State
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_ID = "tieragent/config/v1"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -480,6 +482,8 @@ def json_schema() -> dict[str, Any]:
 
 def declared_inventory(config: FactoryConfig) -> pd.DataFrame:
     """Every declared device, connected or not (INVENTORY_COLUMNS)."""
+    import pandas as pd
+
     rows = []
     for device in config.devices:
         connection = config.connections.get(device.connection)

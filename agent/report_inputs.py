@@ -15,7 +15,6 @@ process. The workers run the same function on the same rows; only where it runs 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import sqlite3
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 import pandas as pd
 
 from agent.assess import assess
+from agent.child_env import child_env
 from agent.config import FactoryConfig
 from agent.errors import AgentError
 from agent.protocol.merkle import root
@@ -128,15 +128,6 @@ def stored_period_inputs(
     return dataclasses.replace(inputs, seals=tuple(plans))
 
 
-def _child_env() -> dict[str, str]:
-    """This environment, with the directory this `agent` package was imported from first on
-    the path: the workers run the same code as their parent."""
-    env = dict(os.environ)
-    here = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-    return env
-
-
 class InputPool:
     """`period_inputs` of many periods in `workers` child processes, handed back in order.
 
@@ -154,7 +145,7 @@ class InputPool:
         for _ in range(workers):
             child = subprocess.Popen(
                 [sys.executable, "-m", "agent.report_worker"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(),
             )
             self._children.append(child)
             self._send(child, setup)

@@ -155,7 +155,7 @@ def local_time(epoch_s: float, time_zone: str) -> str:
 
 def buildable_from(period: Period, grace_s: float) -> float:
     """The earliest epoch second at which `period`'s report may be built: its end + grace."""
-    return period.bounds()[1] + grace_s
+    return period.buildable_from(grace_s)
 
 
 def check_period_over(period: Period, grace_s: float, now: float) -> None:

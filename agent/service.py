@@ -6,8 +6,10 @@ Two threads beside the collecting event loop, each with its own SQLite connectio
   the factory's time zone) that have ended plus `reporting.grace_s`, from `reporting.since`
   (or the first hour the store measured) on, and builds, signs and queues the report of each
   one that has no report yet, oldest first: after downtime every missed period is built on
-  restart, in order. A period already queued is never rebuilt here (a restart, a kill in the
-  middle of a build: the outbox commit is atomic, so a period has one report or none).
+  restart, in order. The building runs in a short-lived child process (agent.report_pass),
+  so the collecting process never holds the report code and pandas in its memory. A
+  period already queued is never rebuilt here (a restart, a kill in the middle of a build:
+  the outbox commit is atomic, so a period has one report or none).
   Late data for a reported period is kept in the store and shown by `tieragent report
   --period P` (exit 2, "changed since"); the correction is an operator's signed revision
   with its reason (docs/operations.md), never a silent rebuild.
@@ -40,7 +42,7 @@ from agent.outbox import Outbox
 from agent.protocol.envelope import strict_loads
 from agent.protocol.period import Period, PeriodKind
 from agent.publisher import Publisher, PublisherSettings
-from agent.reporter import ReportContext, build_period_report, buildable_from
+from agent.report_pass import BuiltReport, PassRequest, build_in_child
 from agent.service_config import Delivery, Reporting
 from agent.store.store import Store
 from indicators.policy import DEFAULT_POLICY, PolicyFiles
@@ -76,7 +78,7 @@ def due_periods(
             if key not in found:
                 found[key] = Period(kind, key, time_zone)
         day += timedelta(days=1)
-    due = [p for p in found.values() if buildable_from(p, grace_s) <= now]
+    due = [p for p in found.values() if p.buildable_from(grace_s) <= now]
     return sorted(due, key=lambda p: (p.bounds()[1], _KIND_ORDER[p.kind]))
 
 
@@ -175,68 +177,65 @@ class ReportScheduler:
         store = Store.open(self.paths.store, self.config)
         outbox = Outbox(self.paths.outbox)
         try:
-            context = self._context(store, outbox)
             while not stop.is_set():
-                self.run_once(context, stop)
+                self.run_once(store, outbox, stop)
                 stop.wait(self.reporting.check_every_s)
         finally:
             outbox.close()
             store.close()
 
-    def _context(self, store: Store, outbox: Outbox) -> ReportContext:
-        passphrase = self.reporting.passphrase
-        return ReportContext(
-            config=self.config, config_path=self.paths.config, store=store, outbox=outbox,
-            key_dir=self.paths.key_dir(self.reporting),
-            policy=policy_files(self.reporting).load(), bureau_id=self.reporting.bureau_id,
-            passphrase=passphrase.resolve().encode() if passphrase is not None else None,
-            now=self.clock,
-        )
-
-    def missing(self, context: ReportContext) -> list[Period]:
+    def missing(self, store: Store, outbox: Outbox) -> list[Period]:
         """The due periods that have no report yet, oldest first."""
-        first = first_report_day(self.reporting, context.store.measured_since(),
+        first = first_report_day(self.reporting, store.measured_since(),
                                  self.config.factory.time_zone)
         if first is None:
             return []
         factory_id = self.config.factory.factory_id
         due = due_periods(self.reporting.periods, first, self.clock(),
                           self.config.factory.time_zone, self.reporting.grace_s)
-        missing = [p for p in due if context.outbox.find(factory_id, p.slot(0)) is None]
+        missing = [p for p in due if outbox.find(factory_id, p.slot(0)) is None]
         # Only what the store has derived through the period's end: after a restart the
         # collector first closes the downtime (Store.resume), and a report built before
         # that would sign an incomplete period.
-        derived = context.store.derived_through()
+        derived = store.derived_through()
         return [p for p in missing if derived is not None and p.bounds()[1] <= derived]
 
-    def run_once(self, context: ReportContext, stop: threading.Event | None = None) -> int:
-        """Build every missing report, oldest first; the number built."""
-        built = 0
+    def request(self, periods: list[Period]) -> PassRequest:
+        passphrase = self.reporting.passphrase
+        return PassRequest(
+            config=self.config, config_path=self.paths.config, store=self.paths.store,
+            outbox=self.paths.outbox, key_dir=self.paths.key_dir(self.reporting),
+            policy_files=policy_files(self.reporting), bureau_id=self.reporting.bureau_id,
+            passphrase=passphrase.resolve().encode() if passphrase is not None else None,
+            clock_offset_s=self.clock() - time.time(), keys=tuple(p.key for p in periods),
+        )
+
+    def run_once(self, store: Store, outbox: Outbox, stop: threading.Event) -> int:
+        """Build every missing report, oldest first (in a child process); the number built."""
+
+        def built(report: BuiltReport) -> None:
+            with self.state.lock:
+                self.state.reports_built += 1
+                self.state.last_built = report.period
+                self.state.build_problem = None
+            log.info("Report built, signed and queued.", extra={"fields": {
+                "period": report.period, "kind": report.kind, "seq": report.seq,
+                "report_id": report.report_id, "has_data": report.has_data}})
+
         try:
-            missing = self.missing(context)
+            missing = self.missing(store, outbox)
             if len(missing) > 1:
                 log.info("Building %d reports that are due, oldest first (%s to %s).",
                          len(missing), missing[0].key, missing[-1].key)
-            for period in missing:
-                if stop is not None and stop.is_set():
-                    break
-                result = build_period_report(context, period.key)
-                built += 1
-                with self.state.lock:
-                    self.state.reports_built += 1
-                    self.state.last_built = period.key
-                    self.state.build_problem = None
-                log.info("Report built, signed and queued.", extra={"fields": {
-                    "period": period.key, "kind": period.kind, "seq": result.item.seq,
-                    "report_id": result.item.report_id, "has_data": result.has_data}})
+            count = build_in_child(self.request(missing), stop, built) if missing else 0
         except Exception as error:  # a bad key file, a full disk: say so, try again later
             with self.state.lock:
                 self.state.build_failures += 1
                 self.state.build_problem = str(error)
             self._errors.failed("Cannot build the reports that are due", error)
-            return built
+            return 0
         self._errors.recovered("Reports are being built again")
-        return built
+        return count
 
 
 # --- delivery ---------------------------------------------------------------------------

@@ -132,6 +132,31 @@ def disk_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
 
 
+def service_sections(tmp: Path, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    """`reporting:` and `delivery:` as a site configures them: a signing key, a bureau
+    receipt key, a local Mosquitto (started here, stopped by PID at the end); no bureau
+    answers, so the report stays queued. Yesterday's report is due at once."""
+    from datetime import date, timedelta
+
+    from bureau.receipts import create_bureau_key
+    from tests.support.mosquitto import Broker
+
+    subprocess.run([sys.executable, "-m", "tieragent", "keys", "init", "--dir",
+                    str(tmp / "data" / "keys")], check=True, capture_output=True, cwd=ROOT)
+    from agent.protocol.envelope import public_jwk
+
+    bureau_key = create_bureau_key(tmp / "bureau-key.pem")
+    (tmp / "bureau.jwk.json").write_text(json.dumps(public_jwk(bureau_key)))
+    broker = Broker(tmp)
+    broker.start()
+    cleanup.callback(broker.stop)
+    return {
+        "reporting": {"periods": ["day"], "grace_s": 0, "check_every_s": 5,
+                      "since": (date.today() - timedelta(days=1)).isoformat()},
+        "delivery": {"broker_url": broker.url, "bureau_key": str(tmp / "bureau.jwk.json")},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--opcua-tags", type=int, default=5000)
@@ -144,6 +169,9 @@ def main() -> None:
                         help="bare client uses a handler object, not the async iterator")
     parser.add_argument("--profile", type=Path, help="cProfile of the agent to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, agent.db)")
+    parser.add_argument("--service", action="store_true",
+                        help="also `reporting:` (yesterday's report due at start, built in "
+                             "the agent's child process) and `delivery:` to a local Mosquitto")
     args = parser.parse_args()
     command = "$ .venv/bin/python bench/ingest.py " + shlex.join(sys.argv[1:])
     python = sys.executable
@@ -175,11 +203,13 @@ def main() -> None:
                 proc.wait_ready(120)
 
             raw = bench_config(servers, modbus)
+            if args.service:
+                raw.update(service_sections(tmp, cleanup))
             parse_config(raw, "bench")  # fail here, not in the agent, if it is invalid
             config = tmp / "bench.yaml"
             config.write_text(yaml.safe_dump(raw, sort_keys=False))
             data = tmp / "data"
-            data.mkdir()
+            data.mkdir(exist_ok=True)
             metrics_port = free_port()
             run_argv = ["run", "--config", str(config), "--data-dir", str(data),
                         "--metrics-port", str(metrics_port)]
@@ -227,6 +257,7 @@ def main() -> None:
                     if proc.answers:
                         snap["counters"][proc.name] = proc.counters()
                 snap["rows"] = stored_rows(data / "agent.db")
+                snap["rss"] = agent.memory_mb()[0]
                 return snap
 
             first = snapshot()
@@ -292,6 +323,8 @@ def main() -> None:
           f"{worst_lag:.2f} s |")
     print(f"| agent CPU | {100 * cpu('agent') / elapsed:.1f} % of one core |")
     print(f"| agent RSS now / peak (VmHWM) | {rss:.0f} MB / {hwm:.0f} MB |")
+    print(f"| agent RSS at the window's start / end | {first['rss']:.0f} MB / "
+          f"{last['rss']:.0f} MB |")
     print(f"| agent CPU per stored sample | {agent_us:.1f} µs |")
     if bare:
         notes = sum(last["counters"][p.name]["notifications"]

@@ -8,6 +8,8 @@ a multiple of 3600). Identities per row (ISO 22400-2, see docs/indicators.md §1
 
 from __future__ import annotations
 
+HOUR_S = 3600  # base measures are per UTC hour
+
 KEY_COLUMNS: tuple[str, ...] = ("device_id", "hour_start")
 
 TIME_COLUMNS: tuple[str, ...] = (

@@ -23,6 +23,7 @@ from indicators.columns import (
     BASE_MEASURE_COLUMNS,
     COUNT_COLUMNS,
     DELTA_COLUMNS,
+    HOUR_S,
     INTERVAL_COLUMNS,
     TIME_COLUMNS,
 )
@@ -35,8 +36,6 @@ from indicators.vocabulary import (
     Role,
     State,
 )
-
-HOUR_S = 3600
 
 # Element columns that state intervals fill, in the order of their codes below.
 _ELEMENTS: tuple[str, ...] = ("pdt_s", "apt_s", "asut_s", "adet_s", "adot_s", "unk_s")

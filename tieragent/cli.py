@@ -119,7 +119,14 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
-    _register_subcommands()
+    if sys.argv[1:2] == ["run"]:
+        # The collecting process stays up for years: it loads its own command only, not
+        # the bureau, report and evaluation code (and pandas) the other commands import.
+        from tieragent.commands import run
+
+        run.register(app)
+    else:
+        _register_subcommands()
     try:
         app()
     except KeyboardInterrupt:  # Typer exits 130 on Ctrl-C in a command; this covers start-up

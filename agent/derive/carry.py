@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from agent.derive.device_plans import UNKNOWN
 from agent.derive.issues import IssueTally
 from agent.derive.slots import NO_SLOT, SlotCarry
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IntArray = npt.NDArray[np.int64]
 
@@ -120,22 +122,38 @@ class Derived:
             )
         self.count_parts.append((device_id, hours, by_column))
 
+    def count_rows(self) -> list[tuple[Any, ...]]:
+        """Summed counts per (device_id, hour_start), sorted by both: (device_id,
+        hour_start, *COUNT_FIELDS) as Python ints. Numpy only: the collecting process
+        writes these every commit and does not load pandas."""
+        parts: dict[str, list[tuple[IntArray, dict[int, npt.NDArray[Any]]]]] = {}
+        for device, hours, columns in self.count_parts:
+            parts.setdefault(device, []).append((hours, columns))
+        rows: list[tuple[Any, ...]] = []
+        for device in sorted(parts):
+            hours = np.concatenate([h for h, _ in parts[device]])
+            unique_hours, inverse = np.unique(hours, return_inverse=True)
+            sums = np.zeros((len(COUNT_FIELDS), len(unique_hours)), np.int64)
+            for index in range(len(COUNT_FIELDS)):
+                values = [
+                    columns[index] if index in columns else np.zeros(len(h), np.int64)
+                    for h, columns in parts[device]
+                ]
+                # bincount sums in float64: exact, counts stay far below 2**53
+                sums[index] = np.bincount(inverse, weights=np.concatenate(values),
+                                          minlength=len(unique_hours)).astype(np.int64)
+            rows.extend(
+                (device, hour, *sums[:, n].tolist())
+                for n, hour in enumerate(unique_hours.tolist())
+            )
+        return rows
+
     def counts(self) -> pd.DataFrame:
-        """Summed counts per (device_id, hour_start), all COUNT_FIELDS as int64."""
+        """`count_rows` as a frame, all COUNT_FIELDS as int64."""
+        import pandas as pd
+
+        columns = ["device_id", "hour_start", *COUNT_FIELDS]
         if not self.count_parts:
-            return pd.DataFrame(columns=["device_id", "hour_start", *COUNT_FIELDS])
-        sizes = [len(hours) for _, hours, _ in self.count_parts]
-        data: dict[str, npt.NDArray[Any]] = {
-            "device_id": np.repeat(
-                np.array([device for device, _, _ in self.count_parts], dtype=object), sizes
-            ),
-            "hour_start": np.concatenate([hours for _, hours, _ in self.count_parts]),
-        }
-        for index, name in enumerate(COUNT_FIELDS):
-            data[name] = np.concatenate([
-                columns[index] if index in columns else np.zeros(size, np.int64)
-                for (_, _, columns), size in zip(self.count_parts, sizes, strict=True)
-            ])
-        frame = pd.DataFrame(data)
-        summed = frame.groupby(["device_id", "hour_start"], sort=True)[list(COUNT_FIELDS)].sum()
-        return summed.astype(np.int64).reset_index()
+            return pd.DataFrame(columns=columns)
+        frame = pd.DataFrame.from_records(self.count_rows(), columns=columns)
+        return frame.astype({name: np.int64 for name in columns[1:]})

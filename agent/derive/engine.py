@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from agent.derive.carry import Derived, DeviceCarry
 from agent.derive.counters import IdealTimes, counter_deltas, hour_of_end, ideal_time_deltas
@@ -350,7 +349,8 @@ class Deriver:
         codes = np.where(integral, values, -(2**62)).astype(np.int64)
         labels: npt.NDArray[np.int8] = np.full(len(codes), UNKNOWN, np.int8)
         if len(codes):
-            labels[:] = pd.Series(codes).map(dict(mapping)).fillna(UNKNOWN).to_numpy()
+            lookup = dict(mapping)
+            labels[:] = [lookup.get(code, UNKNOWN) for code in codes.tolist()]
         bad = cols.quality == Q_BAD
         unreachable = np.isin(cols.status, list(UNREACHABLE_STATUS))
         labels[bad] = np.where(unreachable[bad], OFFLINE, UNKNOWN)

@@ -22,13 +22,13 @@ tell it from a value unchanged for 2 h), but on the first change it reports.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from indicators.vocabulary import QUALITY_CODES
 
@@ -83,11 +83,22 @@ def event_times(cols: SampleColumns) -> FloatArray:
 
 
 def as_float(values: npt.NDArray[Any]) -> FloatArray:
-    """Numeric view of sample values: bools as 0/1, anything non-numeric as NaN."""
+    """Numeric view of sample values: Python's float() of each (bools as 0/1, numeric
+    strings read), NaN where there is none (None, other strings, anything else)."""
     if values.dtype != object:
         return values.astype(np.float64)
-    converted = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    return np.asarray(converted.astype(np.float64).to_numpy(), dtype=np.float64)
+    try:  # the common case, all numbers (or None): numpy's loop, not Python's
+        return values.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return np.fromiter((_float_or_nan(v) for v in values.tolist()), np.float64,
+                           count=len(values))
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
 
 
 def columns_from_samples(samples: Sequence[Any]) -> SampleColumns:

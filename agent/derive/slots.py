@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indicators.timemodel import HOUR_S
+from indicators.columns import HOUR_S
 
 EPS = 1e-9  # float slack when a timestamp sits exactly on a slot or hour boundary
 NO_SLOT = -1  # "no slot yet"; real slots are >= 0 (event times after 1970)

@@ -73,6 +73,11 @@ class Period:
         end = datetime(following.year, following.month, following.day, tzinfo=zone)
         return int(start.timestamp()), int(end.timestamp())
 
+    def buildable_from(self, grace_s: float) -> float:
+        """The earliest epoch second at which the period's report may be built: its end +
+        the grace for late data."""
+        return self.bounds()[1] + grace_s
+
     def slot(self, revision: int) -> str:
         """The outbox's key for this period's report at `revision`: 'day/2026-11-21/0'."""
         return f"{self.kind}/{self.key}/{revision}"

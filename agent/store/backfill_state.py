@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from agent.derive.engine import HOUR_S, Deriver
 from indicators.columns import BASE_MEASURE_COLUMNS, DELTA_COLUMNS, INTERVAL_COLUMNS
-from indicators.timemodel import base_measures
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,10 @@ def placeholder_measures(
     """What the derivation makes of [start, end) without samples, per planned device: a
     scratch `Deriver` on the same plans, so expected samples are counted exactly as the real
     import counts them. Only complete hours (as the import materialises them)."""
+    import pandas as pd
+
+    from indicators.timemodel import base_measures
+
     scratch = Deriver(deriver.plans, deriver.realtime_bound_s)
     for device_id in deriver.plans:
         scratch.begin(device_id, start)

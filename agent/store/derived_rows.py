@@ -32,11 +32,7 @@ def write_derived(conn: sqlite3.Connection, derived: Derived) -> list[IssueEvent
         'INSERT INTO deltas (device_id, role, start, "end", delta) VALUES (?, ?, ?, ?, ?)',
         derived.deltas,
     )
-    counts = derived.counts()
-    conn.executemany(
-        _COUNT_UPSERT,
-        ((d, int(h), *map(int, rest)) for d, h, *rest in counts.itertuples(index=False)),
-    )
+    conn.executemany(_COUNT_UPSERT, derived.count_rows())
     conn.executemany(_ISSUE_UPSERT, derived.issues.rows())
     return events(derived.issues)
 

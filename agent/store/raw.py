@@ -12,11 +12,10 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from agent.derive.sample_columns import SampleColumns
 from agent.derive.slots import HOUR_S
@@ -31,6 +30,9 @@ from agent.store.values import (
     stored_value,
 )
 from indicators.vocabulary import Q_BAD
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SAMPLE_INSERT = (
     "INSERT INTO samples (device_id, signal_id, source_ts, received_ts, value, quality, status, "
@@ -98,19 +100,21 @@ def insert_raw(
     top = conn.execute("SELECT max(rowid) FROM samples").fetchone()[0]
     if top != base + len(device_ids):
         raise StoreError(f"{path}: sample rowids are not consecutive; refusing to index")
-    frame = pd.DataFrame({
-        "device_id": device_ids,
-        "hour_start": (np.floor(keyed / HOUR_S) * HOUR_S).astype(np.int64),
-        "rowid": np.arange(base + 1, top + 1, dtype=np.int64),
-    })
-    ranges = frame.groupby(["device_id", "hour_start"], sort=False)["rowid"].agg(["min", "max"])
+    hours = (np.floor(keyed / HOUR_S) * HOUR_S).astype(np.int64).tolist()
+    # The rowids are consecutive in batch order: a (device, hour)'s first and last.
+    ranges: dict[tuple[str, int], list[int]] = {}
+    for rowid, key in enumerate(zip(device_ids, hours, strict=True), start=base + 1):
+        span = ranges.get(key)
+        if span is None:
+            ranges[key] = [rowid, rowid]
+        else:
+            span[1] = rowid
     conn.executemany(
         "INSERT INTO sample_index (device_id, hour_start, first_rowid, last_rowid) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (device_id, hour_start) DO UPDATE SET "
         "first_rowid = min(first_rowid, excluded.first_rowid), "
         "last_rowid = max(last_rowid, excluded.last_rowid)",
-        ((d, int(h), int(lo), int(hi)) for (d, h), lo, hi in zip(
-            ranges.index, ranges["min"], ranges["max"], strict=True)),
+        ((d, h, lo, hi) for (d, h), (lo, hi) in ranges.items()),
     )
     return unstorable
 
@@ -147,6 +151,8 @@ def read_raw(
         ).fetchone()[0]
         for range_params in params
     )
+    import pandas as pd
+
     select = ", ".join(columns) + (f", {_SPECIAL}" if special else "")
     rows: list[tuple[object, ...]] = []
     for range_params in params:
@@ -200,6 +206,8 @@ def _exact_values(rows: Sequence[tuple[Any, ...]], kinds: npt.NDArray[np.int64])
     reads as before (when SQLite stored it as NULL). Only where that inference would round
     an integer beyond 2^53 into a float64 does the column keep Python objects instead.
     """
+    import pandas as pd
+
     values = np.empty(len(rows), dtype=object)
     values[:] = [row[4] for row in rows]
     big = bool((kinds == 2).any())

@@ -8,12 +8,15 @@ read exactly as `Store` does, over their own read-only connection. Nothing here 
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from agent.derive.slots import HOUR_S
 from indicators.columns import BASE_MEASURE_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _devices_of(table: str) -> str:
@@ -32,6 +35,8 @@ def _devices_of(table: str) -> str:
 
 def read_base_measures(conn: sqlite3.Connection, start: float, end: float) -> pd.DataFrame:
     """Materialised hourly rows with start <= hour_start < end (`Store.base_measures`)."""
+    import pandas as pd
+
     rows = conn.execute(
         f"SELECT {', '.join(BASE_MEASURE_COLUMNS)} FROM base_measures WHERE device_id IN "
         f"{_devices_of('base_measures')} AND hour_start >= ? AND hour_start < ? "

@@ -22,10 +22,10 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from agent.config import FactoryConfig, declared_inventory
 from agent.derive.carry import COUNT_FIELDS
@@ -38,7 +38,7 @@ from agent.derive.sample_columns import (
     source_skew,
 )
 from agent.protocol.segment_codec import SealedSegment
-from agent.store import sealed
+from agent.store import base_rows, sealed
 from agent.store.backfill_state import BackfillState
 from agent.store.derived_rows import read_signal_issues, write_derived
 from agent.store.losses import DISK_FULL, QUOTA_FULL, FailureLog, PendingLosses
@@ -56,6 +56,9 @@ from indicators.columns import (
     INTERVAL_COLUMNS,
 )
 from indicators.vocabulary import Q_BAD, Q_GOOD, Q_UNCERTAIN
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,9 @@ class Store:
         self.unstorable_samples = 0
         self.issue_events: list[IssueEvent] = []  # of the last commit (signal health)
         self._unstorable_logged: set[tuple[str, str]] = set()
+        # `tieragent run` sets it: closed hours are computed in a child process, so that
+        # the collecting process never loads pandas (agent.store.base_rows).
+        self.close_hours_in_child = False
         for device_id, state in conn.execute("SELECT device_id, state FROM carry"):
             deriver.restore(device_id, json.loads(state))
 
@@ -156,8 +162,9 @@ class Store:
             else:
                 samples.append(item)
         cols = columns_from_samples(samples)
-        devices = np.array([s.device_id for s in samples], dtype=object)
-        device_codes, device_names = pd.factorize(devices)
+        device_list = [s.device_id for s in samples]
+        devices = np.array(device_list, dtype=object)
+        device_codes, device_names = _factorize(device_list)
         skew = source_skew(cols)
         unstorable: npt.NDArray[np.bool_] | None = None
 
@@ -324,55 +331,33 @@ class Store:
         )
 
     def _materialise_closed(self) -> None:
-        for device_id, carry in self.deriver.carries.items():
+        closing: list[tuple[str, list[int]]] = []
+        for device_id in self.deriver.carries:
             hours = self.deriver.closed_dirty_hours(device_id)
             if hours:
-                self._materialise(device_id, hours[0], hours[-1] + HOUR_S)
-                carry.dirty_hours.difference_update(hours)
-                self.deriver.changed.add(device_id)
-
-    def _materialise(self, device_id: str, start: int, end: int) -> None:
-        from indicators.timemodel import base_measures
-
-        # From the last known state before the window on: a stop or an offline spell that
-        # crosses into the window is judged by the state before it (timemodel; its hours
-        # before the window are dropped below).
-        known_before = self._conn.execute(
-            "SELECT start FROM intervals WHERE device_id = ? AND start < ? "
-            "AND state NOT IN ('unknown', 'offline') ORDER BY start DESC LIMIT 1",
-            (device_id, start),
-        ).fetchone()
-        intervals = self._frame(
-            'SELECT device_id, start, "end", state, auto FROM intervals '
-            "WHERE device_id = ? AND start >= ? AND start < ? ORDER BY start",
-            (device_id, known_before[0] if known_before else start, end), INTERVAL_COLUMNS,
-        )
-        intervals["auto"] = intervals["auto"].astype(bool)
-        deltas = self._frame(
-            'SELECT device_id, role, start, "end", delta FROM deltas '
-            'WHERE device_id = ? AND "end" > ? AND "end" <= ? ORDER BY "end"',
-            (device_id, start, end), DELTA_COLUMNS,
-        )
-        counts = self._frame(
-            "SELECT device_id, hour_start, " + ", ".join(COUNT_FIELDS) + " FROM sample_counts "
-            "WHERE device_id = ? AND hour_start >= ? AND hour_start < ?",
-            (device_id, start, end), ("device_id", "hour_start", *COUNT_FIELDS),
-        )
-        device = self.config.device(device_id)
-        ideal = {device_id: device.ideal_cycle_time_s} if device.ideal_cycle_time_s else {}
-        rows = base_measures(
-            intervals, deltas, counts, ideal, min_failure_s=self.config.collection.min_failure_s
-        )
-        rows = rows[(rows["hour_start"] >= start) & (rows["hour_start"] < end)]
-        if rows.empty:
+                closing.append((device_id, hours))
+        if not closing:
             return
-        columns = ", ".join(BASE_MEASURE_COLUMNS)
-        marks = ", ".join("?" for _ in BASE_MEASURE_COLUMNS)
-        frame = rows.loc[:, list(BASE_MEASURE_COLUMNS)].astype(object)
-        self._conn.executemany(
-            f"INSERT OR REPLACE INTO base_measures ({columns}) VALUES ({marks})",
-            frame.itertuples(index=False, name=None),
-        )
+        self._materialise([(d, hours[0], hours[-1] + HOUR_S) for d, hours in closing])
+        for device_id, hours in closing:
+            self.deriver.carries[device_id].dirty_hours.difference_update(hours)
+            self.deriver.changed.add(device_id)
+
+    def _materialise(self, spans: Sequence[tuple[str, int, int]]) -> None:
+        """Write the base-measure rows of each (device_id, start, end) (agent.store.base_rows)."""
+        inputs = [
+            base_rows.read_inputs(self._conn, device_id, start, end,
+                                  self.config.device(device_id).ideal_cycle_time_s,
+                                  self.config.collection.min_failure_s)
+            for device_id, start, end in spans
+        ]
+        rows = (base_rows.base_measure_rows_in_child(inputs) if self.close_hours_in_child
+                else base_rows.base_measure_rows(inputs))
+        if rows:
+            columns = ", ".join(BASE_MEASURE_COLUMNS)
+            marks = ", ".join("?" for _ in BASE_MEASURE_COLUMNS)
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO base_measures ({columns}) VALUES ({marks})", rows)
 
     def rebuild_base_measures(
         self, start: float, end: float, device_ids: Iterable[str] | None = None
@@ -388,7 +373,7 @@ class Store:
                     "DELETE FROM base_measures WHERE device_id = ? AND hour_start >= ? "
                     "AND hour_start < ?", (device_id, first, last),
                 )
-                self._materialise(device_id, first, last)
+            self._materialise([(device_id, first, last) for device_id in devices])
 
         error = self._transaction(work, samples=0)
         if error is not None:
@@ -415,6 +400,8 @@ class Store:
     def _frame(
         self, sql: str, params: Sequence[object], columns: Sequence[str]
     ) -> pd.DataFrame:
+        import pandas as pd
+
         rows = self._conn.execute(sql, params).fetchall()
         return pd.DataFrame.from_records(rows, columns=list(columns))
 
@@ -498,3 +485,10 @@ class Store:
     def inventory(self, config: FactoryConfig | None = None) -> pd.DataFrame:
         return declared_inventory(config or self.config)
 
+
+def _factorize(values: list[str]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.object_]]:
+    """(code of each value, the distinct values in order of first appearance)."""
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), np.intp,
+                        count=len(values))
+    return codes, np.array(list(index), dtype=object)

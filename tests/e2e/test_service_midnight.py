@@ -206,11 +206,14 @@ def test_run_reports_each_day_after_midnight_kill_and_downtime(tmp_path: Path) -
 
         # A. Across midnight, nothing but `run`: the day's report within grace + 60 s.
         clock.set_to(midnight - LEAD_S)
-        with bureau_and_agent(site):
+        with bureau_and_agent(site) as processes:
             started = time.monotonic()
             (report_a,) = arrived(site, day_a, LEAD_S + GRACE_S + 60)
             assert time.monotonic() - started <= LEAD_S + GRACE_S + 60
             assert report_a.state == "accepted" and report_a.seq == 1
+            # The hour closed and the report was built in child processes: the collecting
+            # process never loaded pandas (its C extensions would be mapped).
+            assert "/pandas/" not in Path(f"/proc/{processes[1].pid}/maps").read_text()
 
         # B. Next midnight: SIGKILL 2 s after it, restart; the report arrives once.
         midnight_b, day_b = next_midnight(midnight + 1)

@@ -9,13 +9,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from agent.backfill import CHUNK_SAMPLES, HistoryError
 from agent.config import load_config
@@ -27,6 +24,9 @@ DB_NAME = "agent.db"
 
 console = Console()
 log = logging.getLogger("tieragent.cli")
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # In these commands a store or a history folder that cannot be used means the run failed (1).
@@ -56,7 +56,6 @@ def run(
     from agent.clock_watch import ClockWatch, faked_monotonic, watch_clock
     from agent.instance_lock import InstanceLock
     from agent.metrics import AgentMetrics, MetricsServer
-    from agent.mirror import InfluxMirror
     from agent.modbus_splits import SPLITS_NAME
     from agent.runtime import Runtime, build_connectors
     from agent.service import ServiceState, register_metrics, with_service_health
@@ -86,9 +85,12 @@ def run(
     except BaseException:
         lock.release()
         raise
+    store.close_hours_in_child = True  # this process only collects: no pandas in it
     metrics = AgentMetrics()
     mirror = None
     if influx_url:
+        from agent.mirror import InfluxMirror
+
         token = os.environ.get(influx_token_env, "") if influx_token_env else ""
         mirror = InfluxMirror(influx_url, influx_org, influx_bucket, token)
     runtime = Runtime(factory, store, connectors, metrics, mirror=mirror, clock=clock)
@@ -164,6 +166,14 @@ def backfill(
     from agent.backfill import backfill as run_backfill
 
     factory = load_config(config)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         task = progress.add_task("importing", total=None)
@@ -230,6 +240,8 @@ def measures(
         }
         print(json.dumps(out, indent=2, sort_keys=True))
         return
+    from rich.table import Table
+
     table = Table(title=f"Base measures {period} ({factory.factory.time_zone})")
     shown = ("pot_s", "apt_s", "unk_s", "produced", "good", "scrap", "energy_kwh",
              "samples_expected", "samples_received")
@@ -244,6 +256,8 @@ def measures(
 
 def summed_measures(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-device sums of every measure column (index: device_id)."""
+    import pandas as pd
+
     if rows.empty:
         return pd.DataFrame(columns=list(MEASURE_COLUMNS), index=pd.Index([], name="device_id"))
     return rows.groupby("device_id")[list(MEASURE_COLUMNS)].sum()
