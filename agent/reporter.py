@@ -57,7 +57,7 @@ from agent.protocol.report import (
     report_id,
 )
 from agent.protocol.segment_codec import SealedSegment
-from agent.report_inputs import InputPool, PeriodInputs, period_inputs
+from agent.report_inputs import InputPool, PeriodInputs, long_lived_frozen, period_inputs
 from agent.store.sealed import SealPlan
 from agent.store.store import Store
 from indicators.policy import PolicySet, file_sha256
@@ -199,6 +199,14 @@ def build_period_reports(
     `progress(key, report)` is called after each. The first error stops the run and is
     raised; the reports committed before it stay.
     """
+    with long_lived_frozen():
+        return _build_all(context, keys, progress, workers)
+
+
+def _build_all(
+    context: ReportContext, keys: Sequence[str],
+    progress: Callable[[str, PeriodReport], None] | None, workers: int | None,
+) -> list[PeriodReport]:
     shared = _Shared.load(context)
     zone = context.config.factory.time_zone
     days = [Period.parse(key, zone).bounds() for key in keys if _is_day(key, zone)]
