@@ -176,6 +176,21 @@ def _is_decimal(floats: F64, scale: float | F64) -> npt.NDArray[np.bool_]:
     return ok & (back.view(np.uint64) == floats.view(np.uint64))
 
 
+def _factorized(labels: npt.NDArray[Any] | Sequence[str]) -> tuple[npt.NDArray[np.str_], I64]:
+    """`np.unique(np.asarray(labels, dtype=str), return_inverse=True)` through a dict: a few
+    distinct ids over thousands of samples, where sorting the strings costs milliseconds.
+    Labels other than plain str (or ending in NUL, which numpy's str drops) take numpy's way."""
+    index: dict[Any, int] = {}
+    raw = [index.setdefault(label, len(index)) for label in labels]
+    if not all(type(name) is str and not name.endswith("\x00") for name in index):
+        found, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        return found, inverse.reshape(-1).astype(np.int64)
+    names = sorted(index)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[[index[name] for name in names]] = np.arange(len(names))
+    return np.array(names, dtype=str), rank[np.array(raw, dtype=np.int64)]
+
+
 def _bounds(ids: I64) -> tuple[I64, I64]:
     """For values sorted by segment id: the segments that have any, and their first index."""
     present, first = np.unique(ids, return_index=True)
@@ -197,8 +212,8 @@ def encode_segments(
     if isinstance(device_id, str):
         devices, device_codes = np.array([device_id]), np.zeros(n, dtype=np.int64)
     else:
-        devices, device_codes = np.unique(np.asarray(device_id, dtype=str), return_inverse=True)
-    names, codes = np.unique(np.asarray(signal_id, dtype=str), return_inverse=True)
+        devices, device_codes = _factorized(device_id)
+    names, codes = _factorized(signal_id)
     order = np.lexsort((np.arange(n), received_ts, source_ts, codes, device_codes, span_start))
     device_codes = np.asarray(device_codes, np.int64)[order]
     codes, spans = codes[order].astype(np.int64), np.asarray(span_start, np.int64)[order]
@@ -215,7 +230,10 @@ def encode_segments(
     n_segments = len(starts)
     counts = np.diff(np.r_[starts, n])
 
-    kinds = np.fromiter(map(_kind, objects), dtype=np.uint8, count=n)
+    if set(map(type, objects)) == {float}:  # the usual batch: no value to look at
+        kinds = np.full(n, K_FLOAT, dtype=np.uint8)
+    else:
+        kinds = np.fromiter(map(_kind, objects), dtype=np.uint8, count=n)
     flags = (kinds | (np.asarray(quality, np.uint8)[order].clip(0, 2) << 2)).astype(np.uint8)
     flags |= np.where(np.asarray(rehomed, bool)[order], F_REHOMED, 0).astype(np.uint8)
     ints_at = np.flatnonzero(kinds == K_INT)
