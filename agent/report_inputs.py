@@ -14,13 +14,15 @@ process. The workers run the same function on the same rows; only where it runs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import pickle
 import sqlite3
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -72,6 +74,19 @@ def period_inputs(
     return PeriodInputs(base, assessed.to_json(), indicators, digests, root(digests))
 
 
+@contextlib.contextmanager
+def long_lived_frozen() -> Generator[None, None, None]:
+    """The objects alive now (imported modules, the config, the policy) left out of the
+    garbage collector's passes until the end of the block. A day's report allocates enough
+    to set off full passes, and each walked every one of them: about a third of the CPU of
+    building a day (BENCHMARKS.md, issue 20). Cycles made inside are still collected."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 # --- worker processes -------------------------------------------------------------------
 #
 # Plain child processes (`python -m agent.report_worker`) speaking pickle over their stdin
@@ -89,6 +104,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     answered with ("ok", PeriodInputs) or ("error", exception), until end of input."""
     db, config, policy, inventory = pickle.load(stdin)
     conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True)
+    gc.freeze()  # everything set up so far lives as long as the worker
     while True:
         try:
             start, end = pickle.load(stdin)

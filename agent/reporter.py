@@ -57,7 +57,7 @@ from agent.protocol.report import (
     report_id,
 )
 from agent.protocol.segment_codec import SealedSegment
-from agent.report_inputs import InputPool, PeriodInputs, period_inputs
+from agent.report_inputs import InputPool, PeriodInputs, long_lived_frozen, period_inputs
 from agent.store.sealed import SealPlan
 from agent.store.store import Store
 from indicators.policy import PolicySet, file_sha256
@@ -199,6 +199,14 @@ def build_period_reports(
     `progress(key, report)` is called after each. The first error stops the run and is
     raised; the reports committed before it stay.
     """
+    with long_lived_frozen():
+        return _build_all(context, keys, progress, workers)
+
+
+def _build_all(
+    context: ReportContext, keys: Sequence[str],
+    progress: Callable[[str, PeriodReport], None] | None, workers: int | None,
+) -> list[PeriodReport]:
     shared = _Shared.load(context)
     zone = context.config.factory.time_zone
     days = [Period.parse(key, zone).bounds() for key in keys if _is_day(key, zone)]
@@ -303,8 +311,10 @@ def _build(
     factory_id = config.factory.factory_id
     queued = context.outbox.find(factory_id, period.slot(revision))
     start, end = period.bounds()
-    # Inputs computed ahead (a worker) stand if the period's days are sealed as the worker
-    # planned them (or were sealed already); otherwise they are computed again here.
+    if inputs is None and period.kind == "day":
+        inputs = _day_inputs(context, shared, period, window)
+    # Inputs computed ahead (by a worker, or just above) stand if the period's days are
+    # sealed as planned (or were sealed already); otherwise they are computed again here.
     if seal_period(context.store, period, inputs.seals if inputs else ()) or inputs is None:
         if window is not None and period.kind == "day":
             base = window.day(start, end)
@@ -347,6 +357,21 @@ def _build(
         context.outbox, meta, shared.signing_key, merkle_root=inputs.merkle_root, **report_args
     )
     return PeriodReport(item, created=True, has_data=with_data)
+
+
+def _day_inputs(
+    context: ReportContext, shared: _Shared, period: Period, window: _BaseWindow | None
+) -> PeriodInputs:
+    """A day's inputs planned as a worker plans them (agent.report_inputs): its segments
+    encoded once, their digests kept from the plan rather than read back once sealed."""
+    start, end = period.bounds()
+    plans = context.store.plan_seals([(start, end)])
+    base = window.day(start, end) if window is not None else context.store.base_measures(start, end)
+    inputs = period_inputs(
+        context.config, context.policy, shared.inventory, base,
+        lambda: context.store.sealed_digests(start, end, plans),
+    )
+    return dataclasses.replace(inputs, seals=tuple(plans))
 
 
 def _superseded(outbox: Outbox, factory_id: str, period: Period, revision: int) -> str | None:

@@ -19,15 +19,20 @@ from indicators.measures import daily_measures, totals
 
 
 def improvement(
-    base: pd.DataFrame, baseline_base: pd.DataFrame | None, params: Params = Params()
+    base: pd.DataFrame, baseline_base: pd.DataFrame | None, params: Params = Params(), *,
+    daily: bool = False,
 ) -> dict[str, IndicatorValue]:
     """Change against a baseline period: efficiency_gain = (GQ/PBT)/(GQ/PBT)_b − 1,
     defect_rate_change = DR/DR_b − 1, energy_per_unit_change = EPU/EPU_b − 1 and
-    energy_efficiency_gain = EPU_b/EPU − 1 ("+10 % energy efficiency" is EPU × 1/1.1)."""
-    now = totals(daily_measures(base, params.time_zone))
-    then = (
-        None if baseline_base is None else totals(daily_measures(baseline_base, params.time_zone))
-    )
+    energy_efficiency_gain = EPU_b/EPU − 1 ("+10 % energy efficiency" is EPU × 1/1.1).
+
+    `daily`: both frames are `daily_measures` already, or rows of them (as in `compute`)."""
+
+    def summed(frame: pd.DataFrame) -> dict[str, float]:
+        return totals(frame if daily else daily_measures(frame, params.time_zone))
+
+    now = summed(base)
+    then = None if baseline_base is None else summed(baseline_base)
     pairs = {
         "efficiency_gain": (_gq_per_pbt, False),
         "defect_rate_change": (_defect_rate, False),

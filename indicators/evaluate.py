@@ -249,8 +249,8 @@ class _Scopes:
                 inventory = inventory[inventory["device_id"].isin(devices)]
                 if baseline is not None:
                     baseline = baseline[baseline["device_id"].astype(str).isin(devices)]
-            values = compute(daily, inventory, self.params)
-            values.update(improvement(daily, baseline, self.params))
+            values = compute(daily, inventory, self.params, daily=True)
+            values.update(improvement(daily, baseline, self.params, daily=True))
             self.computed[scope] = values
         return values[key]
 

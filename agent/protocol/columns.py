@@ -17,10 +17,14 @@ decodes exactly: a float64 timestamp's bits, an int64, a uint64 shifted by 2^64.
   constant rate).
 
 `int_columns` picks, per segment, the order and the form (varints or planes) that take the
-fewest bytes; `read_int_column` reads one back.
+fewest bytes; `read_int_column` reads one back. A segment's bytes are assembled from byte
+*parts* of all segments at once (`interleave`): per-segment Python is what a day of a few
+thousand short segments spent its time on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -127,6 +131,65 @@ def segment_sums(per_value: I64, starts: I64) -> I64:
 
 PLANES = 4  # column header bit: byte planes, not varints
 
+# A byte part of many segments: every segment's bytes back to back, and each one's length.
+Parts = tuple[U8, I64]
+
+
+def interleave(parts: Sequence[Parts]) -> Parts:
+    """Per segment, its bytes of each part in turn (the parts all cover the same segments):
+    the segments' encodings assembled at once, not one `b"".join` per segment."""
+    lengths = np.stack([length for _, length in parts], axis=1)
+    flat = lengths.ravel()
+    out_at = (np.cumsum(flat) - flat).reshape(lengths.shape)
+    out = np.empty(int(flat.sum()), dtype=np.uint8)
+    for k, (blob, length) in enumerate(parts):
+        if len(blob):
+            shift = out_at[:, k] - (np.cumsum(length) - length)
+            out[np.repeat(shift, length) + np.arange(len(blob))] = blob
+    return out, lengths.sum(axis=1)
+
+
+def constant_part(each: U8) -> Parts:
+    """One byte per segment."""
+    return np.asarray(each, dtype=np.uint8), np.ones(len(each), dtype=np.int64)
+
+
+def varint_part(values: npt.NDArray[np.uint64] | I64) -> Parts:
+    """One unsigned LEB128 varint per segment."""
+    codes = np.asarray(values).astype(np.uint64)
+    lengths = varint_lengths(codes)
+    return varints(codes, lengths), lengths
+
+
+def table_part(table: Sequence[bytes], index: I64) -> Parts:
+    """Per segment, the bytes `table[index]` (a header line, a name)."""
+    sizes = np.array([len(entry) for entry in table], dtype=np.int64)
+    lengths = sizes[index]
+    source = np.frombuffer(b"".join(table), dtype=np.uint8)
+    shift = (np.cumsum(sizes) - sizes)[index] - (np.cumsum(lengths) - lengths)
+    return source[np.repeat(shift, lengths) + np.arange(int(lengths.sum()))], lengths
+
+
+def spread(part: Parts, present: I64, n_segments: int) -> Parts:
+    """A part of the segments `present` (ascending) as one of all `n_segments`: empty for
+    the others."""
+    lengths = np.zeros(n_segments, dtype=np.int64)
+    lengths[present] = part[1]
+    return part[0], lengths
+
+
+def pick(mask: npt.NDArray[np.bool_], part: Parts) -> Parts:
+    """`part` of the segments where `mask` holds, empty for the others."""
+    blob, lengths = part
+    return blob[np.repeat(mask, lengths)], np.where(mask, lengths, 0)
+
+
+def split(part: Parts) -> list[bytes]:
+    """Each segment's bytes."""
+    data = part[0].tobytes()
+    ends = np.cumsum(part[1])
+    return [data[a:b] for a, b in zip((ends - part[1]).tolist(), ends.tolist(), strict=True)]
+
 
 _BYTE_THRESHOLDS = np.array([1] + [1 << (8 * k) for k in range(1, 8)], dtype=np.uint64)
 
@@ -136,15 +199,12 @@ def byte_widths(codes: npt.NDArray[np.uint64]) -> I64:
     return np.searchsorted(_BYTE_THRESHOLDS, codes, side="right").astype(np.int64)
 
 
-def int_columns(
-    values: I64, starts: I64, bases: I64 | None = None,
-) -> tuple[bytes, list[tuple[int, int]], list[bytes]]:
+def int_columns(values: I64, starts: I64, bases: I64 | None = None) -> Parts:
     """Each segment's column of int64 `values`, in the form that takes the fewest bytes:
     deltas of order 0, 1 or 2 (from the segment's base), as zigzag varints or as byte
     planes (the low `width` bytes of each zigzag code, plane by plane: a compressor finds
-    each byte position's regularities). Returns the payloads back to back, each segment's
-    (first, end) in them, and each segment's header: a byte `order | PLANES?` then the
-    payload's length (varints) or `width` (planes)."""
+    each byte position's regularities). A segment's column is a byte `order | PLANES?`, then
+    `width` and the planes, or v(length) and the varints."""
     n = len(values)
     counts = np.diff(np.r_[starts, n])
     options: list[tuple[int, bool, npt.NDArray[np.uint64], I64]] = []
@@ -162,7 +222,7 @@ def int_columns(
     out = np.zeros(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
     segment_of = np.repeat(np.arange(len(starts)), counts)
     local = np.arange(n) - np.repeat(starts, counts)
-    headers: list[bytes] = [b""] * len(starts)
+    kind = np.zeros(len(starts), dtype=np.uint8)  # the column's first byte
     for option, (order, planes, code, measure) in enumerate(options):
         picked = np.flatnonzero(best == option)
         if not len(picked):
@@ -177,9 +237,7 @@ def int_columns(
                 out[(at + plane * counts[segment_of[rows]])[write]] = (
                     (code[rows][write] >> shift) & np.uint64(0xFF)).astype(np.uint8)
             out[begins[picked]] = measure[picked]
-            head = _SMALL[order | PLANES]
-            for segment in picked.tolist():
-                headers[segment] = head
+            kind[picked] = order | PLANES
         else:
             sub_starts = np.flatnonzero(np.r_[True, np.diff(segment_of[rows]) != 0])
             blob = varints(code[rows], measure[rows])
@@ -187,10 +245,13 @@ def int_columns(
             offsets = np.repeat(begins[picked] - np.cumsum(sub_lengths) + sub_lengths,
                                 sub_lengths)
             out[offsets + np.arange(len(blob))] = blob
-            head = _SMALL[order]
-            for segment, size in zip(picked.tolist(), sub_lengths.tolist(), strict=True):
-                headers[segment] = head + (_SMALL[size] if size < 0x80 else uvarint(size))
-    return out.tobytes(), list(zip(begins.tolist(), ends.tolist(), strict=True)), headers
+            kind[picked] = order
+    with_length = (kind & PLANES) == 0  # varints: their length in bytes comes first
+    length_of = chosen_sizes[with_length].astype(np.uint64)
+    length_sizes = np.zeros(len(starts), dtype=np.int64)
+    length_sizes[with_length] = varint_lengths(length_of)
+    return interleave([constant_part(kind), (varints(length_of), length_sizes),
+                       (out, chosen_sizes)])
 
 
 def read_int_column(data: bytes, at: int, count: int) -> tuple[I64, int, int]:

@@ -176,29 +176,25 @@ def _is_decimal(floats: F64, scale: float | F64) -> npt.NDArray[np.bool_]:
     return ok & (back.view(np.uint64) == floats.view(np.uint64))
 
 
-def _bounds(ids: I64, n_segments: int) -> tuple[I64, I64]:
+def _factorized(labels: npt.NDArray[Any] | Sequence[str]) -> tuple[npt.NDArray[np.str_], I64]:
+    """`np.unique(np.asarray(labels, dtype=str), return_inverse=True)` through a dict: a few
+    distinct ids over thousands of samples, where sorting the strings costs milliseconds.
+    Labels other than plain str (or ending in NUL, which numpy's str drops) take numpy's way."""
+    index: dict[Any, int] = {}
+    raw = [index.setdefault(label, len(index)) for label in labels]
+    if not all(type(name) is str and not name.endswith("\x00") for name in index):
+        found, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        return found, inverse.reshape(-1).astype(np.int64)
+    names = sorted(index)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[[index[name] for name in names]] = np.arange(len(names))
+    return np.array(names, dtype=str), rank[np.array(raw, dtype=np.int64)]
+
+
+def _bounds(ids: I64) -> tuple[I64, I64]:
     """For values sorted by segment id: the segments that have any, and their first index."""
     present, first = np.unique(ids, return_index=True)
     return present.astype(np.int64), first.astype(np.int64)
-
-
-class _Column:
-    """A column's bytes per segment (empty where the segment has none)."""
-
-    def __init__(self, n_segments: int) -> None:
-        self.data: list[bytes] = [b""] * n_segments
-
-    def fill(self, present: Sequence[int], coded: tuple[bytes, list[tuple[int, int]],
-             list[bytes]], prefix: bytes | Sequence[bytes] = b"") -> None:
-        payloads, slices, headers = coded
-        data = self.data
-        if isinstance(prefix, bytes):
-            for segment, (a, b), head in zip(present, slices, headers, strict=True):
-                data[segment] = prefix + head + payloads[a:b]
-        else:
-            for segment, (a, b), head, lead in zip(present, slices, headers, prefix,
-                                                   strict=True):
-                data[segment] = lead + head + payloads[a:b]
 
 
 def encode_segments(
@@ -216,8 +212,8 @@ def encode_segments(
     if isinstance(device_id, str):
         devices, device_codes = np.array([device_id]), np.zeros(n, dtype=np.int64)
     else:
-        devices, device_codes = np.unique(np.asarray(device_id, dtype=str), return_inverse=True)
-    names, codes = np.unique(np.asarray(signal_id, dtype=str), return_inverse=True)
+        devices, device_codes = _factorized(device_id)
+    names, codes = _factorized(signal_id)
     order = np.lexsort((np.arange(n), received_ts, source_ts, codes, device_codes, span_start))
     device_codes = np.asarray(device_codes, np.int64)[order]
     codes, spans = codes[order].astype(np.int64), np.asarray(span_start, np.int64)[order]
@@ -234,84 +230,99 @@ def encode_segments(
     n_segments = len(starts)
     counts = np.diff(np.r_[starts, n])
 
-    kinds = np.fromiter(map(_kind, objects), dtype=np.uint8, count=n)
+    if set(map(type, objects)) == {float}:  # the usual batch: no value to look at
+        kinds = np.full(n, K_FLOAT, dtype=np.uint8)
+    else:
+        kinds = np.fromiter(map(_kind, objects), dtype=np.uint8, count=n)
     flags = (kinds | (np.asarray(quality, np.uint8)[order].clip(0, 2) << 2)).astype(np.uint8)
     flags |= np.where(np.asarray(rehomed, bool)[order], F_REHOMED, 0).astype(np.uint8)
     ints_at = np.flatnonzero(kinds == K_INT)
     int_values, big = _ints(objects[ints_at])
     flags[ints_at[big]] |= F_BIG
 
-    everything = list(range(n_segments))
     bases = spans[starts].astype(np.float64).view(np.int64)  # each span start's float64 bits
-    source_col = _Column(n_segments)
-    source_col.fill(everything, col.int_columns(source, starts, bases))
-    relative, absolute = _Column(n_segments), _Column(n_segments)
-    relative.fill(everything, col.int_columns(received - source, starts), bytes([REL]))
-    absolute.fill(everything, col.int_columns(received, starts, bases), bytes([ABS]))
-    received_col = [min(r, a, key=len) for r, a in zip(relative.data, absolute.data,
-                                                        strict=True)]
-    flag_col = _flag_runs(flags, changed, segment_of, n_segments)
-    float_col = _floats(objects, kinds, segment_of, n_segments)
-    int_col = _Column(n_segments)
+    relative = col.int_columns(received - source, starts)
+    absolute = col.int_columns(received, starts, bases)
+    use_relative = relative[1] <= absolute[1]  # the shorter; relative on a tie
+    received_parts = [col.constant_part(np.where(use_relative, REL, ABS)),
+                      col.pick(use_relative, relative), col.pick(~use_relative, absolute)]
+    int_part = _empty_part(n_segments)
     if len(ints_at):
-        present, first = _bounds(segment_of[ints_at], n_segments)
-        int_col.fill(present.tolist(), col.int_columns(int_values, first))
-    str_col = _strings(objects, kinds, segment_of, n_segments)
+        present, first = _bounds(segment_of[ints_at])
+        int_part = col.spread(col.int_columns(int_values, first), present, n_segments)
 
-    out: list[SealedSegment] = []
     names_of = [str(name) for name in names]
     devices_of = [str(device) for device in devices]
-    heads: dict[tuple[int, int], bytes] = {}
-    for s, (count, start, end, device_code, code) in enumerate(zip(
-        counts.tolist(), spans[starts].tolist(), span_ends[starts].tolist(),
-        device_codes[starts].tolist(), codes[starts].tolist(), strict=True,
-    )):
-        head = heads.get((device_code, code))
-        if head is None:
-            head = heads[(device_code, code)] = header(devices_of[device_code], names_of[code],
-                                                       0, 0)[:-4]
-        parts = [
-            head, f"{start}\n{end}\n".encode(), _uvarint(count), source_col.data[s],
-            received_col[s], _stream(flag_col[s]), float_col.data[s], int_col.data[s],
-        ]
-        if str_col[s] is not None:
-            parts.append(_stream(str_col[s] or b""))
-        out.append(SealedSegment(devices_of[device_code], names_of[code], start, end,
-                                 b"".join(parts)))
-    return out
+    segment_devices, segment_signals = device_codes[starts], codes[starts]
+    span_pairs, span_of = np.unique(np.stack([spans[starts], span_ends[starts]], axis=1),
+                                    axis=0, return_inverse=True)
+    data = col.split(col.interleave([
+        col.table_part([f"{MAGIC}\n{device}\n".encode() for device in devices_of],
+                       segment_devices),
+        col.table_part([f"{name}\n".encode() for name in names_of], segment_signals),
+        col.table_part([f"{start}\n{end}\n".encode() for start, end in span_pairs.tolist()],
+                       span_of.reshape(-1)),
+        col.varint_part(counts),
+        col.int_columns(source, starts, bases),
+        *received_parts,
+        *_flag_runs(flags, changed, segment_of),
+        *_floats(objects, kinds, segment_of, n_segments),
+        int_part,
+        _strings(objects, kinds, segment_of, n_segments),
+    ]))
+    return [
+        SealedSegment(devices_of[device_code], names_of[code], start, end, segment_data)
+        for device_code, code, start, end, segment_data in zip(
+            segment_devices.tolist(), segment_signals.tolist(), spans[starts].tolist(),
+            span_ends[starts].tolist(), data, strict=True,
+        )
+    ]
+
+
+def _empty_part(n_segments: int) -> col.Parts:
+    return np.zeros(0, dtype=np.uint8), np.zeros(n_segments, dtype=np.int64)
 
 
 def _flag_runs(flags: npt.NDArray[np.uint8], changed: npt.NDArray[np.bool_],
-               segment_of: I64, n_segments: int) -> list[bytes]:
+               segment_of: I64) -> list[col.Parts]:
+    """The flags stream of every segment: v(length), then the runs."""
     n = len(flags)
     run_start = np.flatnonzero(changed | np.r_[True, flags[1:] != flags[:-1]])
     runs = np.diff(np.r_[run_start, n]).astype(np.uint64)
     coded = (runs << np.uint64(6)) | flags[run_start].astype(np.uint64)
     lengths = col.varint_lengths(coded)
-    blob = col.varints(coded, lengths).tobytes()
-    _, first = _bounds(segment_of[run_start], n_segments)
-    ends = np.cumsum(col.segment_sums(lengths, first))
-    begins = np.r_[0, ends[:-1]]
-    return [blob[a:b] for a, b in zip(begins.tolist(), ends.tolist(), strict=True)]
+    _, first = _bounds(segment_of[run_start])  # every segment has a run
+    sizes = col.segment_sums(lengths, first)
+    return [col.varint_part(sizes), (col.varints(coded, lengths), sizes)]
 
 
 def _floats(objects: npt.NDArray[np.object_], kinds: npt.NDArray[np.uint8],
-            segment_of: I64, n_segments: int) -> _Column:
-    column = _Column(n_segments)
+            segment_of: I64, n_segments: int) -> list[col.Parts]:
+    """The float column of every segment (empty for one without floats): its codec byte,
+    then the decimal exponent and mantissas, or the XOR byte planes."""
     at = np.flatnonzero(kinds == K_FLOAT)
     if not len(at):
-        return column
+        return [_empty_part(n_segments)]
     floats = objects[at].astype(np.float64)
     ids = segment_of[at]
-    present, first = _bounds(ids, n_segments)
+    present, first = _bounds(ids)
     exponents = _decimal_exponents(floats, first)
     per_value = np.repeat(exponents, np.diff(np.r_[first, len(floats)]))
     decimal = per_value >= 0
+    codec = np.zeros(n_segments, dtype=np.uint8)
+    codec[present] = np.where(exponents >= 0, _DECIMAL, _XOR)
+    exponent = np.zeros(n_segments, dtype=np.uint8)
+    exponent[present] = np.maximum(exponents, 0)
+    has_exponent = codec == _DECIMAL
+    parts = [
+        (codec[codec != 0], (codec != 0).astype(np.int64)),
+        (exponent[has_exponent], has_exponent.astype(np.int64)),
+    ]
     if decimal.any():
         mantissa = np.rint(floats[decimal] * _SCALES[per_value[decimal]]).astype(np.int64)
-        _, sub_first = _bounds(ids[decimal], n_segments)
-        column.fill(present[exponents >= 0].tolist(), col.int_columns(mantissa, sub_first),
-                    [bytes([_DECIMAL, e]) for e in exponents[exponents >= 0].tolist()])
+        _, sub_first = _bounds(ids[decimal])
+        parts.append(col.spread(col.int_columns(mantissa, sub_first), present[exponents >= 0],
+                                n_segments))
     if (~decimal).any():
         bits = floats[~decimal].view(np.uint64)
         xor_ids = ids[~decimal]
@@ -319,23 +330,33 @@ def _floats(objects: npt.NDArray[np.object_], kinds: npt.NDArray[np.uint8],
         previous[1:] = bits[:-1]
         previous[np.r_[True, xor_ids[1:] != xor_ids[:-1]]] = 0
         xored = (bits ^ previous).astype("<u8").view(np.uint8).reshape(-1, 8)
-        segments, first_x = _bounds(xor_ids, n_segments)
-        for segment, a, b in zip(segments.tolist(), first_x.tolist(),
-                                 np.r_[first_x[1:], len(xor_ids)].tolist(), strict=True):
-            column.data[segment] = bytes([_XOR]) + xored[a:b].T.tobytes()  # byte planes
-    return column
+        segments, first_x = _bounds(xor_ids)
+        count = np.diff(np.r_[first_x, len(xor_ids)])
+        # Byte planes per segment: byte p of its k values at p * k + (the value's place).
+        offset = np.cumsum(8 * count) - 8 * count
+        each = np.repeat(offset - first_x, count) + np.arange(len(xor_ids))
+        each_count = np.repeat(count, count)
+        planes = np.empty(8 * len(xor_ids), dtype=np.uint8)
+        for plane in range(8):
+            planes[each + plane * each_count] = xored[:, plane]
+        parts.append(col.spread((planes, 8 * count), segments, n_segments))
+    return parts
 
 
 def _strings(objects: npt.NDArray[np.object_], kinds: npt.NDArray[np.uint8],
-             segment_of: I64, n_segments: int) -> list[bytes | None]:
+             segment_of: I64, n_segments: int) -> col.Parts:
+    """The strings stream of each segment that has strings: v(length), then each string as
+    v(length) and UTF-8; nothing for the others."""
     parts: dict[int, list[bytes]] = {}
     for index in np.flatnonzero(kinds == K_STR).tolist():
         encoded = _plain(objects[index]).encode("utf-8")  # a lone surrogate raises
         parts.setdefault(int(segment_of[index]), []).extend((_uvarint(len(encoded)), encoded))
-    out: list[bytes | None] = [None] * n_segments
-    for segment, pieces in parts.items():
-        out[segment] = b"".join(pieces)
-    return out
+    lengths = np.zeros(n_segments, dtype=np.int64)
+    streams = []
+    for segment in sorted(parts):
+        streams.append(_stream(b"".join(parts[segment])))
+        lengths[segment] = len(streams[-1])
+    return np.frombuffer(b"".join(streams), dtype=np.uint8), lengths
 
 
 # --- decoding -----------------------------------------------------------------------------

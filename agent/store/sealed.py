@@ -35,8 +35,8 @@ import zstandard
 
 from agent.derive.sample_columns import SampleColumns, event_times
 from agent.derive.slots import HOUR_S
-from agent.protocol.columns import uvarint
-from agent.protocol.segment_codec import SealedSegment, encode_segments, header
+from agent.protocol import columns as col
+from agent.protocol.segment_codec import MAGIC, SealedSegment, encode_segments, header
 from agent.store.report_reads import merged_ranges
 from agent.store.sqlite import StoreError, is_space_error
 from agent.store.values import read_value
@@ -177,24 +177,32 @@ def _day_blocks(conn: sqlite3.Connection, start: int, end: int,
     blocks: list[Block] = []
     digests: list[KeyedDigest] = []
     rows: list[tuple[Any, ...]] = []
+    devices: list[tuple[str, int]] = []  # the rows' devices: (device_id, rows) in row order
     for number, (device, spans) in enumerate(ranges.items(), start=1):  # whole devices
+        before = len(rows)
         for first, last in spans:
+            # Without device_id: a string made per row, where the device is known per read.
             rows.extend(conn.execute(
-                "SELECT device_id, signal_id, source_ts, received_ts, value, quality, seg_ts "
+                "SELECT signal_id, source_ts, received_ts, value, quality, seg_ts "
                 "FROM samples WHERE rowid BETWEEN ? AND ? AND device_id = ? AND "
                 "coalesce(seg_ts, source_ts) >= ? AND coalesce(seg_ts, source_ts) < ? "
                 "ORDER BY rowid", (first, last, device, start, end),
             ).fetchall())
+        devices.append((device, len(rows) - before))
         if rows and (len(rows) >= CHUNK_SAMPLES or number == len(ranges)):
-            by_device: dict[str, list[SealedSegment]] = {}
-            for segment in _encode(rows, start, end):
-                by_device.setdefault(segment.device_id, []).append(segment)
+            segments = _encode(rows, devices, start, end)
+            by_device: dict[str, list[bytes]] = {}
+            for segment, record in zip(segments, _records(segments), strict=True):
+                by_device.setdefault(segment.device_id, []).append(record)
                 digests.append((segment.order_key, segment.digest()))
-            samples = Counter(row[0] for row in rows)
-            for name, own in by_device.items():
-                codec, data = pack(own)
-                blocks.append((name, codec, len(own), samples[name], data))
-            rows = []
+            samples = Counter[str]()
+            for name, count in devices:
+                samples[name] += count
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # one set-up per chunk
+            for name, records in by_device.items():
+                data = compressor.compress(b"".join(records))
+                blocks.append((name, CODEC, len(records), samples[name], data))
+            rows, devices = [], []
     return blocks, digests
 
 
@@ -206,8 +214,9 @@ def _insert(conn: sqlite3.Connection, start: int, end: int, blocks: list[Block])
     conn.execute('INSERT INTO sealed_days (start, "end") VALUES (?, ?)', (start, end))
 
 
-def _encode(rows: list[tuple[Any, ...]], start: int, end: int) -> list[SealedSegment]:
-    device, signal, source, received, value, quality, seg = zip(*rows, strict=True)
+def _encode(rows: list[tuple[Any, ...]], devices: list[tuple[str, int]], start: int, end: int,
+            ) -> list[SealedSegment]:
+    signal, source, received, value, quality, seg = zip(*rows, strict=True)
     source_ts = np.array(source, dtype=np.float64)
     segment_ts = np.array(seg, dtype=np.float64)  # NULL (None) reads as NaN
     rehomed = ~np.isnan(segment_ts)
@@ -215,8 +224,9 @@ def _encode(rows: list[tuple[Any, ...]], start: int, end: int) -> list[SealedSeg
     values = list(value)
     for index in [i for i, v in enumerate(values) if type(v) is bytes]:
         values[index] = read_value(values[index])  # a tagged BLOB (agent.store.values)
+    names, counts = zip(*devices, strict=True)
     return encode_segments(
-        np.array(device, dtype=object), np.array(signal, dtype=object),
+        np.repeat(np.array(names, dtype=object), counts), np.array(signal, dtype=object),
         np.maximum(hour, start).astype(np.int64), np.minimum(hour + HOUR_S, end).astype(np.int64),
         source_ts, np.array(received, dtype=np.float64), values,
         np.array(quality, dtype=np.uint8), rehomed,
@@ -234,17 +244,66 @@ def pack(segments: Sequence[SealedSegment]) -> tuple[str, bytes]:
     signal id, span and body (the bytes after its header), zstd-compressed. The header is a
     function of the device, signal and span (`segment_codec.header`), so a block holds it
     once, in the row, and `unpack` gives back each segment's bytes exactly."""
-    records = []
-    for segment in segments:
-        head = header(segment.device_id, segment.signal_id, segment.start, segment.end)
-        if not segment.data.startswith(head):
-            raise StoreError(f"segment of {segment.device_id}/{segment.signal_id} at "
-                             f"{segment.start} does not start with its header")
-        signal = segment.signal_id.encode()
-        body = segment.data[len(head):]
-        records += [uvarint(len(signal)), signal, uvarint(segment.start),
-                    uvarint(segment.end - segment.start), uvarint(len(body)), body]
-    return CODEC, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(b"".join(records))
+    data = b"".join(_records(segments))
+    return CODEC, zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+def _records(segments: Sequence[SealedSegment]) -> list[bytes]:
+    """Each segment's record in a block: v(len) + signal id, v(start), v(end - start),
+    v(len) + body; all segments at once (agent.protocol.columns parts), a day has thousands.
+    StoreError for a segment that does not start with its header."""
+    if not segments:
+        return []
+    datas = [segment.data for segment in segments]
+    data = (np.frombuffer(b"".join(datas), dtype=np.uint8),
+            np.fromiter(map(len, datas), dtype=np.int64, count=len(datas)))
+    device_codes, device_names = _codes([segment.device_id for segment in segments])
+    signal_codes, signal_names = _codes([segment.signal_id for segment in segments])
+    starts = np.fromiter((segment.start for segment in segments), np.int64, len(segments))
+    ends = np.fromiter((segment.end for segment in segments), np.int64, len(segments))
+    spans, span_codes = np.unique(np.stack([starts, ends], axis=1), axis=0, return_inverse=True)
+    head = col.interleave([
+        col.table_part([f"{MAGIC}\n{name}\n".encode() for name in device_names], device_codes),
+        col.table_part([f"{name}\n".encode() for name in signal_names], signal_codes),
+        col.table_part([f"{a}\n{b}\n".encode() for a, b in spans.tolist()],
+                       span_codes.reshape(-1)),
+    ])
+    body = _after_headers(segments, data, head)
+    signal_field = [col.uvarint(len(name.encode())) + name.encode() for name in signal_names]
+    return col.split(col.interleave([
+        col.table_part(signal_field, signal_codes), col.varint_part(starts),
+        col.varint_part(ends - starts), col.varint_part(body[1]), body,
+    ]))
+
+
+def _codes(names: list[str]) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Each name's index in the list of distinct names, and that list."""
+    index: dict[str, int] = {}
+    codes = [index.setdefault(name, len(index)) for name in names]
+    return np.array(codes, dtype=np.int64), list(index)
+
+
+def _after_headers(segments: Sequence[SealedSegment], data: col.Parts, head: col.Parts,
+                   ) -> col.Parts:
+    """Each segment's bytes after its header; StoreError for one that does not start with
+    the header of its device, signal and span."""
+    blob, lengths = data
+    head_lengths = head[1]
+    at = np.cumsum(lengths) - lengths
+    short = head_lengths > lengths
+    in_head = np.repeat(at, head_lengths) + np.arange(int(head_lengths.sum())) - np.repeat(
+        np.cumsum(head_lengths) - head_lengths, head_lengths)
+    bad = np.flatnonzero(short)
+    if not len(bad) and len(in_head):
+        wrong = blob[in_head] != head[0]
+        bad = np.flatnonzero(np.logical_or.reduceat(wrong, np.cumsum(head_lengths) - head_lengths))
+    if len(bad):
+        segment = segments[int(bad[0])]
+        raise StoreError(f"segment of {segment.device_id}/{segment.signal_id} at "
+                         f"{segment.start} does not start with its header")
+    keep = np.ones(len(blob), dtype=bool)
+    keep[in_head] = False
+    return blob[keep], lengths - head_lengths
 
 
 def unpack(device_id: str, codec: str, data: bytes) -> Iterator[SealedSegment]:

@@ -466,8 +466,16 @@ class Store:
         """The sealed segments of the days starting in [start, end), in leaf order."""
         return sealed.sealed_segments(self._conn, start, end)
 
-    def sealed_digests(self, start: float, end: float) -> list[bytes]:
-        return sealed.sealed_digests(self._conn, start, end)
+    def plan_seals(self, days: Sequence[tuple[int, int]]) -> list[sealed.SealPlan]:
+        """The seals of the days of `days` not sealed yet, computed but not stored (for
+        `seal_days`, which stores them if no sample of the day arrived since)."""
+        return sealed.plan_seals(self._conn, days)
+
+    def sealed_digests(
+        self, start: float, end: float, plans: Sequence[sealed.SealPlan] = ()
+    ) -> list[bytes]:
+        """Leaf hashes of the sealed segments of [start, end) and of `plans`, in leaf order."""
+        return sealed.sealed_digests(self._conn, start, end, plans)
 
     def signal_issues(self, start: float, end: float) -> list[dict[str, object]]:
         """Signal health of [start, end) (agent.store.derived_rows.read_signal_issues)."""

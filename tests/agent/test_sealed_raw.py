@@ -258,3 +258,33 @@ def test_a_report_signed_before_sealing_is_built_again_without_a_false_change(
     _cli(*build)  # exit 0: already queued, nothing signed twice
     assert len(_payloads(data)) == 1
 
+
+
+def test_block_records_round_trip_and_refuse_a_segment_without_its_header() -> None:
+    """A block gives back each segment's bytes exactly, over several signals and spans (its
+    records are built for all segments at once); a segment whose bytes do not start with the
+    header of its device, signal and span is refused, not stored as another segment."""
+    from agent.protocol.segment_codec import SealedSegment
+    from agent.store.sealed import pack, unpack
+    from agent.store.sqlite import StoreError
+
+    n = 40
+    segments = encode_segments(
+        "CNC-01", np.array([f"signal-{i % 3}" for i in range(n)], dtype=object),
+        np.array([1_767_196_800 + 3600 * (i % 4) for i in range(n)], dtype=np.int64),
+        np.array([1_767_196_800 + 3600 * (i % 4 + 1) for i in range(n)], dtype=np.int64),
+        np.arange(n, dtype=np.float64) + 1_767_196_800.0,
+        np.arange(n, dtype=np.float64) + 1_767_196_800.5,
+        [float(i) / 3 if i % 5 else "text" for i in range(n)], np.zeros(n, dtype=np.uint8),
+        np.zeros(n, dtype=bool),
+    )
+    assert len(segments) == 12
+    assert list(unpack("CNC-01", *pack(segments))) == segments
+
+    wrong = segments[5]
+    moved = SealedSegment(wrong.device_id, wrong.signal_id, wrong.start + 3600, wrong.end + 3600,
+                          wrong.data)
+    with pytest.raises(StoreError, match="does not start with its header"):
+        pack([*segments[:5], moved, *segments[6:]])
+    with pytest.raises(StoreError, match="does not start with its header"):
+        pack([SealedSegment(wrong.device_id, wrong.signal_id, wrong.start, wrong.end, b"x")])
