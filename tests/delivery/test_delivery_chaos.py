@@ -1,0 +1,78 @@
+"""Transport rows of docs/reliability.md §c that need a broker process or the fault proxy
+driven in ways the other delivery tests do not: T4 (frozen broker), T5 (RST in the middle of
+a PUBLISH), T11 (PUBACK with a failure reason from a broker ACL).
+
+Test profile as in test_delivery_mqtt.py (keepalive 2 s, reconnect 0.1-2 s with jitter,
+receipt timeout 3 s) unless a test says why it differs. Every run ends with the shared
+`check_invariants` (tests/support/invariants.py). The large versions (500 values of k, a
+60 s window) run in bench/soak.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from joserfc.jwk import OKPKey
+from test_delivery_mqtt import settings
+
+from agent.outbox import Outbox
+from agent.publisher import Publisher
+from tests.support.bureau_receiver import start_bureau
+from tests.support.invariants import check_invariants
+from tests.support.mosquitto import Broker
+from tests.support.reports import FACTORY, commit_days
+from tests.support.waiting import wait_until
+
+FREEZE_S = 20.0
+KEEPALIVE_S = 2
+
+
+def test_T4_frozen_broker_detected_and_nothing_duplicated(
+    tmp_path: Path, mosquitto: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the broker is frozen (SIGSTOP) for 20 s while reports are in flight and more are
+    committed, then the agent detects the dead link within 2 x keepalive + 1 s, and after
+    SIGCONT every report is stored once, the outbox drains within the drain bound (10 s) and
+    I1-I8 hold (T4). The reports sent into the frozen broker reach the bureau after SIGCONT
+    as well as the agent's resends: the bureau de-duplicates them (no duplicate row, I2)."""
+    caplog.set_level(logging.WARNING)
+    key = OKPKey.generate_key("Ed25519")
+    bureau = start_bureau(tmp_path / "bureau.db", mosquitto.url, {FACTORY: key})
+    outbox = Outbox(tmp_path / "outbox.db")
+    commit_days(outbox, key, range(1, 3))
+    publisher = Publisher(settings(mosquitto.url, bureau, keepalive_s=KEEPALIVE_S), outbox)
+    publisher.start()
+    try:
+        assert publisher.drain(15), outbox.counts()
+        sent_before = publisher.metrics["reports_sent_total"]
+        mosquitto.freeze()
+        frozen_at = time.monotonic()
+        try:
+            # Sent into the frozen broker's socket buffer: in flight when the link dies.
+            commit_days(outbox, key, range(3, 6))
+            assert wait_until(lambda: not publisher.ready, 10, pause=publisher.step)
+            detected_s = time.monotonic() - frozen_at
+            sent_frozen = publisher.metrics["reports_sent_total"] - sent_before
+            commit_days(outbox, key, range(6, 9))  # committed while the broker is frozen
+            wait_until(lambda: False, FREEZE_S - (time.monotonic() - frozen_at),
+                       pause=publisher.step)
+            assert outbox.unacked() == 6
+        finally:
+            mosquitto.thaw()
+        thawed_at = time.monotonic()
+        assert publisher.drain(30), outbox.counts()
+        drained_s = time.monotonic() - thawed_at
+    finally:
+        publisher.stop()
+    print(f"T4: detected {detected_s:.1f} s after SIGSTOP; sent while frozen {sent_frozen}; "
+          f"drained {drained_s:.1f} s after SIGCONT; bureau duplicates "
+          f"{bureau.receiver.metrics['duplicates_total']}")
+    assert detected_s <= 2 * KEEPALIVE_S + 1
+    assert drained_s <= 10  # the drain bound of the test profile
+    assert [r.seq for r in bureau.receiver.store.reports(FACTORY)] == list(range(1, 9))
+    check_invariants(outbox, bureau, logs=caplog.records)
+    assert publisher.metrics["reconnects_total"] >= 1
+    bureau.receiver.stop()
