@@ -8,7 +8,8 @@ target. Faults can be switched on and off while connections are open:
 - `delay(seconds)`: every chunk is delivered `seconds` after it was read, order kept.
 - `close_after(n)`: close each connection (FIN) once `n` bytes went through it.
 - `reset()`: abort every open connection with RST (SO_LINGER 0); `reset_after(n)` does it
-  per connection once `n` bytes went through.
+  per connection once `n` bytes went through; `reset_in(n)` once, to the connections open
+  now, after `n` more bytes (RST in the middle of the next packet: T5).
 - `drop_downstream(True)`: discard server->client bytes (requests arrive, replies vanish).
 - `refuse(True)`: new connections are accepted and reset at once (a closed port with a
   listening socket, as after a server crash behind a load balancer).
@@ -55,6 +56,7 @@ class _Link:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     relayed: dict[str, int] = field(default_factory=lambda: {"upstream": 0, "downstream": 0})
     closed: bool = False
+    reset_at: tuple[int, Direction] | None = None  # one-shot `reset_in` threshold
 
     def abort(self, rst: bool) -> None:
         if self.closed:
@@ -87,6 +89,7 @@ class FaultProxy:
         self._refuse = False
         self._rewrites: dict[Direction, Rewrite | None] = {"upstream": None, "downstream": None}
         self.accepted = 0  # connections accepted so far
+        self.resets_done = 0  # one-shot `reset_in` resets made
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -209,6 +212,17 @@ class FaultProxy:
         """Reset each connection (RST) once `n_bytes` went `direction` through it."""
         self._reset_after = None if n_bytes is None else (n_bytes, direction)
 
+    def reset_in(self, n_bytes: int, direction: Direction = "upstream") -> None:
+        """Reset each connection open now (RST) once `n_bytes` more went `direction` through
+        it; connections opened later are untouched. `resets_done` counts the resets made."""
+
+        def arm() -> None:
+            for link in self._links:
+                if not link.closed:
+                    link.reset_at = (link.relayed[direction] + n_bytes, direction)
+
+        self._call(arm)
+
     def reset(self) -> None:
         """Abort every open connection with RST now."""
         self._call(lambda: self._abort_all(rst=True))
@@ -322,6 +336,8 @@ class FaultProxy:
                 limits.append((self._reset_after[0], True))
             if self._close_after is not None and self._close_after[1] == direction:
                 limits.append((self._close_after[0], False))
+            if link.reset_at is not None and link.reset_at[1] == direction:
+                limits.append((link.reset_at[0], True))
             # Cut the chunk at the nearest threshold so exactly N bytes go through.
             room = min((n for n, _ in limits), default=None)
             if room is not None:
@@ -335,5 +351,7 @@ class FaultProxy:
                 return
             for n_bytes, rst in sorted(limits):
                 if link.relayed[direction] >= n_bytes:
+                    if link.reset_at is not None and link.reset_at[0] == n_bytes:
+                        self.resets_done += 1
                     self._abort(link, rst=rst)
                     return
