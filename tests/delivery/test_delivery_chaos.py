@@ -23,6 +23,7 @@ from agent.publisher import Publisher
 from tests.support.bureau_receiver import start_bureau
 from tests.support.invariants import check_invariants
 from tests.support.mosquitto import Broker
+from tests.support.puback_refused import expected_alarm_times, run_refused
 from tests.support.reports import FACTORY, commit_days
 from tests.support.reset_mid_publish import run_resets
 from tests.support.waiting import wait_until
@@ -92,3 +93,24 @@ def test_T5_reset_mid_publish_loses_nothing(tmp_path: Path, mosquitto: Broker) -
     assert figures.resets == RESET_CUTS  # every cut really happened mid-PUBLISH
     assert figures.stored == RESET_CUTS + 1
     assert figures.rejected == 0  # 0 truncated or unverifiable rows (stored ones: I3)
+
+
+REFUSED_WINDOW_S = 15.0  # bench/soak.py watches 60 s
+
+
+def test_T11_puback_not_authorized_keeps_row_pending(tmp_path: Path) -> None:
+    """If the broker's ACL denies the agent the report topic (MQTT 5: PUBACK 0x87 "Not
+    authorized"), then the report is not treated as sent: it stays pending (nothing at the
+    bureau), each refused PUBLISH raises one alarm at the backoff schedule (3 s, 6 s, 12 s
+    after the receipt timeout doubling), and the agent stays idle in between (CPU < 5 % over
+    the window, no hot loop) (T11)."""
+    figures = run_refused(tmp_path, REFUSED_WINDOW_S)
+    print(f"T11: {figures}, CPU {figures.cpu_share:.1%}")
+    assert figures.state in ("pending", "inflight") and figures.stored == 0
+    expected = expected_alarm_times(REFUSED_WINDOW_S)
+    assert len(figures.alarms) in (len(expected), len(expected) - 1), figures.alarms
+    for got, planned in zip(figures.alarms, expected, strict=False):
+        assert planned - 0.5 <= got <= planned + 1.0, (figures.alarms, expected)
+    assert figures.refused_with_0x87 >= len(figures.alarms)  # the broker really said 0x87
+    assert figures.denied >= len(figures.alarms)
+    assert figures.cpu_share < 0.05
