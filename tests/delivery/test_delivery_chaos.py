@@ -1,11 +1,12 @@
 """Transport rows of docs/reliability.md §c that need a broker process or the fault proxy
 driven in ways the other delivery tests do not: T4 (frozen broker), T5 (RST in the middle of
-a PUBLISH), T11 (PUBACK with a failure reason from a broker ACL).
+a PUBLISH), T10 (thundering herd of agent processes), T11 (PUBACK with a failure reason from
+a broker ACL).
 
 Test profile as in test_delivery_mqtt.py (keepalive 2 s, reconnect 0.1-2 s with jitter,
 receipt timeout 3 s) unless a test says why it differs. Every run ends with the shared
-`check_invariants` (tests/support/invariants.py). The large versions (500 values of k, a
-60 s window) run in bench/soak.py.
+`check_invariants` (tests/support/invariants.py) where reports are delivered. The large
+versions (500 values of k, 50 agents, a 60 s window) run in bench/soak.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from test_delivery_mqtt import settings
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from tests.support.bureau_receiver import start_bureau
-from tests.support.invariants import check_invariants
+from tests.support.herd import RECONNECT_MAX_S, run_herd
+from tests.support.invariants import check_invariants, check_no_tracebacks
 from tests.support.mosquitto import Broker
 from tests.support.puback_refused import expected_alarm_times, run_refused
 from tests.support.reports import FACTORY, commit_days
@@ -114,3 +116,20 @@ def test_T11_puback_not_authorized_keeps_row_pending(tmp_path: Path) -> None:
     assert figures.refused_with_0x87 >= len(figures.alarms)  # the broker really said 0x87
     assert figures.denied >= len(figures.alarms)
     assert figures.cpu_share < 0.05
+
+
+HERD = 20  # bench/soak.py runs 50
+
+
+def test_T10_thundering_herd_reconnects_spread_out(tmp_path: Path) -> None:
+    """If 20 agent processes are connected to one broker and it restarts, then at most 20 %
+    of them reconnect in any 100 ms bin, and all are back within the reconnect cap + 2 s of
+    the broker listening again (T10; the publisher's jitter lies inside the cap). Before the
+    first delay after a lost connection spanned the whole window, all 20 came back within
+    50 ms of each other."""
+    figures, errors = run_herd(tmp_path, HERD)
+    print(f"T10: {figures}")
+    check_no_tracebacks(outputs=errors)
+    assert figures.reconnected == HERD
+    assert figures.busiest_share <= 0.20, figures.offsets
+    assert figures.last_back_s <= RECONNECT_MAX_S + 2
