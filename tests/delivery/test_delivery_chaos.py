@@ -1,7 +1,7 @@
 """Transport rows of docs/reliability.md §c that need a broker process or the fault proxy
 driven in ways the other delivery tests do not: T4 (frozen broker), T5 (RST in the middle of
-a PUBLISH), T10 (thundering herd of agent processes), T11 (PUBACK with a failure reason from
-a broker ACL).
+a PUBLISH), T9 (slow, lossy link), T10 (thundering herd of agent processes), T11 (PUBACK with
+a failure reason from a broker ACL).
 
 Test profile as in test_delivery_mqtt.py (keepalive 2 s, reconnect 0.1-2 s with jitter,
 receipt timeout 3 s) unless a test says why it differs. Every run ends with the shared
@@ -28,6 +28,7 @@ from tests.support.mosquitto import Broker
 from tests.support.puback_refused import expected_alarm_times, run_refused
 from tests.support.reports import FACTORY, commit_days
 from tests.support.reset_mid_publish import run_resets
+from tests.support.slow_link import run_slow_link
 from tests.support.waiting import wait_until
 
 FREEZE_S = 20.0
@@ -133,3 +134,22 @@ def test_T10_thundering_herd_reconnects_spread_out(tmp_path: Path) -> None:
     assert figures.reconnected == HERD
     assert figures.busiest_share <= 0.20, figures.offsets
     assert figures.last_back_s <= RECONNECT_MAX_S + 2
+
+
+def test_T9_slow_lossy_link_delivers_without_reconnect_storm(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    """If the link delays every chunk 500 ms, carries 2 KB/s each way and is reset every
+    15-30 s (bench/soak.py: 30-60 s over 5 minutes) while a 13 KB report is committed every
+    15 s for 60 s, then every report is delivered (I1-I8), the agent reconnects at most once
+    per injected reset plus one, and its RSS grows less than 20 MB (T9).
+
+    Keepalive 30 s (the production default), not the profile's 2 s: paho sends PINGREQ after
+    one keepalive without inbound bytes and gives up after the next, and a 13 KB PUBLISH takes
+    6.5 s at 2 KB/s, so with 2 s no report ever got through (0 of 4 acked after 300 s,
+    measured). Any PUBLISH longer to upload than about one keepalive has that fate."""
+    figures = run_slow_link(tmp_path, mosquitto, 60, 15, (15, 30), keepalive_s=30)
+    print(f"T9: {figures}, RSS growth {figures.rss_growth_mb:.1f} MB")
+    assert figures.reports == 4 and figures.resets >= 2
+    assert figures.reconnects <= figures.resets + 1
+    assert figures.rss_growth_mb < 20

@@ -6,6 +6,7 @@ target. Faults can be switched on and off while connections are open:
 - `pause()` / `resume()`: blackhole both directions; bytes wait (as TCP would retransmit
   them) and flow again on resume. A paused link is a half-open link from both ends.
 - `delay(seconds)`: every chunk is delivered `seconds` after it was read, order kept.
+- `throttle(bytes_per_s)`: each direction of each connection carries at most that rate.
 - `close_after(n)`: close each connection (FIN) once `n` bytes went through it.
 - `reset()`: abort every open connection with RST (SO_LINGER 0); `reset_after(n)` does it
   per connection once `n` bytes went through; `reset_in(n)` once, to the connections open
@@ -38,6 +39,7 @@ Direction = Literal["upstream", "downstream"]  # upstream = client -> server
 Rewrite = Callable[[bytes], bytes]
 
 _CHUNK = 65536
+_PACED_SLICE = 256  # bytes written at a time under `throttle`
 
 
 def _set_rst_on_close(writer: asyncio.StreamWriter) -> None:
@@ -83,6 +85,7 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._flowing: asyncio.Event | None = None
         self._delay_s = 0.0
+        self._rate: float | None = None
         self._close_after: tuple[int, Direction] | None = None
         self._reset_after: tuple[int, Direction] | None = None
         self._drop_downstream = False
@@ -201,6 +204,10 @@ class FaultProxy:
         """Deliver each chunk `seconds` after it was read (0 turns the delay off)."""
         self._delay_s = max(0.0, seconds)
 
+    def throttle(self, bytes_per_s: float | None) -> None:
+        """Pace each direction of each connection to `bytes_per_s` (None: no limit)."""
+        self._rate = bytes_per_s
+
     def close_after(self, n_bytes: int | None, direction: Direction = "downstream") -> None:
         """Close each connection (FIN) once `n_bytes` went `direction` through it.
 
@@ -301,6 +308,18 @@ class FaultProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await deliver
 
+    async def _write(self, writer: asyncio.StreamWriter, chunk: bytes) -> None:
+        """Write `chunk`, in slices paced to the throttle rate when one is set."""
+        if self._rate is None:
+            writer.write(chunk)
+            await writer.drain()
+            return
+        for start in range(0, len(chunk), _PACED_SLICE):
+            piece = chunk[start : start + _PACED_SLICE]
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(len(piece) / self._rate)
+
     async def _deliver(
         self,
         link: _Link,
@@ -344,8 +363,7 @@ class FaultProxy:
                 chunk = chunk[: max(0, room - link.relayed[direction])]
             link.relayed[direction] += len(chunk)
             try:
-                writer.write(chunk)
-                await writer.drain()
+                await self._write(writer, chunk)
             except (ConnectionError, OSError):
                 self._abort(link, rst=False)
                 return

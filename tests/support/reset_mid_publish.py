@@ -15,23 +15,19 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from joserfc.jwk import OKPKey
 
-from agent.outbox import Outbox, OutboxItem
-from agent.protocol.envelope import Kind, sign_compact
+from agent.outbox import Outbox
 from agent.protocol.mqtt import report_topic
-from agent.protocol.period import Period
 from agent.publisher import Publisher, PublisherSettings
 from tests.support.bureau_receiver import Bureau, start_bureau
 from tests.support.fault_proxy import FaultProxy
 from tests.support.invariants import check_invariants
 from tests.support.mosquitto import Broker
-from tests.support.reports import FACTORY, TZ, make_report
+from tests.support.reports import FACTORY, commit_nth_day
 from tests.support.waiting import wait_until
 
 
@@ -106,13 +102,13 @@ def _reset_each(
     publisher: Publisher, outbox: Outbox, proxy: FaultProxy, key: OKPKey, count: int, seed: int
 ) -> None:
     topic = report_topic(FACTORY)
-    first = _commit(outbox, key, 0)
+    first = commit_nth_day(outbox, key, 0)
     assert publisher.drain(20), outbox.counts()
     payload_at = publish_length(topic, len(first.jws))[1]  # the same for every report
     for n, cut in enumerate(cut_points(payload_at, count, seed), start=1):
         assert wait_until(lambda: publisher.ready, 20, pause=publisher.step), f"{cut}: no link"
         # Committed before arming: the publisher sends only from `step`, in this thread.
-        item = _commit(outbox, key, n)
+        item = commit_nth_day(outbox, key, n)
         length = publish_length(topic, len(item.jws))[0]
         k = byte_count(cut, length, payload_at)
         assert 1 <= k < length
@@ -125,18 +121,6 @@ def _reset_each(
 
 def _resets_reach(proxy: FaultProxy, count: int) -> bool:
     return proxy.resets_done >= count
-
-
-def _commit(outbox: Outbox, key: OKPKey, n: int) -> OutboxItem:
-    """Report n of the run: one device, the day 2024-01-01 + n (up to years of days)."""
-    period = Period("day", (date(2024, 1, 1) + timedelta(days=n)).isoformat(), TZ)
-
-    def build(seq: int, prev: str) -> dict[str, Any]:
-        return make_report(key, period, seq, prev, devices=1)
-
-    return outbox.commit_report(
-        FACTORY, period.slot(0), build, lambda payload: sign_compact(payload, key, Kind.REPORT)
-    )
 
 
 def _settings(url: str, bureau: Bureau) -> PublisherSettings:
