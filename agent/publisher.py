@@ -17,7 +17,9 @@ Delivery rules:
   must name a local row by report_id AND report_sha256; everything else is counted as forged.
   Their transparency-log proofs must hold (agent/log_monitor.py), or they ack nothing.
 - Reconnect: exponential backoff with full jitter between reconnect_min_s and
-  reconnect_max_s, reset after `stable_s` of connection. A watchdog recreates the client
+  reconnect_max_s, reset after `stable_s` of connection; the first delay after a lost
+  connection is drawn over the whole window, so that agents dropped together by a broker
+  restart come back spread out (T10). A watchdog recreates the client
   if paho's network thread dies (paho #894).
 Works on MQTT 5 and on 3.1.1; `protocol="auto"` (the default) starts with 5 and falls back to
 3.1.1 once when the broker refuses 5; v5 adds session expiry and reason codes.
@@ -214,11 +216,17 @@ class Publisher:
             log.exception("MQTT on_message handler failed.")
 
     def _schedule_reconnect(self, client: mqtt.Client) -> None:
-        """Full-jitter backoff: paho waits min_delay next time, so set both bounds to our draw."""
-        if self._connected_at and time.monotonic() - self._connected_at >= self.settings.stable_s:
+        """Full-jitter backoff: paho waits min_delay next time, so set both bounds to our draw.
+
+        The first delay after a lost connection spans the whole window: a broker restart drops
+        every agent at the same moment, and a window starting at reconnect_min_s brought all of
+        them back within 50 ms (T10, docs/reliability.md §c). Failed attempts then back off
+        exponentially from reconnect_min_s."""
+        lost = bool(self._connected_at)
+        if lost and time.monotonic() - self._connected_at >= self.settings.stable_s:
             self._attempt = 0
         self._connected_at = 0.0
-        ceiling = min(
+        ceiling = self.settings.reconnect_max_s if lost else min(
             self.settings.reconnect_max_s,
             self.settings.reconnect_min_s * 2 ** min(self._attempt, 20),
         )

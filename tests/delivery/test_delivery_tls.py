@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from joserfc.jwk import OKPKey
 from paho.mqtt.enums import CallbackAPIVersion
-from test_delivery_mqtt import check_invariants, settings
+from test_delivery_mqtt import settings
 
 from agent.outbox import ACKED, PENDING, Outbox
 from agent.protocol.envelope import public_jwk
@@ -32,6 +32,7 @@ from bureau.receiver import Receiver, ReceiverSettings
 from bureau.registry import KeyRegistry
 from bureau.store import SqliteReportStore
 from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.invariants import check_invariants
 from tests.support.mosquitto import Broker
 from tests.support.pki import make_pki
 from tests.support.reports import FACTORY, commit_days

@@ -6,9 +6,11 @@ target. Faults can be switched on and off while connections are open:
 - `pause()` / `resume()`: blackhole both directions; bytes wait (as TCP would retransmit
   them) and flow again on resume. A paused link is a half-open link from both ends.
 - `delay(seconds)`: every chunk is delivered `seconds` after it was read, order kept.
+- `throttle(bytes_per_s)`: each direction of each connection carries at most that rate.
 - `close_after(n)`: close each connection (FIN) once `n` bytes went through it.
 - `reset()`: abort every open connection with RST (SO_LINGER 0); `reset_after(n)` does it
-  per connection once `n` bytes went through.
+  per connection once `n` bytes went through; `reset_in(n)` once, to the connections open
+  now, after `n` more bytes (RST in the middle of the next packet: T5).
 - `drop_downstream(True)`: discard server->client bytes (requests arrive, replies vanish).
 - `refuse(True)`: new connections are accepted and reset at once (a closed port with a
   listening socket, as after a server crash behind a load balancer).
@@ -37,6 +39,7 @@ Direction = Literal["upstream", "downstream"]  # upstream = client -> server
 Rewrite = Callable[[bytes], bytes]
 
 _CHUNK = 65536
+_PACED_SLICE = 256  # bytes written at a time under `throttle`
 
 
 def _set_rst_on_close(writer: asyncio.StreamWriter) -> None:
@@ -55,6 +58,7 @@ class _Link:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     relayed: dict[str, int] = field(default_factory=lambda: {"upstream": 0, "downstream": 0})
     closed: bool = False
+    reset_at: tuple[int, Direction] | None = None  # one-shot `reset_in` threshold
 
     def abort(self, rst: bool) -> None:
         if self.closed:
@@ -81,12 +85,14 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._flowing: asyncio.Event | None = None
         self._delay_s = 0.0
+        self._rate: float | None = None
         self._close_after: tuple[int, Direction] | None = None
         self._reset_after: tuple[int, Direction] | None = None
         self._drop_downstream = False
         self._refuse = False
         self._rewrites: dict[Direction, Rewrite | None] = {"upstream": None, "downstream": None}
         self.accepted = 0  # connections accepted so far
+        self.resets_done = 0  # one-shot `reset_in` resets made
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -198,6 +204,10 @@ class FaultProxy:
         """Deliver each chunk `seconds` after it was read (0 turns the delay off)."""
         self._delay_s = max(0.0, seconds)
 
+    def throttle(self, bytes_per_s: float | None) -> None:
+        """Pace each direction of each connection to `bytes_per_s` (None: no limit)."""
+        self._rate = bytes_per_s
+
     def close_after(self, n_bytes: int | None, direction: Direction = "downstream") -> None:
         """Close each connection (FIN) once `n_bytes` went `direction` through it.
 
@@ -208,6 +218,17 @@ class FaultProxy:
     def reset_after(self, n_bytes: int | None, direction: Direction = "downstream") -> None:
         """Reset each connection (RST) once `n_bytes` went `direction` through it."""
         self._reset_after = None if n_bytes is None else (n_bytes, direction)
+
+    def reset_in(self, n_bytes: int, direction: Direction = "upstream") -> None:
+        """Reset each connection open now (RST) once `n_bytes` more went `direction` through
+        it; connections opened later are untouched. `resets_done` counts the resets made."""
+
+        def arm() -> None:
+            for link in self._links:
+                if not link.closed:
+                    link.reset_at = (link.relayed[direction] + n_bytes, direction)
+
+        self._call(arm)
 
     def reset(self) -> None:
         """Abort every open connection with RST now."""
@@ -287,6 +308,18 @@ class FaultProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await deliver
 
+    async def _write(self, writer: asyncio.StreamWriter, chunk: bytes) -> None:
+        """Write `chunk`, in slices paced to the throttle rate when one is set."""
+        if self._rate is None:
+            writer.write(chunk)
+            await writer.drain()
+            return
+        for start in range(0, len(chunk), _PACED_SLICE):
+            piece = chunk[start : start + _PACED_SLICE]
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(len(piece) / self._rate)
+
     async def _deliver(
         self,
         link: _Link,
@@ -322,18 +355,21 @@ class FaultProxy:
                 limits.append((self._reset_after[0], True))
             if self._close_after is not None and self._close_after[1] == direction:
                 limits.append((self._close_after[0], False))
+            if link.reset_at is not None and link.reset_at[1] == direction:
+                limits.append((link.reset_at[0], True))
             # Cut the chunk at the nearest threshold so exactly N bytes go through.
             room = min((n for n, _ in limits), default=None)
             if room is not None:
                 chunk = chunk[: max(0, room - link.relayed[direction])]
             link.relayed[direction] += len(chunk)
             try:
-                writer.write(chunk)
-                await writer.drain()
+                await self._write(writer, chunk)
             except (ConnectionError, OSError):
                 self._abort(link, rst=False)
                 return
             for n_bytes, rst in sorted(limits):
                 if link.relayed[direction] >= n_bytes:
+                    if link.reset_at is not None and link.reset_at[0] == n_bytes:
+                        self.resets_done += 1
                     self._abort(link, rst=rst)
                     return

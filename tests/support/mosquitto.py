@@ -30,7 +30,8 @@ class Broker:
     With `tls`, the only listener is TLS (mqtts://) with the PKI's broker certificate;
     `require_certificate` makes it refuse clients without a certificate from that CA.
     `with Broker(...) as broker:` starts it and stops it at the end of the block; `stop()`
-    and `start()` in between restart it on the same port.
+    and `start()` in between restart it on the same port; `freeze()`/`thaw()` SIGSTOP and
+    SIGCONT it (T4).
     """
 
     def __init__(
@@ -85,10 +86,21 @@ class Broker:
     def _listening(self) -> bool:
         return serving(self.process, self.port)
 
+    def freeze(self) -> None:
+        """SIGSTOP this broker's process: sockets stay open, nothing is read or answered."""
+        assert self.process is not None and self.process.poll() is None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after `freeze`."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:
             return
         if self.process.poll() is None:
+            self.thaw()  # a frozen process would not act on `sig` before the timeout
             os.kill(self.process.pid, sig)
             try:
                 self.process.wait(5)

@@ -5,6 +5,7 @@ report metadata and signed reports committed to an outbox.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -175,3 +176,16 @@ def commit_days(
 
         items.append(outbox.commit_report(factory, period.slot(0), build, sign))
     return items
+
+
+def commit_nth_day(outbox: Outbox, key: OKPKey, n: int, devices: int = 1) -> OutboxItem:
+    """The report of day 2024-01-01 + n (one device: about 13 KB signed): for runs of more
+    reports than `commit_days`'s March has days."""
+    period = Period("day", (date(2024, 1, 1) + timedelta(days=n)).isoformat(), TZ)
+
+    def build(seq: int, prev: str) -> dict[str, Any]:
+        return make_report(key, period, seq, prev, devices=devices)
+
+    return outbox.commit_report(
+        FACTORY, period.slot(0), build, lambda payload: sign_compact(payload, key, Kind.REPORT)
+    )
