@@ -73,7 +73,7 @@ def _mutate_once(draw: st.DrawFn, value: Any) -> Any:
     op = draw(st.sampled_from(("replace", "drop", "retype", "nest", "duplicate", "rename")))
     if not path:  # the whole value
         if op == "nest":
-            return _nested(value, draw(st.integers(1, 300)))
+            return _nested(value, draw(st.integers(1, 60)))
         return draw(json_values) if op in ("replace", "drop", "retype") else value
     parent, last = _parent(value, path), path[-1]
     current = parent[last]
@@ -86,7 +86,7 @@ def _mutate_once(draw: st.DrawFn, value: Any) -> Any:
             (str(current), [current], {"value": current}, None, len(str(current)))
         ))
     elif op == "nest":
-        parent[last] = _nested(current, draw(st.integers(1, 300)))
+        parent[last] = _nested(current, draw(st.integers(1, 60)))
     elif op == "duplicate":
         if isinstance(parent, list):
             parent.insert(last if isinstance(last, int) else 0, copy.deepcopy(current))
