@@ -347,6 +347,13 @@ def load_config(path: Path, *, resolve_secrets: bool = False) -> FactoryConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
         raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {exc}")]) from None
+    # PyYAML's own limits, not YAMLErrors (found by fuzzing, Z1): its recursive parser on
+    # deep nesting, values it cannot construct (2001-13-45, 5,000 digits, `!!timestamp x`).
+    except RecursionError:
+        problem = ConfigProblem(file, "(yaml)", "not valid YAML: nested too deeply")
+        raise ConfigError([problem]) from None
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError([ConfigProblem(file, "(yaml)", f"not valid YAML: {exc}")]) from None
     config = with_absolute_paths(parse_config(raw, file), path.parent)
     if resolve_secrets:
         problems = secret_problems(config, file)

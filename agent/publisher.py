@@ -440,9 +440,12 @@ class Publisher:
         if (
             not isinstance(value, dict)
             or value.get("factory_id") != self.settings.factory_id
-            or value.get("status") not in RECEIPT_STATUSES
+            # str first: a list or object there is unhashable (found by fuzzing, Z1)
+            or not isinstance(value.get("status"), str)
+            or value["status"] not in RECEIPT_STATUSES
             or not isinstance(value.get("report_id"), str)
             or not isinstance(value.get("report_sha256"), str)
+            or not isinstance(value.get("reason"), str | None)  # stored with the row
         ):
             return None
         return value

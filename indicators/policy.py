@@ -253,9 +253,17 @@ def _load(path: Path | str, model: type[_Model]) -> _Model:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:  # found by fuzzing (Z1), like the two below
+        raise PolicyFileError(path, [f"not UTF-8 text: {exc}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        raise PolicyFileError(path, [f"not valid YAML: {exc}"]) from None
+    # PyYAML's own limits, not YAMLErrors: its recursive parser on deep nesting, values it
+    # cannot construct (2001-13-45, an integer of 5,000 digits, `!!timestamp x`).
+    except RecursionError:
+        raise PolicyFileError(path, ["not valid YAML: nested too deeply"]) from None
+    except (ValueError, AttributeError) as exc:
         raise PolicyFileError(path, [f"not valid YAML: {exc}"]) from None
     if not isinstance(data, dict):
         raise PolicyFileError(path, ["the file must hold a mapping at the top level"])
