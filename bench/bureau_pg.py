@@ -183,7 +183,7 @@ def _run(
         if profile is not None:
             spy = subprocess.Popen(
                 [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                 "record", "--format", "raw", "--rate", "200", "-o", str(profile),
+                 "record", "--format", "raw", "--rate", "200", "--gil", "-o", str(profile),
                  "-p", str(processes[0].pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )

@@ -259,7 +259,7 @@ class Database:
         call the result for its rows once a later query has run (or the block ended)."""
         with self._in_use:
             if self._queued is None or not self.conn.in_transaction():
-                rows = self._rows(sql, params)
+                rows = self.tuples(sql, params)
                 return lambda: rows
             holder: list[Sequence[Any]] = []
             self._queued.append((sql, [dict(params or {})], holder))
@@ -277,16 +277,19 @@ class Database:
         assert raw is not None
         readers: list[tuple[Any, list[Sequence[Any]]]] = []
         result: list[Sequence[Any]] = []
+        writer = None  # one cursor for every write: no rows to keep apart
         with raw.pipeline():
             for sql, values, holder in queued:
-                cursor = raw.cursor()
                 if holder is not None:
+                    cursor = raw.cursor()
                     cursor.execute(self._psycopg(sql), values[0])
                     readers.append((cursor, holder))
-                elif len(values) == 1:
-                    cursor.execute(self._psycopg(sql), values[0])
+                    continue
+                writer = writer or raw.cursor()
+                if len(values) == 1:
+                    writer.execute(self._psycopg(sql), values[0])
                 else:
-                    cursor.executemany(self._psycopg(sql), values)
+                    writer.executemany(self._psycopg(sql), values)
             if read is not None:
                 cursor = raw.cursor()
                 cursor.execute(self._psycopg(read[0]), dict(read[1] or {}))

@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import rfc8785
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
@@ -296,15 +297,54 @@ def _require_ed25519_private(key: OKPKey) -> None:
 
 
 def sign_compact(payload: bytes, key: OKPKey, kind: Kind) -> str:
-    """Compact JWS over the exact `payload` bytes (callers pass `canonical_bytes(...)`)."""
+    """Compact JWS over the exact `payload` bytes (callers pass `canonical_bytes(...)`).
+
+    The bytes joserfc's `serialize_compact` gives (its header JSON, then Ed25519, which is
+    deterministic), signed with `cryptography` directly and the key's header kept per kind:
+    the bureau signs two tokens per report (receipt and log head), and joserfc's checks and
+    the thumbprint per call were half of that cost (tests/delivery/test_sign_compact.py
+    compares the two)."""
+    private, protected = _signer(key, kind)
+    signing_input = protected + b"." + _b64url(payload).encode("ascii")
+    return f"{signing_input.decode('ascii')}.{_b64url(private.sign(signing_input))}"
+
+
+def sign_compact_joserfc(payload: bytes, key: OKPKey, kind: Kind) -> str:
+    """`sign_compact` through joserfc, the reference its bytes are held to."""
     _require_ed25519_private(key)
     kid = thumbprint(public_jwk(key))
     header = {"alg": EMITTED_ALG, "kid": kid, "typ": kind.value}
     return jws.serialize_compact(header, payload, key, algorithms=[EMITTED_ALG], registry=_REGISTRY)
 
 
-def _verified_payload(header: dict[str, str], payload: bytes) -> Verified:
-    value = _canonical_parse(payload)
+# Per signing key (by identity, OKPKey is not hashable; the weak reference tells a reused id
+# from the same key): its private key and base64url header per kind.
+_SIGNERS: dict[int, tuple[weakref.ref[OKPKey], Ed25519PrivateKey, dict[Kind, bytes]]] = {}
+_SIGNERS_KEPT = 64
+
+
+def _signer(key: OKPKey, kind: Kind) -> tuple[Ed25519PrivateKey, bytes]:
+    entry = _SIGNERS.get(id(key))
+    if entry is None or entry[0]() is not key:
+        _require_ed25519_private(key)
+        private = key.private_key
+        if not isinstance(private, Ed25519PrivateKey):
+            raise EnvelopeError("key", "Signing needs a private OKP/Ed25519 key.")
+        if len(_SIGNERS) >= _SIGNERS_KEPT:
+            _SIGNERS.clear()
+        entry = _SIGNERS[id(key)] = (weakref.ref(key), private, {})
+    headers = entry[2]
+    protected = headers.get(kind)
+    if protected is None:
+        header = {"alg": EMITTED_ALG, "kid": thumbprint(public_jwk(key)), "typ": kind.value}
+        # joserfc's header encoding (joserfc.util.json_b64encode), member order as given.
+        text = json.dumps(header, ensure_ascii=True, separators=(",", ":"))
+        protected = headers[kind] = _b64url(text.encode("ascii")).encode("ascii")
+    return entry[1], protected
+
+
+def _verified_payload(header: dict[str, str], payload: bytes, parsed: Any = None) -> Verified:
+    value = _canonical_parse(payload, parsed)
     if value is None:  # the authoritative path decides, and names the problem
         value = strict_loads(payload)
         if canonical_bytes(value) != payload:
@@ -361,8 +401,21 @@ def _compact_depth(payload: bytes) -> int:
     return int(np.cumsum(steps).max())
 
 
-def _canonical_parse(payload: bytes) -> Any | None:
+def parse_unverified(payload: bytes) -> Any | None:
+    """`payload` parsed by the C parser as `_canonical_parse` parses it (NaN and Infinity
+    refused), or None when it is not such JSON. For a verifier that wants the ids a payload
+    claims before its signature is checked (to send its look-ups early), and then hands the
+    value to `verify_compact` instead of parsing twice. Nothing in it is trusted before that."""
+    try:
+        return json.loads(payload.decode("utf-8", errors="strict"),
+                          parse_constant=_reject_constant)
+    except (EnvelopeError, ValueError, RecursionError, UnicodeError):
+        return None
+
+
+def _canonical_parse(payload: bytes, parsed: Any = None) -> Any | None:
     """The parse of `payload` when it is surely canonical JSON within our limits, else None.
+    `parsed`: `parse_unverified(payload)`, when the caller has it.
 
     The bureau verifies thousands of reports a second, and the strict path (a duplicate-member
     hook, then a canonical re-encoding in Python) costs about 0.6 ms a report. Here: the C
@@ -379,7 +432,7 @@ def _canonical_parse(payload: bytes) -> Any | None:
         text = payload.decode("utf-8", errors="strict")
         if not text.isascii() and max(text) > "\uffff":
             return None
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant) if parsed is None else parsed
         if _CANONICAL_ENCODER.encode(value).encode("utf-8") != payload:
             return None
     except (EnvelopeError, ValueError, RecursionError, UnicodeError):
@@ -401,12 +454,14 @@ def verify_compact(
     jwk: dict[str, Any],
     *,
     peeked: tuple[dict[str, str], bytes] | None = None,
+    parsed: Any = None,
 ) -> Verified:
     """Verify a compact JWS with one pinned public key, then parse strictly.
 
     The caller chose `jwk` from its registry by the header's `kid` (see `peek_compact`);
     this function checks again that the `kid` is that key's thumbprint. `peeked`: what
-    `peek_compact(token, kind)` returned, when the caller has it already.
+    `peek_compact(token, kind)` returned, when the caller has it already; `parsed`: what
+    `parse_unverified` gave for its payload (the canonical-form check still runs on it).
 
     The signature is checked with `cryptography`'s Ed25519 directly (what joserfc calls for
     EdDSA), over the token's own first two parts: the header was checked strictly above and
@@ -431,7 +486,7 @@ def verify_compact(
         public.verify(signature, protected + b"." + body)
     except (EnvelopeError, InvalidSignature, ValueError, TypeError):
         raise EnvelopeError("signature", "JWS signature does not verify.") from None
-    return _verified_payload(header, payload)
+    return _verified_payload(header, payload, parsed)
 
 
 def sign_general(payload: bytes, keys: list[OKPKey], kind: Kind) -> dict[str, Any]:
