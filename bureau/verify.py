@@ -95,9 +95,11 @@ class Verifier:
     def check(self, topic: str, message: bytes, now: float | None = None) -> Decision:
         now = time.time() if now is None else now
         factory_id = report_topic_factory(topic)
-        message_sha = sha256_hex(message)
 
-        def reject(reason: str, detail: str, sha: str = message_sha, **extra: Any) -> Decision:
+        def reject(reason: str, detail: str, sha: str | None = None, **extra: Any) -> Decision:
+            # The whole message's SHA-256 when its payload's is not known: only rejections
+            # need it (a hash of 16 KB per report otherwise).
+            sha = sha256_hex(message) if sha is None else sha
             return Decision("rejected", reason, detail, factory_id, sha, **extra)
 
         if len(message) > self.max_bytes:

@@ -46,7 +46,7 @@ ACCEPTED_ALGS = ("EdDSA", "Ed25519")
 EMITTED_ALG = "EdDSA"
 _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 _KID = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 thumbprint
-_B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 class Kind(StrEnum):
@@ -181,7 +181,11 @@ def strict_loads(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 def _b64url_decode(part: bytes, what: str) -> bytes:
-    if not _B64URL.match(part):
+    # Every byte in the alphabet (one deletion pass; a regular expression over a 16 KB
+    # payload cost more), but for one final newline, which the expression this replaces
+    # (`^[A-Za-z0-9_-]*$`) let through: the same verdicts.
+    body = part[:-1] if part.endswith(b"\n") else part
+    if body.translate(None, _B64URL_ALPHABET):
         raise EnvelopeError("header", f"JWS {what} is not base64url.")
     try:
         return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
