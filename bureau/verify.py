@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol.canonical_parse import parse_unverified
 from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import (
     EnvelopeError,
     Kind,
     Verified,
-    parse_unverified,
     peek_compact,
     sha256_hex,
     strict_loads,
