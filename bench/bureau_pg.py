@@ -183,7 +183,7 @@ def _run(
         if profile is not None:
             spy = subprocess.Popen(
                 [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                 "record", "--format", "raw", "--rate", "200", "-o", str(profile),
+                 "record", "--format", "raw", "--rate", "200", "--gil", "-o", str(profile),
                  "-p", str(processes[0].pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
@@ -237,7 +237,11 @@ def _run(
     print(f"  receipts per receiver {[m.get('receipts_published_total', 0) for m in metrics]}",
           flush=True)
     if not done:
-        raise SystemExit(f"only {receipts.count()} of {n} receipts within the time limit")
+        problems = [line for log in logs for line in log.read_text().splitlines()
+                    if any(word in line.lower() for word in ("warning", "error", "traceback"))]
+        raise SystemExit(f"only {receipts.count()} of {n} receipts within the time limit; "
+                         f"the receivers' metrics {metrics}; their last warnings and errors: "
+                         f"{problems[-5:]}")
     _check(store, receipts.raw, bureau_public(key), messages)
     store.close()
     return {"wall": n / elapsed, "receiver_cpu_s": cpu}

@@ -28,6 +28,8 @@ URL without its password) and the next step, in one line.
 
 from __future__ import annotations
 
+import functools
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -84,7 +86,7 @@ class Database:
         self._psycopg_sql: dict[str, str] = {}
         # `batched`: statements waiting for the next round trip, with a list for the rows
         # of a prefetched query (None for a write).
-        self._queued: list[tuple[str, list[dict[str, Any]], list[Any] | None]] | None = None
+        self._queued: list[Queued] | None = None
         self._immediate = threading.local()
         # One connection, used by one thread at a time: a transaction holds it to its end, a
         # statement outside one for itself (a test or a status thread reading the receiver's
@@ -254,13 +256,38 @@ class Database:
             finally:
                 self._queued = None
 
+    @contextmanager
+    def fused(self) -> Iterator[None]:
+        """Inside `batched` on PostgreSQL: the writes (INSERT, UPDATE, DELETE) queued in this
+        block after its last read go to the server as one statement, the first ones as
+        data-modifying WITH members of the last, instead of one statement each (each a round
+        of the driver's and the server's work per report). For writes that do not depend on
+        each other only: the members share one snapshot, none sees another's rows, their
+        order is the server's. SQLite, or outside `batched`: no effect."""
+        with self._in_use:
+            queued = self._queued
+            start = len(queued) if queued is not None else 0
+            yield
+            if self._queued is None or self.dialect != "postgresql":
+                return
+            if self._queued is not queued:  # a read sent the block's earlier statements
+                start = 0
+            self._queued[start:] = _fuse_writes(self._queued[start:])
+
     def prefetch(self, sql: str, params: Params | None = None) -> Callable[[], Sequence[Any]]:
-        """A query sent with the next round trip of a `batched` block (at once otherwise);
-        call the result for its rows once a later query has run (or the block ended)."""
+        """A query sent with the next round trip of a `batched` block; call the result for
+        its rows once a later query has run (or the block ended). Outside one, the query
+        runs when its rows are first asked for (never, when they are not needed)."""
         with self._in_use:
             if self._queued is None or not self.conn.in_transaction():
-                rows = self._rows(sql, params)
-                return lambda: rows
+                ran: list[Sequence[Any]] = []
+
+                def run() -> Sequence[Any]:
+                    if not ran:
+                        ran.append(self.tuples(sql, params))
+                    return ran[0]
+
+                return run
             holder: list[Sequence[Any]] = []
             self._queued.append((sql, [dict(params or {})], holder))
             return lambda: holder[0]
@@ -277,16 +304,19 @@ class Database:
         assert raw is not None
         readers: list[tuple[Any, list[Sequence[Any]]]] = []
         result: list[Sequence[Any]] = []
+        writer = None  # one cursor for every write: no rows to keep apart
         with raw.pipeline():
             for sql, values, holder in queued:
-                cursor = raw.cursor()
                 if holder is not None:
+                    cursor = raw.cursor()
                     cursor.execute(self._psycopg(sql), values[0])
                     readers.append((cursor, holder))
-                elif len(values) == 1:
-                    cursor.execute(self._psycopg(sql), values[0])
+                    continue
+                writer = writer or raw.cursor()
+                if len(values) == 1:
+                    writer.execute(self._psycopg(sql), values[0])
                 else:
-                    cursor.executemany(self._psycopg(sql), values)
+                    writer.executemany(self._psycopg(sql), values)
             if read is not None:
                 cursor = raw.cursor()
                 cursor.execute(self._psycopg(read[0]), dict(read[1] or {}))
@@ -392,6 +422,49 @@ class Database:
         if self.dialect != "sqlite":
             return True
         return bool(self.scalar("PRAGMA integrity_check") == "ok")
+
+
+Queued = tuple[str, list[dict[str, Any]], list[Any] | None]
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a named parameter, as SQLAlchemy's text()
+_WRITES = ("INSERT ", "UPDATE ", "DELETE ")
+
+
+def _fuse_writes(queued: list[Queued]) -> list[Queued]:
+    """Runs of single writes (one parameter set, no rows wanted) as one statement each:
+    `WITH w0 AS (first), w1 AS (second) last`, parameters renamed per member."""
+    out: list[Queued] = []
+    run: list[tuple[str, dict[str, Any]]] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append((run[0][0], [run[0][1]], None))
+        elif run:
+            out.append(_fused(run))
+        run.clear()
+
+    for sql, values, holder in queued:
+        if holder is None and len(values) == 1 and sql.lstrip().upper().startswith(_WRITES):
+            run.append((sql, values[0]))
+        else:
+            close_run()
+            out.append((sql, values, holder))
+    close_run()
+    return out
+
+
+def _fused(run: list[tuple[str, dict[str, Any]]]) -> Queued:
+    params: dict[str, Any] = {}
+    members = []
+    for n, (sql, values) in enumerate(run):
+        members.append(_renamed(sql, n))
+        params.update({f"w{n}_{name}": value for name, value in values.items()})
+    heads = ", ".join(f"w{n} AS ({member})" for n, member in enumerate(members[:-1]))
+    return f"WITH {heads} {members[-1]}", [params], None
+
+
+@functools.lru_cache(maxsize=256)
+def _renamed(sql: str, member: int) -> str:
+    return _BIND.sub(lambda match: f":w{member}_{match.group(1)}", sql)
 
 
 @contextmanager

@@ -356,16 +356,33 @@ class Receiver:
     def _store_accepted(
         self, message: bytes, decision: Decision, now: float, previous_leaf: int | None
     ) -> str:
-        report = decision.payload
-        verified = decision.verified
-        assert verified is not None and decision.factory_id is not None
         self._evict_orphans(decision)
         # Its base measures in columns for the annual evaluation, in the same transaction;
         # written before the log lock, like everything that needs no leaf number: the log
         # lock is global and held to COMMIT, so the time under it bounds the throughput of
-        # all receivers together.
-        self.store.record_measures(report, decision.day_sums)  # sent with the log lock
+        # all receivers together. On PostgreSQL its two writes (rows of two tables) go as
+        # one statement (Database.fused), sent with the log lock.
+        with self.store.db.fused():
+            self.store.record_measures(decision.payload, decision.day_sums)
         # Every stored report, pending-link too, gets its leaf before its receipt is signed.
+        # The leaf, the log head and the report (new rows of three tables, none reading
+        # another) go as one statement with the COMMIT.
+        with self.store.db.fused():
+            receipt = self._store_with_leaf(message, decision, now, previous_leaf)
+        if decision.relink is not None:
+            self.store.set_state(decision.relink, "accepted")
+        self.metrics["reports_accepted_total"] += 1
+        if decision.state == "pending-link":
+            self.metrics["pending_link_total"] += 1
+        return receipt
+
+    def _store_with_leaf(
+        self, message: bytes, decision: Decision, now: float, previous_leaf: int | None
+    ) -> str:
+        """The report's leaf, its signed receipt and its row; returns the receipt."""
+        report = decision.payload
+        verified = decision.verified
+        assert verified is not None and decision.factory_id is not None
         index = self.translog.append(
             report["report_id"], decision.factory_id, decision.report_sha256, now
         )
@@ -403,11 +420,6 @@ class Receiver:
                 receipt_sha256=sha256_hex(receipt.encode("ascii")),
             )
         )
-        if decision.relink is not None:
-            self.store.set_state(decision.relink, "accepted")
-        self.metrics["reports_accepted_total"] += 1
-        if decision.state == "pending-link":
-            self.metrics["pending_link_total"] += 1
         return receipt
 
     def _log_alert(self, detail: str) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol.canonical_parse import parse_unverified
 from agent.protocol.chain import genesis_sha256
 from agent.protocol.envelope import (
     EnvelopeError,
@@ -93,9 +95,11 @@ class Verifier:
     def check(self, topic: str, message: bytes, now: float | None = None) -> Decision:
         now = time.time() if now is None else now
         factory_id = report_topic_factory(topic)
-        message_sha = sha256_hex(message)
 
-        def reject(reason: str, detail: str, sha: str = message_sha, **extra: Any) -> Decision:
+        def reject(reason: str, detail: str, sha: str | None = None, **extra: Any) -> Decision:
+            # The whole message's SHA-256 when its payload's is not known: only rejections
+            # need it (a hash of 16 KB per report otherwise).
+            sha = sha256_hex(message) if sha is None else sha
             return Decision("rejected", reason, detail, factory_id, sha, **extra)
 
         if len(message) > self.max_bytes:
@@ -107,6 +111,11 @@ class Verifier:
         except EnvelopeError as error:
             return reject(error.reason, str(error))
         payload_sha = sha256_hex(unverified)
+        # The chain look-ups for the ids the payload claims go to the database with the key's
+        # (one round trip, batched on PostgreSQL); they are used only once the signature has
+        # verified that very parse (`parsed`), and decide nothing before.
+        claimed = parse_unverified(unverified)
+        chain = self._prefetch_chain(factory_id, claimed)
         # Before the signature is checked, the ids the payload claims are named in the
         # receipt only so that the sender can find its own row: the agent matches a receipt
         # on report id *and* payload SHA-256, so naming an id proves nothing and forges
@@ -118,7 +127,9 @@ class Verifier:
         except KeyLookupError as error:
             return reject(error.reason, str(error), payload_sha, **_claimed_ids(unverified))
         try:
-            verified = verify_compact(message, Kind.REPORT, key.jwk, peeked=(header, unverified))
+            verified = verify_compact(
+                message, Kind.REPORT, key.jwk, peeked=(header, unverified), parsed=claimed
+            )
         except EnvelopeError as error:
             return reject(error.reason, str(error), payload_sha, **_claimed_ids(unverified))
         report = verified.payload
@@ -159,10 +170,31 @@ class Verifier:
                 payload_sha,
                 **ids,
             )
-        return self._business(factory_id, verified, payload_sha, ids)
+        if chain is not None and chain[0] == (report["report_id"], seq):
+            neighbours = chain[1]()
+        else:
+            neighbours = self.store.chain_rows(report["report_id"], factory_id, seq)
+        return self._business(factory_id, verified, payload_sha, ids, neighbours)
+
+    def _prefetch_chain(
+        self, factory_id: str, claimed: Any
+    ) -> tuple[tuple[str, int], Callable[[], list[StoredReport]]] | None:
+        """The chain rows of the ids a payload claims, prefetched; None when it claims none
+        that a report could have (the verified report's are then looked up)."""
+        if not isinstance(claimed, dict):
+            return None
+        report_id, seq = claimed.get("report_id"), claimed.get("seq")
+        # Shaped as a report's, or the look-up could fail where the checks would reject
+        # cleanly (a NUL in a text parameter, a seq beyond the column's range).
+        if type(report_id) is not str or not _REPORT_ID.fullmatch(report_id):
+            return None
+        if type(seq) is not int or not 1 <= seq <= _MAX_SEQ:
+            return None
+        return (report_id, seq), self.store.prefetch_chain_rows(report_id, factory_id, seq)
 
     def _business(
-        self, factory_id: str, verified: Verified, sha: str, ids: dict[str, Any]
+        self, factory_id: str, verified: Verified, sha: str, ids: dict[str, Any],
+        neighbours: list[StoredReport],
     ) -> Decision:
         report = verified.payload
         seq = int(report["seq"])
@@ -170,7 +202,6 @@ class Verifier:
         def reject(reason: str, detail: str) -> Decision:
             return Decision("rejected", reason, detail, factory_id, sha, **ids)
 
-        neighbours = self.store.chain_rows(report["report_id"], factory_id, seq)
         known = next((r for r in neighbours if r.report_id == report["report_id"]), None)
         by_seq = {r.seq: r for r in neighbours if r.factory_id == factory_id}
         if known is not None:
@@ -262,11 +293,14 @@ def _claimed_ids(unverified: bytes) -> dict[str, Any]:
     if not (isinstance(report_id, str) and _REPORT_ID.fullmatch(report_id)):
         return {}
     ids: dict[str, Any] = {"report_id": report_id}
-    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1:
+    # Within the schema's range: a receipt naming a larger seq cannot be signed (canonical
+    # JSON has no exact integers past 2^53 - 1), which failed the whole message.
+    if isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= _MAX_SEQ:
         ids["seq"] = seq
     return ids
 
 
+_MAX_SEQ = 2**53 - 1  # the schema's maximum; seq + 1 still fits the BIGINT column
 _REPORT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 

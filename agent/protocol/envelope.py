@@ -23,29 +23,29 @@ import hashlib
 import itertools
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
 import rfc8785
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 from joserfc.jws import JWSRegistry
 
 from agent.protocol.canonical import fast_canonical_bytes, fast_canonical_form
+from agent.protocol.canonical_parse import MAX_JSON_DEPTH, _canonical_parse
 from agent.protocol.errors import ProtocolError
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-MAX_JSON_DEPTH = 32
 ACCEPTED_ALGS = ("EdDSA", "Ed25519")
 EMITTED_ALG = "EdDSA"
 _HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 _KID = re.compile(r"^[A-Za-z0-9_-]{43}$")  # base64url of a SHA-256 thumbprint
-_B64URL = re.compile(rb"^[A-Za-z0-9_-]*$")
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 class Kind(StrEnum):
@@ -180,7 +180,11 @@ def strict_loads(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 def _b64url_decode(part: bytes, what: str) -> bytes:
-    if not _B64URL.match(part):
+    # Every byte in the alphabet (one deletion pass; a regular expression over a 16 KB
+    # payload cost more), but for one final newline, which the expression this replaces
+    # (`^[A-Za-z0-9_-]*$`) let through: the same verdicts.
+    body = part[:-1] if part.endswith(b"\n") else part
+    if body.translate(None, _B64URL_ALPHABET):
         raise EnvelopeError("header", f"JWS {what} is not base64url.")
     try:
         return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
@@ -301,103 +305,59 @@ def _require_ed25519_private(key: OKPKey) -> None:
 
 
 def sign_compact(payload: bytes, key: OKPKey, kind: Kind) -> str:
-    """Compact JWS over the exact `payload` bytes (callers pass `canonical_bytes(...)`)."""
+    """Compact JWS over the exact `payload` bytes (callers pass `canonical_bytes(...)`).
+
+    The bytes joserfc's `serialize_compact` gives (its header JSON, then Ed25519, which is
+    deterministic), signed with `cryptography` directly and the key's header kept per kind:
+    the bureau signs two tokens per report (receipt and log head), and joserfc's checks and
+    the thumbprint per call were half of that cost (tests/delivery/test_sign_compact.py
+    compares the two)."""
+    private, protected = _signer(key, kind)
+    signing_input = protected + b"." + _b64url(payload).encode("ascii")
+    return f"{signing_input.decode('ascii')}.{_b64url(private.sign(signing_input))}"
+
+
+def sign_compact_joserfc(payload: bytes, key: OKPKey, kind: Kind) -> str:
+    """`sign_compact` through joserfc, the reference its bytes are held to."""
     _require_ed25519_private(key)
     kid = thumbprint(public_jwk(key))
     header = {"alg": EMITTED_ALG, "kid": kid, "typ": kind.value}
     return jws.serialize_compact(header, payload, key, algorithms=[EMITTED_ALG], registry=_REGISTRY)
 
 
-def _verified_payload(header: dict[str, str], payload: bytes) -> Verified:
-    value = _canonical_parse(payload)
+# Per signing key (by identity, OKPKey is not hashable; the weak reference tells a reused id
+# from the same key): its private key and base64url header per kind.
+_SIGNERS: dict[int, tuple[weakref.ref[OKPKey], Ed25519PrivateKey, dict[Kind, bytes]]] = {}
+_SIGNERS_KEPT = 64
+
+
+def _signer(key: OKPKey, kind: Kind) -> tuple[Ed25519PrivateKey, bytes]:
+    entry = _SIGNERS.get(id(key))
+    if entry is None or entry[0]() is not key:
+        _require_ed25519_private(key)
+        private = key.private_key
+        if not isinstance(private, Ed25519PrivateKey):
+            raise EnvelopeError("key", "Signing needs a private OKP/Ed25519 key.")
+        if len(_SIGNERS) >= _SIGNERS_KEPT:
+            _SIGNERS.clear()
+        entry = _SIGNERS[id(key)] = (weakref.ref(key), private, {})
+    headers = entry[2]
+    protected = headers.get(kind)
+    if protected is None:
+        header = {"alg": EMITTED_ALG, "kid": thumbprint(public_jwk(key)), "typ": kind.value}
+        # joserfc's header encoding (joserfc.util.json_b64encode), member order as given.
+        text = json.dumps(header, ensure_ascii=True, separators=(",", ":"))
+        protected = headers[kind] = _b64url(text.encode("ascii")).encode("ascii")
+    return entry[1], protected
+
+
+def _verified_payload(header: dict[str, str], payload: bytes, parsed: Any = None) -> Verified:
+    value = _canonical_parse(payload, parsed)
     if value is None:  # the authoritative path decides, and names the problem
         value = strict_loads(payload)
         if canonical_bytes(value) != payload:
             raise EnvelopeError("format", "Payload is not in RFC 8785 canonical form.")
     return Verified(header=header, payload_bytes=payload, payload=value)
-
-
-# What the C encoder prints otherwise than RFC 8785, once its output equals the payload: a
-# float in exponent form ("1e-05", "1e+16"), an integral float
-# ("3.0", ending a number before ',', ']' or '}'), an integer of 16 digits or more (it may
-# exceed 2^53 - 1), and member names beyond U+FFFF (code points sort otherwise than UTF-16
-# code units). Plain substring searches (a regular expression over a 16 KB report cost
-# 0.45 ms); a string that looks alike only costs the strict path.
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_INTEGRAL_ENDS = (b".0,", b".0]", b".0}")
-# Python writes an exponent as e-NN, e+NN or with three digits, and a number ends at ',', ']'
-# or '}' (a UUID's "9e-6e30" is no exponent).
-_EXPONENTS = tuple(
-    b"0e" + sign + digits + end
-    for sign in (b"-", b"+") for digits in (b"00", b"000") for end in (b",", b"]", b"}")
-)
-_LONG_NUMBER = b"0" * 16
-
-
-# The two lists above as one pass each over the payload (fifteen substring searches of a
-# 16 KB report cost ≈0.1 ms).
-_INTEGRAL_END = re.compile(b"|".join(re.escape(end) for end in _INTEGRAL_ENDS))
-_EXPONENT = re.compile(b"|".join(re.escape(e) for e in _EXPONENTS))
-
-
-def _surely_canonical_numbers(payload: bytes) -> bool:
-    if _INTEGRAL_END.search(payload):
-        return False
-    digits = payload.translate(_DIGITS_AS_ZERO)
-    if _EXPONENT.search(digits):
-        return False
-    # Runs of 16+ digits after a '.' are fractions; any other adds to the first count only.
-    return digits.count(_LONG_NUMBER) == digits.count(b"." + _LONG_NUMBER)
-
-
-_NOT_STRUCTURE = bytes(set(range(256)) - set(b'[]{}"'))
-_STRING_SPAN = re.compile(rb'"[^"]*"')
-
-
-def _compact_depth(payload: bytes) -> int:
-    """`_depth` of compact JSON bytes by C-speed passes: escaped backslashes and quotes
-    dropped (left to right, as a JSON parser pairs them), then everything but brackets and
-    quotes, then the (now bracket-only) strings."""
-    plain = payload.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    brackets = np.frombuffer(_STRING_SPAN.sub(b"", plain), dtype=np.uint8)
-    if not len(brackets):
-        return 0
-    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
-    return int(np.cumsum(steps).max())
-
-
-def _canonical_parse(payload: bytes) -> Any | None:
-    """The parse of `payload` when it is surely canonical JSON within our limits, else None.
-
-    The bureau verifies thousands of reports a second, and the strict path (a duplicate-member
-    hook, then a canonical re-encoding in Python) costs about 0.6 ms a report. Here: the C
-    parser, then the C encoder must give back exactly `payload`. Equal bytes rule out
-    duplicate members (the parse would have fewer), whitespace, escapes and member order other
-    than RFC 8785's; `_surely_canonical_numbers` rules out the number forms where Python and
-    RFC 8785 print differently; the depth bound is checked as in `strict_loads`. Anything
-    else returns None and takes the strict path (tests/delivery/test_canonical_fast.py holds
-    the two to the same verdict).
-    """
-    if not payload.startswith(b"{") or not _surely_canonical_numbers(payload):
-        return None  # (and a bare value: "1.0" would pass the checks above)
-    try:
-        text = payload.decode("utf-8", errors="strict")
-        if not text.isascii() and max(text) > "\uffff":
-            return None
-        value = json.loads(text, parse_constant=_reject_constant)
-        if _CANONICAL_ENCODER.encode(value).encode("utf-8") != payload:
-            return None
-    except (EnvelopeError, ValueError, RecursionError, UnicodeError):
-        return None
-    if _compact_depth(payload) > MAX_JSON_DEPTH:
-        return None
-    return value
-
-
-_CANONICAL_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"),
-    check_circular=False,
-)
 
 
 def verify_compact(
@@ -406,12 +366,14 @@ def verify_compact(
     jwk: dict[str, Any],
     *,
     peeked: tuple[dict[str, str], bytes] | None = None,
+    parsed: Any = None,
 ) -> Verified:
     """Verify a compact JWS with one pinned public key, then parse strictly.
 
     The caller chose `jwk` from its registry by the header's `kid` (see `peek_compact`);
     this function checks again that the `kid` is that key's thumbprint. `peeked`: what
-    `peek_compact(token, kind)` returned, when the caller has it already.
+    `peek_compact(token, kind)` returned, when the caller has it already; `parsed`: what
+    `parse_unverified` gave for its payload (the canonical-form check still runs on it).
 
     The signature is checked with `cryptography`'s Ed25519 directly (what joserfc calls for
     EdDSA), over the token's own first two parts: the header was checked strictly above and
@@ -436,7 +398,7 @@ def verify_compact(
         public.verify(signature, protected + b"." + body)
     except (EnvelopeError, InvalidSignature, ValueError, TypeError):
         raise EnvelopeError("signature", "JWS signature does not verify.") from None
-    return _verified_payload(header, payload)
+    return _verified_payload(header, payload, parsed)
 
 
 def sign_general(payload: bytes, keys: list[OKPKey], kind: Kind) -> dict[str, Any]:

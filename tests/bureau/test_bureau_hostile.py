@@ -282,3 +282,34 @@ def test_an_orphan_never_blocks_the_genuine_chain(bureau: Bureau, agent_key: OKP
         ("orphan", orphan["report_id"])]
     assert "orphan" in {kind for _, kind, _ in store.alerts()}
     assert bureau.receiver.metrics["orphans_evicted_total"] == 1
+
+
+def test_claimed_ids_are_looked_up_only_when_shaped_as_a_report_s(
+    bureau: Bureau, agent_key: OKPKey
+) -> None:
+    """The chain look-ups go out with the key's, for the ids the payload claims before its
+    signature is checked (bureau.verify). If those ids could not be a report's (a NUL in the
+    report_id, which PostgreSQL's text refuses; a seq past the column), then the message is
+    still rejected with its reason in a receipt, and the transaction does not fail; a bad
+    signature over the ids of a stored report is rejected as `signature`."""
+    report = make_report(agent_key, day(1), 1, genesis_sha256(FACTORY), devices=1)
+    cases = [
+        {**report, "report_id": report["report_id"][:-1] + "\u0000"},
+        {**report, "seq": 2**62},
+        {**report, "seq": -(2**62)},
+        {**report, "seq": True},
+    ]
+    for payload in cases:
+        # Signed as they are (json, not canonical_bytes, which refuses 2**62).
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        message = sign_compact(text.encode(), agent_key, Kind.REPORT).encode()
+        receipt = _receipt(bureau, bureau.receiver.handle(TOPIC, message))
+        assert receipt["status"] == "rejected" and receipt["reason"] == "format", payload
+    first = _signed(agent_key, report)
+    assert _receipt(bureau, bureau.receiver.handle(TOPIC, first))["status"] == "accepted"
+    header, body, signature = first.split(b".")
+    forged = header + b"." + body + b"." + (b"A" if signature[:1] != b"A" else b"B") + signature[1:]
+    receipt = _receipt(bureau, bureau.receiver.handle(TOPIC, forged))
+    assert receipt["status"] == "rejected" and receipt["reason"] == "signature"
+    assert bureau.receiver.metrics["internal_errors_total"] == 0
+    assert [r.report_id for r in bureau.receiver.store.reports(FACTORY)] == [report["report_id"]]

@@ -135,3 +135,34 @@ def test_the_verifier_fast_parse_never_accepts_what_the_strict_path_rejects() ->
         wrong = json.dumps({"v": [value, {"w": value}]}, separators=(",", ":")).encode()
         if wrong != payload:
             assert _canonical_parse(wrong) is None, wrong
+
+
+def test_base64url_check_gives_the_regular_expression_s_verdicts() -> None:
+    """`_b64url_decode` checks the alphabet by one deletion pass; it must decide exactly as
+    the check it replaced, `^[A-Za-z0-9_-]*$` (a final newline included, which `$` lets
+    through) then base64, did."""
+    import base64
+    import binascii
+    import re
+
+    from agent.protocol.envelope import _b64url_decode
+
+    expression = re.compile(rb"^[A-Za-z0-9_-]*$")
+
+    def before(part: bytes) -> bytes | None:
+        if not expression.match(part):
+            return None
+        try:
+            return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
+        except (binascii.Error, ValueError):
+            return None
+
+    rng = random.Random(5)
+    alphabet = b"AZaz09_-=+/ \n\r.\x00\xff"
+    for _ in range(20_000):
+        part = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 7)))
+        try:
+            now: bytes | None = _b64url_decode(part, "payload")
+        except EnvelopeError:
+            now = None
+        assert now == before(part), part
