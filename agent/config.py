@@ -347,8 +347,7 @@ def load_config(path: Path, *, resolve_secrets: bool = False) -> FactoryConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
         raise ConfigError([ConfigProblem(file, where, f"not valid YAML: {exc}")]) from None
-    # PyYAML's own limits, not YAMLErrors (found by fuzzing, Z1): its recursive parser on
-    # deep nesting, values it cannot construct (2001-13-45, 5,000 digits, `!!timestamp x`).
+    # Not YAMLErrors (Z1): deep nesting, values like 2001-13-45 or `!!timestamp x`.
     except RecursionError:
         problem = ConfigProblem(file, "(yaml)", "not valid YAML: nested too deeply")
         raise ConfigError([problem]) from None

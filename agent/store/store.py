@@ -82,12 +82,10 @@ class IngestResult:
     reason: str | None = None  # why samples were dropped (agent.store.losses)
     stored_by_device: dict[str, int] = field(default_factory=dict)
     bad_by_device: dict[str, int] = field(default_factory=dict)
-    # Samples whose protocol timestamp is off the receive time by more than
-    # MAX_SOURCE_SKEW_S, and per device the worst such skew (source - received, s).
+    # Per device: samples off the receive time by > MAX_SOURCE_SKEW_S, worst skew (s).
     skewed_by_device: dict[str, int] = field(default_factory=dict)
     worst_skew_by_device: dict[str, float] = field(default_factory=dict)
-    # Samples whose value the store cannot hold (agent.store.values): stored BAD without
-    # value, so they are also in bad_by_device.
+    # Values the store cannot hold (agent.store.values): stored BAD, also in bad_by_device.
     unstorable_by_device: dict[str, int] = field(default_factory=dict)
     signal_issues: list[IssueEvent] = field(default_factory=list)  # agent.derive.issues
 

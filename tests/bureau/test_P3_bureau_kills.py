@@ -35,7 +35,7 @@ from tests.support.waiting import wait_until
 
 KILLS = 6
 SEED = 3
-FACTORIES = [f"tj-kill-{n}" for n in range(4)]
+FACTORIES = [f"tj-kill-{n}" for n in range(8)]
 REPORTS = 30
 
 
@@ -68,7 +68,7 @@ def _connections(log: Path) -> int:
 
 def test_P3_bureau_killed_at_random_during_ingest_leaves_no_partial_rows(
         tmp_path: Path, mosquitto: Broker) -> None:
-    """If the bureau is SIGKILLed KILLS times at random moments while 4 factories' chains
+    """If the bureau is SIGKILLed KILLS times at random moments while 8 factories' chains
     of 30 reports arrive and are resent, then once it runs again every report is stored
     once, whole (log leaf and measures rows), in an accepted chain from genesis; the
     database passes its integrity check; and no receipt names a report that is not
@@ -99,7 +99,7 @@ def test_P3_bureau_killed_at_random_during_ingest_leaves_no_partial_rows(
                 break
             _publish(mosquitto.url, "agent", waiting)
             if kills < KILLS:
-                time.sleep(rng.uniform(0.0, 0.4))  # mostly in the middle of the ingest
+                time.sleep(rng.uniform(0.0, 0.2))  # mostly in the middle of the ingest
                 settled = sum(receipts.settled(s.report_id) for s in chain)
                 os.kill(serve.pid, signal.SIGKILL)
                 serve.wait(10)
