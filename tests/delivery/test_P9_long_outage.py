@@ -45,7 +45,7 @@ def _day_batch(store_day_start: float) -> list[Sample]:
     return items
 
 
-def test_P9_a_400_day_outage_drops_no_report_alarms_at_80_and_95_and_drains_in_order(
+def test_P9_C4_a_400_day_outage_drops_no_report_alarms_at_80_and_95_and_drains_in_order(
         tmp_path: Path, mosquitto: Broker, caplog: pytest.LogCaptureFixture) -> None:
     """If the agent is cut off from the bureau for 400 days with a raw quota of 1.5 MB (a
     few weeks of raw data) and a retention of 30 days, then the quota alarms fire at 80 %

@@ -123,7 +123,7 @@ def test_broker_stopped_30_s_loses_nothing(
     bureau.receiver.stop()
 
 
-def test_puback_lost_resend_gets_identical_duplicate_receipt(
+def test_T6_puback_lost_resend_gets_identical_duplicate_receipt(
     tmp_path: Path, mosquitto: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """If a proxy forwards the agent's PUBLISH but drops every broker->agent byte (PUBACK and

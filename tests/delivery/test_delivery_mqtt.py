@@ -222,7 +222,7 @@ def test_sigkill_between_publish_and_receipt(tmp_path: Path, mosquitto: Broker, 
     bureau.receiver.stop()
 
 
-def test_forged_receipts_ack_nothing(tmp_path: Path, mosquitto: Broker) -> None:
+def test_T13_forged_receipts_ack_nothing(tmp_path: Path, mosquitto: Broker) -> None:
     """If 1,000 fuzzed receipts arrive (unsigned, wrong key, right key with a wrong hash,
     wrong typ), then no row is acked and all 1,000 are counted as forged (T13)."""
     agent_key = OKPKey.generate_key("Ed25519")
