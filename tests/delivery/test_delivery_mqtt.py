@@ -272,12 +272,13 @@ def test_T13_forged_receipts_ack_nothing(tmp_path: Path, mosquitto: Broker) -> N
     assert outbox.counts()[ACKED] == 0
 
 
-def test_partition_via_proxy_pause_then_drain_in_order(
+def test_T3_partition_detected_nothing_lost_drained_within_10_s_in_seq_order(
     tmp_path: Path, mosquitto: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """If the agent-broker link is blackholed (proxy pause) for 8 s while reports keep being
-    committed, then the dead link is detected within 2 x keepalive + 1 s, nothing is lost and
-    the backlog drains in seq order after the link returns (T3, unprivileged variant)."""
+    """If the agent-broker link is blackholed (proxy pause, the unprivileged variant) for
+    30 s while reports keep being committed, then the dead link is detected within
+    2 x keepalive + 1 s, nothing is lost, and within 10 s of the link's return the backlog
+    has reached the bureau, arriving in seq order (the order of its log leaves)."""
     from tests.support.fault_proxy import FaultProxy
 
     key = OKPKey.generate_key("Ed25519")
@@ -293,14 +294,20 @@ def test_partition_via_proxy_pause_then_drain_in_order(
         commit_days(outbox, key, range(3, 8))
         assert wait_until(lambda: _stepped(publisher) and not publisher.ready, 10)
         detected_s = time.monotonic() - paused_at
-        while time.monotonic() - paused_at < 8:
+        while time.monotonic() - paused_at < 30:
             publisher.step(0.1)
         assert outbox.unacked() == 5
         proxy.resume()
-        assert publisher.drain(30), outbox.counts()
+        resumed_at = time.monotonic()
+        assert publisher.drain(10), outbox.counts()
+        drained_s = time.monotonic() - resumed_at
         publisher.stop()
     assert detected_s <= 2 * 2 + 1
-    assert [r.seq for r in bureau.receiver.store.reports(FACTORY)] == list(range(1, 8))
+    assert drained_s <= 10
+    arrival = bureau.receiver.store.db.rows(
+        "SELECT r.seq FROM log_leaves l JOIN reports r ON r.report_id = l.report_id "
+        "ORDER BY l.leaf_index")
+    assert [row[0] for row in arrival] == list(range(1, 8))
     check_invariants(outbox, bureau, logs=caplog.records)
     bureau.receiver.stop()
 
