@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,12 @@ async def open_client(
     client.product_uri = f"urn:{APPLICATION_NAME}"
     client.session_timeout = SESSION_TIMEOUT_MS
     client.connection_lost_callback = on_lost
+    # asyncua's stale-subscription watchdog (on whether or not auto_reconnect is) recreates a
+    # silent subscription in place; seen in the F3 test, the new subscription's notifications
+    # then arrived as "data for unknown subscription" and were dropped, while the recreations
+    # kept our own liveness check (`OpcUaConnector._stream`) from firing. Off: a silent
+    # subscription ends the session here, and a new client subscribes from scratch.
+    client._stale_check_margin = math.inf  # private: no public switch in asyncua 2.x
     try:
         await asyncio.wait_for(apply_security(client, connection), connection.request_timeout_s * 2)
         await asyncio.wait_for(client.connect(), connection.request_timeout_s * 3)
