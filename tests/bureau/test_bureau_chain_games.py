@@ -13,8 +13,9 @@ import pytest
 from joserfc.jwk import OKPKey
 
 from agent.protocol.chain import genesis_sha256
-from agent.protocol.envelope import Kind, canonical_bytes, sha256_hex, sign_compact, verify_compact
+from agent.protocol.envelope import Kind, canonical_bytes, sha256_hex, verify_compact
 from agent.protocol.mqtt import report_topic
+from tests.bureau.test_bureau_hostile import _signed
 from tests.support.bureau_receiver import Bureau, start_bureau
 from tests.support.reports import FACTORY, day, make_report
 
@@ -24,20 +25,11 @@ T = 1_800_000_000.0
 
 
 @pytest.fixture
-def agent_key() -> OKPKey:
-    return OKPKey.generate_key("Ed25519")
-
-
-@pytest.fixture
 def bureau(bureau_database: Path | str, agent_key: OKPKey) -> Iterator[Bureau]:
     bureau = start_bureau(bureau_database, None, {FACTORY: agent_key},
                           reorder_timeout_s=REORDER_TIMEOUT_S)
     yield bureau
     bureau.receiver.stop()
-
-
-def _signed(key: OKPKey, report: dict[str, Any]) -> bytes:
-    return sign_compact(canonical_bytes(report), key, Kind.REPORT).encode()
 
 
 def _chain(key: OKPKey, count: int) -> list[dict[str, Any]]:

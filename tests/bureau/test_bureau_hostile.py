@@ -8,11 +8,9 @@ import json
 import random
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from joserfc.jwk import OKPKey
 
 from agent.protocol.chain import genesis_sha256
@@ -25,23 +23,10 @@ from agent.protocol.envelope import (
     verify_compact,
 )
 from agent.protocol.mqtt import report_topic, report_topic_factory
-from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.bureau_receiver import Bureau
 from tests.support.reports import BUREAU, FACTORY, day, make_report
 
 TOPIC = report_topic(FACTORY)
-
-
-@pytest.fixture
-def agent_key() -> OKPKey:
-    return OKPKey.generate_key("Ed25519")
-
-
-@pytest.fixture
-def bureau(bureau_database: Path | str, agent_key: OKPKey) -> Iterator[Bureau]:
-    """A receiver on SQLite, then on PostgreSQL (tests/conftest.py)."""
-    bureau = start_bureau(bureau_database, None, {FACTORY: agent_key})
-    yield bureau
-    bureau.receiver.stop()
 
 
 def _signed(key: OKPKey, report: dict[str, Any]) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from agent.protocol.envelope import (
 )
 from agent.protocol.mqtt import report_topic
 from bureau.registry import KeyLookupError, RegistryError
-from tests.support.bureau_receiver import Bureau, start_bureau
+from tests.support.bureau_receiver import Bureau
 from tests.support.reports import FACTORY, day, make_report
 
 TOPIC = report_topic(FACTORY)
@@ -39,18 +38,6 @@ HOSTILE_KIDS = [
     "kid\x00nul",
     "%s%s%n",
 ]
-
-
-@pytest.fixture
-def agent_key() -> OKPKey:
-    return OKPKey.generate_key("Ed25519")
-
-
-@pytest.fixture
-def bureau(bureau_database: Path | str, agent_key: OKPKey) -> Iterator[Bureau]:
-    bureau = start_bureau(bureau_database, None, {FACTORY: agent_key})
-    yield bureau
-    bureau.receiver.stop()
 
 
 def _b64(data: bytes) -> str:
