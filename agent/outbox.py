@@ -307,10 +307,9 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
                     self._db.execute("ROLLBACK")
             if isinstance(error, sqlite3.OperationalError):
-                # Fault matrix P6: a failed fsync (EIO) or a full disk at COMMIT. Nothing was
-                # committed, so nothing can be published; the same report is built again.
-                # SQLite may still read a row whose COMMIT failed to sync, so this cannot say
-                # "not queued"; the next open syncs it or fails (see __init__).
+                # Fault matrix P6: a failed fsync (EIO) or a full disk at COMMIT. SQLite may
+                # still read a row whose COMMIT failed to sync, so this cannot say "not
+                # queued"; the next open syncs it or fails (see __init__).
                 raise OutboxError(
                     f"{self.path}: the report for {period_slot} is not known to be queued: the "
                     f"outbox could not commit it to disk ({error}). Check the disk of "
